@@ -1,0 +1,58 @@
+"""Errors a user can cause. CLIs print ``error: <message>`` and exit with status 2."""
+
+from __future__ import annotations
+
+
+class SemaskError(Exception):
+    """Base class for every error caused by user input; the message says what to do."""
+
+
+class CheckpointError(SemaskError):
+    """A checkpoint file is missing, unreadable, unsafe or of another architecture."""
+
+
+class ConfigError(SemaskError):
+    """A model configuration or a command-line option is invalid."""
+
+
+class ImageError(SemaskError):
+    """An image cannot be read or written."""
+
+
+class DatasetError(SemaskError):
+    """A data set directory does not have the expected layout."""
+
+
+class ExportError(SemaskError):
+    """An export, its verification or an engine build failed."""
+
+
+class RuntimeBackendError(SemaskError):
+    """An inference backend is unavailable or does not match the artifact."""
+
+
+class MissingDependencyError(SemaskError):
+    """An optional dependency is not installed; the message names the extra."""
+
+
+def require(module: str, extra: str):
+    """Import an optional dependency lazily.
+
+    Args:
+        module: module name, e.g. ``"onnxruntime"``.
+        extra: the pip extra that provides it, e.g. ``"dev"`` or ``"trt"``.
+
+    Returns:
+        The imported module.
+
+    Raises:
+        MissingDependencyError: if it is not installed.
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:  # pragma: no cover - depends on environment
+        raise MissingDependencyError(
+            f"{module} is not installed ({exc}); install it with: pip install 'semask-deploy[{extra}]'"
+        ) from exc

@@ -1,0 +1,269 @@
+"""Swin Transformer parts of SeMask: patch embedding, shifted-window attention, block, patch merging.
+
+Semantics follow the official Swin segmentation backbone exactly (DESIGN §2):
+
+* the map is normalised first, then zero-padded right/bottom to a multiple of the window, so padded
+  tokens are zeros *after* the norm (their q, k, v equal the qkv bias) and take part as keys, unmasked;
+* odd blocks roll the PADDED map by −⌊w/2⌋ and add −100 between tokens of different regions, the regions
+  being computed on the padded size; a map smaller than the window is still padded and shifted;
+* relative position bias from a ((2w−1)², heads) table, q scaled by head_dim^-0.5.
+
+Three attention backends share the parameters: ``eager`` (the reference math, written like the official
+code), ``sdpa`` (``F.scaled_dot_product_attention`` with the bias and mask folded into one additive
+tensor that is cached per padded size) and ``triton`` (a fused kernel that reads the unpadded map).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def relative_position_index(window: int) -> Tensor:
+    """Index into the ((2w−1)², heads) bias table for every pair of tokens in a window.
+
+    Returns:
+        int64 tensor (w², w²).
+    """
+    coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij"))
+    flat = coords.flatten(1)  # 2, w²
+    rel = (flat[:, :, None] - flat[:, None, :]).permute(1, 2, 0).contiguous()  # w², w², 2
+    rel[:, :, 0] += window - 1
+    rel[:, :, 1] += window - 1
+    rel[:, :, 0] *= 2 * window - 1
+    return rel.sum(-1)
+
+
+def padded_size(size: int, multiple: int) -> int:
+    """``size`` rounded up to a multiple of ``multiple`` (works on symbolic sizes too)."""
+    return (size + multiple - 1) // multiple * multiple
+
+
+def window_partition(x: Tensor, window: int) -> Tensor:
+    """(B, Hp, Wp, C) → (B·nW, w·w, C), windows in row-major order."""
+    b, hp, wp, c = x.shape
+    x = x.view(b, hp // window, window, wp // window, window, c)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window * window, c)
+
+
+def window_reverse(windows: Tensor, window: int, hp: int, wp: int) -> Tensor:
+    """(B·nW, w·w, C) → (B, Hp, Wp, C); inverse of :func:`window_partition`."""
+    c = windows.shape[-1]
+    x = windows.view(-1, hp // window, wp // window, window, window, c)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, hp, wp, c)
+
+
+def shift_region_mask(hp: int, wp: int, window: int, shift: int, device: torch.device) -> Tensor:
+    """The official −100 mask of a shifted block, computed on the padded grid.
+
+    Region ids use slices [0, Hp−w), [Hp−w, Hp−shift), [Hp−shift, Hp) on H and W; expressed with
+    comparisons instead of slice assignment so it traces with symbolic (dynamic) sizes.
+
+    Returns:
+        float32 (nW, w², w²) with 0 inside a region and −100 across regions.
+    """
+    ih = torch.arange(hp, device=device)
+    iw = torch.arange(wp, device=device)
+    rh = (ih >= hp - window).long() + (ih >= hp - shift).long()
+    rw = (iw >= wp - window).long() + (iw >= wp - shift).long()
+    ids = (rh[:, None] * 3 + rw[None, :]).view(1, hp, wp, 1).float()
+    win = window_partition(ids, window).squeeze(-1)  # nW, w²
+    diff = win[:, None, :] - win[:, :, None]
+    return torch.where(diff != 0, torch.full_like(diff, -100.0), torch.zeros_like(diff))
+
+
+class PatchEmbed(nn.Module):
+    """Pad W then H to a multiple of the patch, Conv patch×patch stride patch, LayerNorm.
+
+    Keys: ``proj.weight/bias``, ``norm.weight/bias``.
+    """
+
+    def __init__(self, patch_size: int, in_chans: int, embed_dim: int) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, stride=patch_size)
+        self.norm = nn.LayerNorm(embed_dim)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, int, int]:
+        """(B, 3, H, W) → tokens (B, Hp·Wp, C) and the token grid size (⌈H/p⌉, ⌈W/p⌉)."""
+        p = self.patch_size
+        h, w = x.shape[2], x.shape[3]
+        x = F.pad(x, (0, (p - w % p) % p, 0, (p - h % p) % p))
+        x = self.proj(x)
+        gh, gw = x.shape[2], x.shape[3]
+        x = self.norm(x.flatten(2).transpose(1, 2))
+        return x, gh, gw
+
+
+class Mlp(nn.Module):
+    """Linear → GELU (exact erf) → Linear. Keys ``fc1``, ``fc2``."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class WindowAttention(nn.Module):
+    """Multi-head attention inside w×w windows with a relative position bias.
+
+    Keys: ``relative_position_bias_table`` ((2w−1)², heads), ``relative_position_index`` (w², w²),
+    ``qkv.weight/bias`` (3C, C), ``proj.weight/bias``.
+    """
+
+    def __init__(self, dim: int, window: int, num_heads: int) -> None:
+        super().__init__()
+        self.dim = dim
+        self.window = window
+        self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, num_heads))
+        self.register_buffer("relative_position_index", relative_position_index(window))
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+
+    def relative_bias(self) -> Tensor:
+        """The gathered bias, (heads, w², w²)."""
+        n = self.window * self.window
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
+        return bias.view(n, n, -1).permute(2, 0, 1).contiguous()
+
+    def forward_eager(self, windows: Tensor, mask: Tensor | None) -> Tensor:
+        """The reference math. windows (B·nW, w², C), mask (nW, w², w²) or None → (B·nW, w², C)."""
+        bw, n, c = windows.shape
+        qkv = self.qkv(windows).reshape(bw, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0] * self.scale, qkv[1], qkv[2]
+        attn = q @ k.transpose(-2, -1) + self.relative_bias().unsqueeze(0)
+        if mask is not None:
+            nw = mask.shape[0]
+            attn = attn.view(bw // nw, nw, self.num_heads, n, n) + mask.unsqueeze(1).unsqueeze(0)
+            attn = attn.view(-1, self.num_heads, n, n)
+        attn = attn.softmax(dim=-1)
+        out = (attn @ v).transpose(1, 2).reshape(bw, n, c)
+        return self.proj(out)
+
+    def forward_sdpa(self, windows: Tensor, bias: Tensor) -> Tensor:
+        """Fused path. windows (B·nW, w², C), bias (nW·heads, w², w²) = relative bias (+ mask)."""
+        bw, n, c = windows.shape
+        nwh = bias.shape[0]
+        qkv = self.qkv(windows).view(-1, nwh // self.num_heads, n, 3, self.num_heads, c // self.num_heads)
+        qkv = qkv.permute(3, 0, 1, 4, 2, 5).reshape(3, -1, nwh, n, c // self.num_heads)
+        q, k, v = qkv[0], qkv[1], qkv[2]  # B, nW·heads, n, d (contiguous slices of one buffer)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
+        out = out.view(-1, nwh // self.num_heads, self.num_heads, n, c // self.num_heads)
+        out = out.permute(0, 1, 3, 2, 4).reshape(bw, n, c)
+        return self.proj(out)
+
+
+class SwinBlock(nn.Module):
+    """Pre-norm Swin block: x + WindowAttention(LN1(x)); x + MLP(LN2(x)).
+
+    Keys: ``norm1``, ``attn.*``, ``norm2``, ``mlp.fc1``, ``mlp.fc2``.
+    """
+
+    def __init__(self, dim: int, num_heads: int, window: int, shift: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.window = window
+        self.shift = shift
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = WindowAttention(dim, window, num_heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.backend = "eager"
+        self._bias_cache: dict[tuple, Tensor] = {}
+
+    def _sdpa_bias(self, hp: int, wp: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """Relative bias + shift mask as one (nW·heads, w², w²) tensor, cached per padded size.
+
+        The cache is used only outside autograd and tracing, and is keyed on the bias table's version
+        so loading new weights invalidates it.
+        """
+        table = self.attn.relative_position_bias_table
+        cacheable = not (torch.is_grad_enabled() and table.requires_grad) and not _is_tracing()
+        key = (hp, wp, device, dtype, table._version, table.data_ptr())
+        if cacheable and key in self._bias_cache:
+            return self._bias_cache[key]
+        w, heads = self.window, self.attn.num_heads
+        nw = (hp // w) * (wp // w)
+        bias = self.attn.relative_bias().to(dtype).unsqueeze(0)  # 1, heads, n, n
+        if self.shift:
+            bias = bias + shift_region_mask(hp, wp, w, self.shift, device).to(dtype).unsqueeze(1)
+        else:
+            bias = bias.expand(nw, -1, -1, -1)
+        bias = bias.reshape(nw * heads, w * w, w * w)
+        if cacheable:
+            self._bias_cache.clear()  # keep one size: inference usually repeats it
+            self._bias_cache[key] = bias
+        return bias
+
+    def _attention(self, xn: Tensor) -> Tensor:
+        """Attention over the normalised map xn (B, H, W, C) → (B, H, W, C) after ``proj``."""
+        b, h, w_, c = xn.shape
+        win, shift = self.window, self.shift
+        if self.backend == "triton":
+            from ..kernels.window_attention import window_attention
+
+            attn = self.attn
+            qkv = attn.qkv(xn)
+            out = window_attention(
+                qkv, attn.qkv.bias, attn.relative_position_bias_table, attn.num_heads, win, shift, attn.scale
+            )
+            return attn.proj(out)
+        hp, wp = padded_size(h, win), padded_size(w_, win)
+        x = F.pad(xn, (0, 0, 0, wp - w_, 0, hp - h))
+        if shift:
+            x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
+        windows = window_partition(x, win)
+        if self.backend == "eager":
+            mask = shift_region_mask(hp, wp, win, shift, xn.device) if shift else None
+            out = self.attn.forward_eager(windows, mask)
+        else:
+            out = self.attn.forward_sdpa(windows, self._sdpa_bias(hp, wp, xn.device, xn.dtype))
+        x = window_reverse(out, win, hp, wp)
+        if shift:
+            x = torch.roll(x, shifts=(shift, shift), dims=(1, 2))
+        return x[:, :h, :w_, :]
+
+    def forward(self, x: Tensor, h: int, w: int) -> Tensor:
+        """x (B, H·W, C) → (B, H·W, C)."""
+        b, n, c = x.shape
+        attn = self._attention(self.norm1(x).view(b, h, w, c))
+        x = x + attn.reshape(b, n, c)
+        return x + self.mlp(self.norm2(x))
+
+
+class PatchMerging(nn.Module):
+    """Pad H, W to even; concat the 2×2 neighbours on channels; LN(4C); Linear 4C→2C (no bias).
+
+    Keys: ``reduction.weight``, ``norm.weight/bias``.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+        self.norm = nn.LayerNorm(4 * dim)
+
+    def forward(self, x: Tensor, h: int, w: int) -> Tensor:
+        """x (B, H·W, C) → (B, ⌈H/2⌉·⌈W/2⌉, 2C)."""
+        b, _, c = x.shape
+        x = x.view(b, h, w, c)
+        x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
+        return self.reduction(self.norm(x.view(b, -1, 4 * c)))
+
+
+def _is_tracing() -> bool:
+    """True while torch.jit / torch.export / torch.compile trace the model (no caching then)."""
+    if torch.jit.is_tracing():
+        return True
+    compiler = getattr(torch, "compiler", None)
+    if compiler is None:
+        return False
+    exporting = getattr(compiler, "is_exporting", lambda: False)
+    return bool(compiler.is_compiling() or exporting())
