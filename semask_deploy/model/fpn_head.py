@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .swin import _is_tracing
+from . import fast
+from ._tracing import is_tracing
 
 
 class ConvModule(nn.Module):
@@ -29,6 +30,8 @@ class ConvModule(nn.Module):
         self.act = nn.ReLU(inplace=True)
 
     def forward(self, x: Tensor) -> Tensor:
+        if getattr(self, "fast_path", False):
+            return fast.conv_bn_relu(self.conv, self.bn, x)
         return self.act(self.bn(self.conv(x)))
 
 
@@ -57,6 +60,8 @@ class SemanticFPNHead(nn.Module):
     ) -> None:
         super().__init__()
         self.strides = strides
+        self.conv_seg = nn.Conv2d(channels, num_classes, 1)  # registered first, as in the official head
+        self.dropout = nn.Dropout2d(dropout)
         self.scale_heads = nn.ModuleList()
         for cin, length in zip(in_channels, head_lengths(strides)):
             layers: list[nn.Module] = []
@@ -65,11 +70,19 @@ class SemanticFPNHead(nn.Module):
                 if len(self.scale_heads) > 0:
                     layers.append(Upsample2x())
             self.scale_heads.append(nn.Sequential(*layers))
-        self.dropout = nn.Dropout2d(dropout)
-        self.conv_seg = nn.Conv2d(channels, num_classes, 1)
+        self.fast_path = False
+
+    def set_fast_path(self, enabled: bool) -> None:
+        """Inference fast path: BN folded into the convs, channels-last, fused conv+ReLU on the CPU."""
+        self.fast_path = enabled
+        for m in self.modules():
+            if isinstance(m, ConvModule):
+                m.fast_path = enabled
 
     def forward(self, feats: list[Tensor]) -> Tensor:
         """feats [(B, Cᵢ, Hᵢ, Wᵢ)] → logits (B, K, H₀, W₀) at stride 4."""
+        if self.fast_path and not self.training:
+            feats = [f.contiguous(memory_format=torch.channels_last) for f in feats]
         out = self.scale_heads[0](feats[0])
         size = out.shape[2:]
         for i in range(1, len(feats)):
@@ -91,6 +104,6 @@ class SemanticFPNHead(nn.Module):
 
 def resize_to(x: Tensor, size: torch.Size | tuple[int, int]) -> Tensor:
     """Bilinear resize (align_corners=False) to ``size``; a no-op when the size already matches."""
-    if not _is_tracing() and tuple(x.shape[2:]) == tuple(size):
+    if not is_tracing() and tuple(x.shape[2:]) == tuple(size):
         return x  # skip the identity copy in eager mode; traced graphs keep it (no shape guard)
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)

@@ -48,6 +48,7 @@ class SeMaskSegmentor(nn.Module):
         for m in self.modules():
             if isinstance(m, (SwinBlock, SemanticLayer)):
                 m.backend = name
+        self.decode_head.set_fast_path(name != "eager")
         self.attention_backend = name
         return self
 

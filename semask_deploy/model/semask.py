@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import SeMaskConfig
+from . import fast
 from .swin import PatchEmbed, PatchMerging, SwinBlock, padded_size, window_partition, window_reverse
 
 
@@ -52,9 +53,9 @@ class SemanticLayer(nn.Module):
         sa = self.class_injection[0]
         if self.backend == "eager":
             out, q = self._eager(xn, h, w)
-        else:
-            out, q = self._fused(xn, h, w)
-        return sa.gamma * sa.mlp_res(out) + xn, q
+            return sa.gamma * sa.mlp_res(out) + xn, q
+        out, q = self._fused(xn, h, w)
+        return torch.addcmul(xn, sa.gamma, fast.linear(sa.mlp_res, out)), q
 
     def _eager(self, xn: Tensor, h: int, w: int) -> tuple[Tensor, Tensor]:
         """Reference math, written like the official code (pad → partition → attend → reverse → crop)."""
@@ -78,7 +79,7 @@ class SemanticLayer(nn.Module):
         """Projections on the unpadded tokens; padded keys/values carry the biases; fused attention."""
         sa = self.class_injection[0]
         b, n, c = xn.shape
-        q, k, v = sa.mlp_cls_q(xn), sa.mlp_cls_k(xn), sa.mlp_v(xn)
+        q, k, v = fast.linear(sa.mlp_cls_q, xn), fast.linear(sa.mlp_cls_k, xn), fast.linear(sa.mlp_v, xn)
         if self.backend == "triton":
             from ..kernels.semantic_attention import semantic_attention_global, semantic_attention_window
 
@@ -90,14 +91,14 @@ class SemanticLayer(nn.Module):
                 self.window, sa.mlp_cls_k.bias, sa.mlp_v.bias,
             )
             return out.reshape(b, n, c), q
-        if self.mode == "global":
+        if self.mode == "global":  # O(N) memory: N reaches ~32k tokens at 2048×1024
             return F.scaled_dot_product_attention(q, k, v, scale=1.0), q
         win = self.window
         hp, wp = padded_size(h, win), padded_size(w, win)
         q_w = window_partition(_pad_with(q.view(b, h, w, -1), hp, wp, None), win)
         k_w = window_partition(_pad_with(k.view(b, h, w, -1), hp, wp, sa.mlp_cls_k.bias), win)
         v_w = window_partition(_pad_with(v.view(b, h, w, c), hp, wp, sa.mlp_v.bias), win)
-        out = F.scaled_dot_product_attention(q_w, k_w, v_w, scale=1.0)
+        out = fast.unscaled_attention(q_w, k_w, v_w)
         out = window_reverse(out, win, hp, wp)[:, :h, :w].reshape(b, n, c)
         return out, q
 

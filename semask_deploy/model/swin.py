@@ -19,6 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import fast
+from ._tracing import is_tracing
+
 
 def relative_position_index(window: int) -> Tensor:
     """Index into the ((2w−1)², heads) bias table for every pair of tokens in a window.
@@ -105,7 +108,9 @@ class Mlp(nn.Module):
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, dim)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, fast_path: bool = False) -> Tensor:
+        if fast_path:
+            return fast.linear(self.fc2, self.act(fast.linear(self.fc1, x)))
         return self.fc2(self.act(self.fc1(x)))
 
 
@@ -152,13 +157,13 @@ class WindowAttention(nn.Module):
         """Fused path. windows (B·nW, w², C), bias (nW·heads, w², w²) = relative bias (+ mask)."""
         bw, n, c = windows.shape
         nwh = bias.shape[0]
-        qkv = self.qkv(windows).view(-1, nwh // self.num_heads, n, 3, self.num_heads, c // self.num_heads)
+        qkv = fast.linear(self.qkv, windows).view(-1, nwh // self.num_heads, n, 3, self.num_heads, c // self.num_heads)
         qkv = qkv.permute(3, 0, 1, 4, 2, 5).reshape(3, -1, nwh, n, c // self.num_heads)
         q, k, v = qkv[0], qkv[1], qkv[2]  # B, nW·heads, n, d (contiguous slices of one buffer)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
+        out = fast.window_attention_core(q, k, v, bias, self.scale)
         out = out.view(-1, nwh // self.num_heads, self.num_heads, n, c // self.num_heads)
         out = out.permute(0, 1, 3, 2, 4).reshape(bw, n, c)
-        return self.proj(out)
+        return fast.linear(self.proj, out)
 
 
 class SwinBlock(nn.Module):
@@ -185,7 +190,7 @@ class SwinBlock(nn.Module):
         so loading new weights invalidates it.
         """
         table = self.attn.relative_position_bias_table
-        cacheable = not (torch.is_grad_enabled() and table.requires_grad) and not _is_tracing()
+        cacheable = not (torch.is_grad_enabled() and table.requires_grad) and not is_tracing()
         key = (hp, wp, device, dtype, table._version, table.data_ptr())
         if cacheable and key in self._bias_cache:
             return self._bias_cache[key]
@@ -210,11 +215,11 @@ class SwinBlock(nn.Module):
             from ..kernels.window_attention import window_attention
 
             attn = self.attn
-            qkv = attn.qkv(xn)
+            qkv = fast.linear(attn.qkv, xn)
             out = window_attention(
                 qkv, attn.qkv.bias, attn.relative_position_bias_table, attn.num_heads, win, shift, attn.scale
             )
-            return attn.proj(out)
+            return fast.linear(attn.proj, out)
         hp, wp = padded_size(h, win), padded_size(w_, win)
         x = F.pad(xn, (0, 0, 0, wp - w_, 0, hp - h))
         if shift:
@@ -235,7 +240,7 @@ class SwinBlock(nn.Module):
         b, n, c = x.shape
         attn = self._attention(self.norm1(x).view(b, h, w, c))
         x = x + attn.reshape(b, n, c)
-        return x + self.mlp(self.norm2(x))
+        return x + self.mlp(self.norm2(x), fast_path=self.backend != "eager")
 
 
 class PatchMerging(nn.Module):
@@ -257,13 +262,3 @@ class PatchMerging(nn.Module):
         x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
         return self.reduction(self.norm(x.view(b, -1, 4 * c)))
 
-
-def _is_tracing() -> bool:
-    """True while torch.jit / torch.export / torch.compile trace the model (no caching then)."""
-    if torch.jit.is_tracing():
-        return True
-    compiler = getattr(torch, "compiler", None)
-    if compiler is None:
-        return False
-    exporting = getattr(compiler, "is_exporting", lambda: False)
-    return bool(compiler.is_compiling() or exporting())

@@ -1,0 +1,73 @@
+"""Top-level entry points: build a model from a config, or load one from a checkpoint file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from .checkpoint import CheckpointData, infer_config, load_state_dict_strict, read_checkpoint
+from .config import SeMaskConfig
+from .errors import ConfigError
+from .model import SeMaskSegmentor
+
+
+def build_model(config: SeMaskConfig, *, attention_backend: str = "sdpa") -> SeMaskSegmentor:
+    """A freshly initialised model with the standard class names and palette for its class count."""
+    model = SeMaskSegmentor(config, attention_backend=attention_backend)
+    set_class_info(model, {})
+    return model
+
+
+def load_model(
+    path: str | Path,
+    *,
+    attention_backend: str = "sdpa",
+    device: str | torch.device = "cpu",
+) -> SeMaskSegmentor:
+    """Load a SeMask-FPN checkpoint (official mmseg ``.pth``, plain state dict or ``.safetensors``).
+
+    The variant is inferred from tensor shapes; weights load strictly. Returns the model in eval mode
+    with ``class_names`` and ``palette`` from the checkpoint's ``meta`` (else the standard ones for
+    150 / 19 / 171 classes).
+
+    Raises:
+        CheckpointError: unreadable, unsafe, not SeMask-FPN, or keys that do not match.
+    """
+    data = read_checkpoint(path)
+    return model_from_checkpoint(data, attention_backend=attention_backend, device=device)
+
+
+def model_from_checkpoint(
+    data: CheckpointData, *, attention_backend: str = "sdpa", device: str | torch.device = "cpu"
+) -> SeMaskSegmentor:
+    """Like :func:`load_model`, from an already read :class:`CheckpointData`."""
+    config = infer_config(data)
+    model = SeMaskSegmentor(config, attention_backend=attention_backend)
+    load_state_dict_strict(model, data.state_dict, where=str(data.path or "checkpoint"))
+    set_class_info(model, data.meta)
+    try:
+        device = torch.device(device)
+    except RuntimeError as exc:
+        raise ConfigError(f"invalid device {device!r}: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was requested but no CUDA GPU is available; use --device cpu")
+    return model.to(device).eval()
+
+
+def set_class_info(model: SeMaskSegmentor, meta: Mapping[str, Any]) -> None:
+    """Class names and palette from mmseg ``meta`` (0.x ``CLASSES``/``PALETTE`` or 1.x ``dataset_meta``),
+    falling back to the standard data sets by class count, then to generic names and colours."""
+    from .classes import default_classes, default_palette, generic_palette
+
+    k = model.config.num_classes
+    ds_meta = meta.get("dataset_meta") if isinstance(meta.get("dataset_meta"), Mapping) else {}
+    names = meta.get("CLASSES") or ds_meta.get("classes")
+    palette = meta.get("PALETTE") or ds_meta.get("palette")
+    if not names or len(names) != k:
+        names = default_classes(k) or tuple(f"class_{i}" for i in range(k))
+    if not palette or len(palette) != k:
+        palette = default_palette(k) or generic_palette(k)
+    model.class_names = tuple(str(n) for n in names)
+    model.palette = [tuple(int(v) for v in c) for c in palette]

@@ -1,0 +1,1 @@
+"""Command-line interfaces: thin argparse front ends over typed ``run_*`` functions."""

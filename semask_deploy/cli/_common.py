@@ -1,0 +1,64 @@
+"""Shared CLI plumbing: error handling (``error: …`` + exit 2), size parsing, progress bars."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Sequence
+
+from ..errors import ConfigError, SemaskError
+
+
+def parse_hw(text: str, what: str = "size") -> tuple[int, int]:
+    """``"512x1024"`` → (512, 1024); ``"512"`` → (512, 512)."""
+    parts = text.lower().replace("×", "x").split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise ConfigError(f"{what} must look like HxW (e.g. 512x512), got {text!r}") from None
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or min(values) <= 0:
+        raise ConfigError(f"{what} must be two positive integers HxW, got {text!r}")
+    return values[0], values[1]
+
+
+def hw_type(what: str) -> Callable[[str], tuple[int, int]]:
+    """An argparse ``type=`` that turns ConfigError into a usage error."""
+
+    def convert(text: str) -> tuple[int, int]:
+        try:
+            return parse_hw(text, what)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
+
+
+def csv_list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def main_wrapper(run: Callable[[argparse.Namespace], int | None], parser: argparse.ArgumentParser,
+                 argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv``, call ``run``; user errors print ``error: …`` and exit 2, Ctrl-C exits 130."""
+    args = parser.parse_args(argv)
+    try:
+        code = run(args)
+    except SemaskError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("error: out of memory; use a smaller --scale / --batch or a GPU", file=sys.stderr)
+        return 2
+    return int(code or 0)
+
+
+def progress(iterable, *, total: int | None = None, desc: str = "", disable: bool = False):
+    """A tqdm progress bar on stderr (disabled when not wanted)."""
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, disable=disable, unit="img", dynamic_ncols=True, file=sys.stderr)

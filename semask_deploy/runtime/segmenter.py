@@ -1,0 +1,102 @@
+"""One ``Segmenter`` over PyTorch checkpoints, ONNX files and TensorRT engines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import ConfigError
+from .pipeline import labels_from_logits, labels_to_size, prepare, slide_logits
+
+TORCH_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors")
+
+
+class Segmenter:
+    """Segment RGB images with any exported SeMask artifact, with the official test pipeline.
+
+    Args:
+        path: ``.pth``/``.safetensors`` (PyTorch), ``.onnx`` (ONNX Runtime) or ``.engine`` (TensorRT).
+        device: ``"cpu"`` or ``"cuda"``.
+        mode: ``"whole"`` or ``"slide"`` (sliding windows, logits averaged as mmseg does).
+        scale: keep-ratio test resize ``(long, short)``; default the model's (sidecar's) test scale;
+            ``"none"`` keeps the input size.
+        crop, stride: sliding-window size and step (default: the training crop and 2/3 of it).
+        attention_backend: PyTorch only: ``eager`` | ``sdpa`` | ``triton``.
+        providers: ONNX Runtime only: execution providers, e.g. ``["CUDAExecutionProvider"]``.
+        allow_cpu_fallback: ONNX Runtime only: accept running on the CPU when a GPU provider was asked
+            for but cannot load (otherwise that is an error, never a silent fallback).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        device: str = "cpu",
+        mode: str = "whole",
+        scale: Sequence[int] | str | None = None,
+        crop: Sequence[int] | None = None,
+        stride: Sequence[int] | None = None,
+        attention_backend: str = "sdpa",
+        providers: Sequence[str] | None = None,
+        allow_cpu_fallback: bool = False,
+    ) -> None:
+        path = Path(path)
+        if mode not in ("whole", "slide"):
+            raise ConfigError(f"mode must be 'whole' or 'slide', got {mode!r}")
+        suffix = path.suffix.lower()
+        if suffix in TORCH_SUFFIXES:
+            from .torch_backend import TorchBackend
+
+            self.backend = TorchBackend(path, device=device, attention_backend=attention_backend)
+        elif suffix == ".onnx":
+            from .onnx_backend import OnnxBackend
+
+            self.backend = OnnxBackend(path, device=device, providers=providers, allow_cpu_fallback=allow_cpu_fallback)
+        elif suffix in (".engine", ".plan", ".trt"):
+            from .trt_backend import TensorRTBackend
+
+            self.backend = TensorRTBackend(path)
+        else:
+            raise ConfigError(
+                f"cannot tell the format of {path}: use a .pth/.safetensors checkpoint, an .onnx file or a "
+                ".engine file"
+            )
+        self.path = path
+        self.mode = mode
+        if isinstance(scale, str):
+            if scale.lower() != "none":
+                raise ConfigError(f"scale must be (long, short) or 'none', got {scale!r}")
+            self.scale = None
+        else:
+            self.scale = tuple(scale) if scale is not None else tuple(self.backend.test_scale)
+        self.crop = tuple(crop) if crop is not None else tuple(self.backend.crop_size)
+        self.stride = tuple(stride) if stride is not None else tuple(max(1, c * 2 // 3) for c in self.crop)
+        if mode == "slide" and not self.backend.has_logits:
+            raise ConfigError(
+                f"{path.name} outputs labels only; slide mode needs logits: re-export with --with-logits"
+            )
+
+    @property
+    def num_classes(self) -> int:
+        return self.backend.num_classes
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(self.backend.class_names)
+
+    @property
+    def palette(self) -> list[tuple[int, int, int]]:
+        return [tuple(c) for c in self.backend.palette]
+
+    def predict(self, image_rgb: np.ndarray) -> np.ndarray:
+        """uint8 (H, W, 3) RGB image → int64 labels (H, W) at the image's own size."""
+        size = (int(image_rgb.shape[0]), int(image_rgb.shape[1]))
+        x = prepare(image_rgb, self.scale)
+        if self.mode == "slide":
+            logits = slide_logits(self.backend.logits, x, self.num_classes, self.crop, self.stride)
+            return labels_from_logits(logits, size).astype(np.int64)
+        if self.backend.has_logits:
+            return labels_from_logits(self.backend.logits(x), size).astype(np.int64)
+        return labels_to_size(self.backend.labels(x)[0], size).astype(np.int64)

@@ -1,0 +1,69 @@
+"""Shared fixtures: golden data from the official implementation, tiny checkpoints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+DATA = Path(__file__).parent / "data"
+GOLDEN = {
+    "tiny150": DATA / "golden_semfpn_tiny150_small.npz",
+    "w12c19": DATA / "golden_semfpn_w12c19_small.npz",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip ``gpu`` tests without CUDA and ``trt`` tests without TensorRT."""
+    has_cuda = torch.cuda.is_available()
+    try:
+        import tensorrt  # noqa: F401
+
+        has_trt = True
+    except ImportError:
+        has_trt = False
+    for item in items:
+        if "gpu" in item.keywords and not has_cuda:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
+        if "trt" in item.keywords and not (has_trt and has_cuda):
+            item.add_marker(pytest.mark.skip(reason="needs TensorRT and a CUDA GPU"))
+
+
+class Golden:
+    """One golden NPZ: inputs, outputs and the official state dict."""
+
+    def __init__(self, path: Path) -> None:
+        self.npz = np.load(path)
+        self.config = json.loads(str(self.npz["config"]))
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return self.npz[key]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {k[3:]: torch.from_numpy(self.npz[k].copy()) for k in self.npz.files if k.startswith("sd/")}
+
+    def write_mmseg_checkpoint(self, path: Path, meta: dict | None = None) -> Path:
+        """The official mmseg layout: {"meta": ..., "state_dict": ..., "optimizer": ...}."""
+        torch.save({"meta": meta or {"mmseg_version": "0.11.0", "config": "# config text"},
+                    "state_dict": self.state_dict(),
+                    "optimizer": {"state": {}, "param_groups": [{"lr": 6e-5, "params": [0, 1]}]}}, path)
+        return path
+
+
+@pytest.fixture(scope="session", params=list(GOLDEN))
+def golden(request) -> Golden:
+    return Golden(GOLDEN[request.param])
+
+
+@pytest.fixture(scope="session")
+def golden_tiny() -> Golden:
+    return Golden(GOLDEN["tiny150"])
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory, golden_tiny) -> Path:
+    """An official-layout SeMask-T ADE20K checkpoint (golden weights)."""
+    return golden_tiny.write_mmseg_checkpoint(tmp_path_factory.mktemp("ckpt") / "semask_tiny_ade20k.pth")

@@ -1,0 +1,148 @@
+"""Checkpoint formats and every way a file can be wrong."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+
+import pytest
+import torch
+
+from semask_deploy import load_model
+from semask_deploy.checkpoint import read_checkpoint, save_checkpoint
+from semask_deploy.errors import CheckpointError
+
+
+class _Evil:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_official_layout_with_meta_and_optimizer(golden_tiny, tmp_path):
+    names = tuple(f"thing{i}" for i in range(150))
+    palette = [[i, 255 - i, 7] for i in range(150)]
+    path = golden_tiny.write_mmseg_checkpoint(tmp_path / "m.pth", meta={"CLASSES": names, "PALETTE": palette})
+    model = load_model(path)
+    assert model.class_names == names
+    assert model.palette[3] == (3, 252, 7)
+    assert not model.training
+    assert model.config.name == "semask_swin_t_ade20k" and model.config.test_scale == (2048, 512)
+
+
+def test_default_class_names_by_count(tiny_ckpt):
+    model = load_model(tiny_ckpt)
+    assert model.class_names[:3] == ("wall", "building", "sky")
+    assert len(model.palette) == 150
+
+
+def test_plain_state_dict_with_module_prefix(golden_tiny, tmp_path):
+    path = tmp_path / "plain.pth"
+    torch.save({f"module.{k}": v for k, v in golden_tiny.state_dict().items()}, path)
+    model = load_model(path)
+    x = torch.from_numpy(golden_tiny["input_odd"])
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x), torch.from_numpy(golden_tiny["seg_logits_odd"]), atol=1e-4, rtol=1e-5)
+
+
+def test_safetensors_round_trip_keeps_config_and_classes(tiny_ckpt, tmp_path):
+    model = load_model(tiny_ckpt)
+    model.class_names = tuple(f"c{i}" for i in range(150))
+    out = save_checkpoint(model, tmp_path / "m.safetensors")
+    again = load_model(out)
+    assert again.class_names == model.class_names and again.config == model.config
+    for (k, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), k
+
+
+def test_saved_pth_is_official_layout(tiny_ckpt, tmp_path):
+    out = save_checkpoint(load_model(tiny_ckpt), tmp_path / "again.pth")
+    raw = torch.load(out, weights_only=True)
+    assert set(raw) == {"meta", "state_dict"}
+    assert all(k.startswith(("backbone.", "decode_head.")) for k in raw["state_dict"])
+    assert "CLASSES" in raw["meta"] and "PALETTE" in raw["meta"]
+    assert not list(tmp_path.glob(".*tmp*")), "temp files left behind"
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        read_checkpoint(tmp_path / "nope.pth")
+
+
+def test_empty_file(tmp_path):
+    (tmp_path / "e.pth").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="empty"):
+        read_checkpoint(tmp_path / "e.pth")
+
+
+def test_truncated_file(tiny_ckpt, tmp_path):
+    data = tiny_ckpt.read_bytes()
+    (tmp_path / "t.pth").write_bytes(data[: len(data) // 3])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        read_checkpoint(tmp_path / "t.pth")
+
+
+def test_not_a_checkpoint(tmp_path):
+    (tmp_path / "x.pth").write_text("hello, I am a text file\n" * 10)
+    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
+        read_checkpoint(tmp_path / "x.pth")
+
+
+@pytest.mark.parametrize("container", ["torch", "pickle"])
+def test_malicious_pickle_is_refused_and_never_runs(tmp_path, container):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    payload = {"state_dict": {"a": torch.zeros(1)}, "meta": _Evil(str(marker))}
+    if container == "torch":
+        torch.save(payload, path)
+    else:
+        path.write_bytes(pickle.dumps(payload))
+    with pytest.raises(CheckpointError, match="refusing to load|not a PyTorch checkpoint"):
+        read_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_other_architecture(tmp_path):
+    path = tmp_path / "resnet.pth"
+    torch.save({"state_dict": {"conv1.weight": torch.zeros(64, 3, 7, 7), "fc.weight": torch.zeros(10, 64)}}, path)
+    with pytest.raises(CheckpointError, match="not a SeMask-FPN checkpoint"):
+        load_model(path)
+
+
+def test_swin_without_semantic_layers(golden_tiny, tmp_path):
+    sd = {k: v for k, v in golden_tiny.state_dict().items() if "semantic_layer" not in k}
+    torch.save({"state_dict": sd}, tmp_path / "swin.pth")
+    with pytest.raises(CheckpointError, match="no backbone.layers"):
+        load_model(tmp_path / "swin.pth")
+
+
+def test_missing_unexpected_and_misshaped_keys_are_named(golden_tiny, tmp_path):
+    sd = golden_tiny.state_dict()
+    del sd["backbone.norm3.weight"]
+    sd["backbone.extra.weight"] = torch.zeros(3)
+    sd["backbone.layers.1.blocks.0.mlp.fc2.bias"] = torch.zeros(5)
+    torch.save({"state_dict": sd}, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointError) as info:
+        load_model(tmp_path / "bad.pth")
+    msg = str(info.value)
+    assert "1 missing key(s): backbone.norm3.weight" in msg
+    assert "1 unexpected key(s): backbone.extra.weight" in msg
+    assert "backbone.layers.1.blocks.0.mlp.fc2.bias: expected (192,) float32, got (5,) float32" in msg
+
+
+def test_corrupt_safetensors(tmp_path):
+    p = tmp_path / "m.safetensors"
+    p.write_bytes((100).to_bytes(8, "little") + b'{"a": broken')
+    with pytest.raises(CheckpointError, match="safetensors"):
+        read_checkpoint(p)
+
+
+def test_zip_that_is_not_torch(tmp_path):
+    p = tmp_path / "z.pth"
+    with zipfile.ZipFile(p, "w") as z:
+        z.writestr("hello.txt", "hi")
+    with pytest.raises(CheckpointError):
+        read_checkpoint(p)
