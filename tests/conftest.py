@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+# Triton kernels run on the CPU interpreter when there is no GPU; the variable must be set before triton is
+# imported anywhere in the session.
+try:
+    import torch as _torch
+
+    if not _torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+except ImportError:  # pragma: no cover
+    pass
 
 DATA = Path(__file__).parent / "data"
 GOLDEN = {
