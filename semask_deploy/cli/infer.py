@@ -14,6 +14,7 @@ from ..errors import ConfigError, ImageError
 from ._common import hw_type, main_wrapper, progress
 
 EPILOG = """examples:
+  semask-infer --demo --out out/                 (the bundled sample scenes)
   semask-infer --demo --image street.jpg --out out/
   semask-infer --model semask_swin_tiny_ade20k.pth --image images/ --out out/
   semask-infer --model model.onnx --image images/ --out out/ --mode slide --crop 512x512 --stride 341x341
@@ -32,6 +33,13 @@ class InferResult:
     failed: list[tuple[Path, str]] = field(default_factory=list)
 
 
+def _scale(text: str) -> tuple[int, int] | str:
+    """argparse type of ``--scale``: ``LONGxSHORT`` or ``none``."""
+    if text.lower() == "none":
+        return "none"
+    return hw_type("--scale")(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="semask-infer",
@@ -44,10 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", type=Path, help=".pth/.safetensors checkpoint, .onnx file or .engine file")
     src.add_argument("--demo", action="store_true", help="use the built-in demo model (synthetic scenes)")
-    p.add_argument("--image", type=Path, required=True, help="an image file or a folder of images")
+    p.add_argument("--image", type=Path, default=None,
+                   help="an image file or a folder of images (with --demo, default: the bundled sample scenes)")
     p.add_argument("--out", type=Path, default=Path("semask-infer-out"), help="output folder (default: %(default)s)")
     p.add_argument("--mode", choices=("whole", "slide"), default="whole", help="inference mode (default: whole)")
-    p.add_argument("--scale", default=None,
+    p.add_argument("--scale", type=_scale, default=None,
                    help="keep-ratio test resize LONGxSHORT, e.g. 2048x512, or 'none' to keep the image size "
                    "(default: the model's test scale: ADE20K/COCO 2048x512, 640-crop models 2560x640, "
                    "Cityscapes 2048x1024)")
@@ -62,15 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _scale(text: str | None) -> tuple[int, int] | str | None:
-    if text is None or text.lower() == "none":
-        return text.lower() if text else None
-    return hw_type("--scale")(text)
-
-
 def run_infer(
     model: Path | None,
-    image: Path,
+    image: Path | None,
     out: Path,
     *,
     demo: bool = False,
@@ -91,10 +94,14 @@ def run_infer(
     if not 0.0 <= alpha <= 1.0:
         raise ConfigError(f"--alpha must be between 0 and 1, got {alpha}")
     if demo:
-        from ..assets import demo_checkpoint
+        from ..assets import demo_checkpoint, sample_images
 
         model = demo_checkpoint()
-    images = list_images(image)
+        images = list_images(image) if image is not None else sample_images()
+    elif image is None:
+        raise ConfigError("--image is required (an image file or a folder of images)")
+    else:
+        images = list_images(image)
     seg = Segmenter(model, device=device, mode=mode, scale=scale, crop=crop, stride=stride, attention_backend=attention)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} exists and is not a folder")
@@ -115,7 +122,7 @@ def run_infer(
 
 def _run(args: argparse.Namespace) -> int:
     result = run_infer(
-        args.model, args.image, args.out, demo=args.demo, mode=args.mode, scale=_scale(args.scale), crop=args.crop,
+        args.model, args.image, args.out, demo=args.demo, mode=args.mode, scale=args.scale, crop=args.crop,
         stride=args.stride, device=args.device, attention=args.attention, alpha=args.alpha,
         overlay=not args.no_overlay, quiet=args.quiet,
     )

@@ -124,6 +124,21 @@ def unscaled_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     Plain batched GEMMs on the CPU (PyTorch's CPU SDPA is slower for 49/144-token windows);
     ``F.scaled_dot_product_attention(scale=1)`` on CUDA and when traced.
     """
-    if q.is_cuda or is_tracing() or q.dtype != torch.float32:
+    if is_tracing():
+        return unscaled_sdpa(q, k, v)
+    if q.is_cuda or q.dtype != torch.float32:
         return F.scaled_dot_product_attention(q, k, v, scale=1.0)
     return torch.bmm(torch.softmax(torch.bmm(q, k.transpose(1, 2)), dim=-1), v)
+
+
+def unscaled_sdpa(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """``F.scaled_dot_product_attention(q, k, v, scale=1)`` for 3-D (G, n, K/C) inputs.
+
+    When traced for export the inputs get a unit head axis: the ONNX exporter translates only 4-D SDPA
+    ("only 4D query, key, and value are supported"); contiguous, as DESIGN §7 notes for the dynamo exporter.
+    """
+    if is_tracing() and q.dim() == 3:
+        q4, k4, v4 = (t.unsqueeze(1).contiguous() for t in (q, k, v))
+        return F.scaled_dot_product_attention(q4, k4, v4, scale=1.0).squeeze(1)
+    return F.scaled_dot_product_attention(q, k, v, scale=1.0)
+

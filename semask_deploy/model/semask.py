@@ -92,7 +92,7 @@ class SemanticLayer(nn.Module):
             )
             return out.reshape(b, n, c), q
         if self.mode == "global":  # O(N) memory: N reaches ~32k tokens at 2048×1024
-            return F.scaled_dot_product_attention(q, k, v, scale=1.0), q
+            return fast.unscaled_sdpa(q, k, v), q  # 4-D when traced: the ONNX exporter needs it
         win = self.window
         hp, wp = padded_size(h, win), padded_size(w, win)
         q_w = window_partition(_pad_with(q.view(b, h, w, -1), hp, wp, None), win)

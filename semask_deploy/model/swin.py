@@ -92,7 +92,9 @@ class PatchEmbed(nn.Module):
         """(B, 3, H, W) → tokens (B, Hp·Wp, C) and the token grid size (⌈H/p⌉, ⌈W/p⌉)."""
         p = self.patch_size
         h, w = x.shape[2], x.shape[3]
-        x = F.pad(x, (0, (p - w % p) % p, 0, (p - h % p) % p))
+        # padded_size(·) − size rather than (p − w % p) % p: the same value, but a far simpler symbolic
+        # expression when traced with dynamic H, W (torch.export's guard solving was minutes slower).
+        x = F.pad(x, (0, padded_size(w, p) - w, 0, padded_size(h, p) - h))
         x = self.proj(x)
         gh, gw = x.shape[2], x.shape[3]
         x = self.norm(x.flatten(2).transpose(1, 2))
@@ -191,7 +193,8 @@ class SwinBlock(nn.Module):
         """
         table = self.attn.relative_position_bias_table
         cacheable = not (torch.is_grad_enabled() and table.requires_grad) and not is_tracing()
-        key = (hp, wp, device, dtype, table._version, table.data_ptr())
+        # The key is built only when caching: data_ptr() fails on the fake tensors of torch.export.
+        key = (hp, wp, device, dtype, table._version, table.data_ptr()) if cacheable else None
         if cacheable and key in self._bias_cache:
             return self._bias_cache[key]
         w, heads = self.window, self.attn.num_heads
@@ -258,6 +261,13 @@ class PatchMerging(nn.Module):
         """x (B, H·W, C) → (B, ⌈H/2⌉·⌈W/2⌉, 2C)."""
         b, _, c = x.shape
         x = x.view(b, h, w, c)
+        if is_tracing():
+            # Export: the same 2×2 gather as a reshape (channel order x00, x10, x01, x11). Strided slices
+            # of a symbolic size give ⌈·/2⌉ vs ⌊·/2⌋ sizes that torch.export cannot prove equal.
+            h2, w2 = (h + 1) // 2, (w + 1) // 2
+            x = F.pad(x, (0, 0, 0, 2 * w2 - w, 0, 2 * h2 - h))
+            x = x.view(b, h2, 2, w2, 2, c).permute(0, 1, 3, 4, 2, 5).reshape(b, h2 * w2, 4 * c)
+            return self.reduction(self.norm(x))
         x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
         x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
         return self.reduction(self.norm(x.view(b, -1, 4 * c)))

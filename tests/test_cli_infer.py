@@ -1,0 +1,138 @@
+"""``semask-infer`` end to end: real command, outputs identical to the official logits' argmax, bad input."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from semask_deploy.cli.infer import main, run_infer
+
+
+def _write_rgb(path: Path, rgb: np.ndarray) -> Path:
+    cv2.imwrite(str(path), np.ascontiguousarray(rgb[:, :, ::-1]))
+    return path
+
+
+@pytest.fixture()
+def images(tmp_path, golden_tiny) -> Path:
+    d = tmp_path / "imgs"
+    d.mkdir()
+    _write_rgb(d / "main.png", golden_tiny["input_rgb_uint8"])
+    _write_rgb(d / "odd.png", golden_tiny["input_odd_rgb_uint8"])
+    return d
+
+
+def test_labels_equal_official_argmax_at_native_size(tiny_ckpt, images, tmp_path, golden_tiny):
+    out = tmp_path / "out"
+    res = run_infer(tiny_ckpt, images, out, scale="none", quiet=True)
+    assert not res.failed
+    for name, suffix in (("main", ""), ("odd", "_odd")):
+        labels = cv2.imread(str(out / f"{name}_labels.png"), cv2.IMREAD_UNCHANGED)
+        want = golden_tiny["seg_logits" + suffix][0].argmax(0)
+        assert labels.shape == want.shape
+        assert (labels == want).all()
+        overlay = cv2.imread(str(out / f"{name}_overlay.png"))
+        assert overlay.shape == (*want.shape, 3)
+
+
+def test_keep_ratio_rescale_maps_back_to_original_size(tiny_ckpt, images, tmp_path, golden_tiny):
+    """Default scale for ADE20K is (2048, 512): the 37×53 image is upscaled, segmented, mapped back."""
+    from semask_deploy import load_model
+    from semask_deploy.data.transforms import normalize, rescale_image
+
+    out = tmp_path / "out"
+    run_infer(tiny_ckpt, images / "odd.png", out, quiet=True)
+    rgb = golden_tiny["input_odd_rgb_uint8"]
+    model = load_model(tiny_ckpt)
+    x = torch.from_numpy(normalize(rescale_image(rgb, (2048, 512)))[None])
+    assert x.shape[2] == 512
+    with torch.inference_mode():
+        logits = F.interpolate(model(x), size=rgb.shape[:2], mode="bilinear", align_corners=False)
+    labels = cv2.imread(str(out / "odd_labels.png"), cv2.IMREAD_UNCHANGED)
+    assert labels.shape == rgb.shape[:2]
+    assert (labels == logits.argmax(1)[0].numpy()).all()
+
+
+def test_slide_mode_runs_and_averages(tiny_ckpt, images, tmp_path):
+    out = tmp_path / "out"
+    res = run_infer(tiny_ckpt, images / "main.png", out, scale="none", mode="slide", crop=(32, 48), stride=(16, 24),
+                    quiet=True)
+    assert not res.failed and (out / "main_labels.png").exists()
+
+
+def test_grayscale_and_rgba_images(tiny_ckpt, tmp_path, golden_tiny):
+    d = tmp_path / "imgs"
+    d.mkdir()
+    rgb = golden_tiny["input_odd_rgb_uint8"]
+    cv2.imwrite(str(d / "gray.png"), rgb[:, :, 0])
+    cv2.imwrite(str(d / "rgba.png"), np.dstack([rgb[:, :, ::-1], np.full(rgb.shape[:2], 128, np.uint8)]))
+    res = run_infer(tiny_ckpt, d, tmp_path / "out", scale="none", quiet=True)
+    assert not res.failed and len(res.written) == 4
+
+
+def test_cli_subprocess_end_to_end(tiny_ckpt, images, tmp_path):
+    out = tmp_path / "out"
+    exe = shutil.which("semask-infer") or str(Path(sys.executable).parent / "semask-infer")
+    proc = subprocess.run([exe, "--model", str(tiny_ckpt), "--image", str(images), "--out", str(out),
+                           "--scale", "none"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == [
+        "main_labels.png", "main_overlay.png", "odd_labels.png", "odd_overlay.png"]
+
+
+def _err(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and err[-1].startswith("error: ")
+    assert "Traceback" not in "\n".join(err)
+    return err[-1]
+
+
+def test_missing_checkpoint(tmp_path, images, capsys):
+    assert main(["--model", str(tmp_path / "none.pth"), "--image", str(images), "--out", str(tmp_path / "o")]) == 2
+    assert "checkpoint not found" in _err(capsys)
+    assert not (tmp_path / "o").exists()
+
+
+def test_not_a_checkpoint(tmp_path, images, capsys):
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"\x00" * 100)
+    assert main(["--model", str(bad), "--image", str(images), "--out", str(tmp_path / "o")]) == 2
+    _err(capsys)
+    assert not (tmp_path / "o").exists()
+
+
+def test_unreadable_image_is_reported_others_written(tiny_ckpt, images, tmp_path, capsys):
+    (images / "broken.jpg").write_bytes(b"definitely not a jpeg")
+    out = tmp_path / "o"
+    assert main(["--model", str(tiny_ckpt), "--image", str(images), "--out", str(out), "--scale", "none",
+                 "--quiet"]) == 2
+    assert "broken.jpg" in _err(capsys)
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["main_labels.png", "main_overlay.png", "odd_labels.png", "odd_overlay.png"]
+
+
+def test_missing_image(tiny_ckpt, tmp_path, capsys):
+    assert main(["--model", str(tiny_ckpt), "--image", str(tmp_path / "x.png"), "--out", str(tmp_path / "o")]) == 2
+    assert "no such file" in _err(capsys)
+
+
+def test_bad_scale_is_a_usage_error(tiny_ckpt, images, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--model", str(tiny_ckpt), "--image", str(images), "--crop", "abc"])
+    assert info.value.code == 2
+    assert "HxW" in capsys.readouterr().err
+
+
+def test_unknown_model_format(tmp_path, images, capsys):
+    f = tmp_path / "model.xyz"
+    f.write_text("x")
+    assert main(["--model", str(f), "--image", str(images), "--out", str(tmp_path / "o")]) == 2
+    assert "cannot tell the format" in _err(capsys)
