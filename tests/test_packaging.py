@@ -28,7 +28,8 @@ print(semask_deploy.__file__)
 def _fresh_venv(tmp: Path) -> Path:
     """A new venv that sees this environment's dependencies (torch etc.) but not this project."""
     venv = tmp / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    # no pip/setuptools of its own: pip comes from this environment through the .pth below
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     py = venv / "bin" / "python"
     purelib = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                              check=True, capture_output=True, text=True).stdout.strip()
@@ -48,7 +49,7 @@ def test_fresh_install_imports_all_four(tmp_path, editable):
     # copy uncommitted working-tree state of the package folders, so the test checks what is here now
     subprocess.run(["bash", "-c", f"cd {ROOT} && tar cf - --exclude=__pycache__ --exclude='*.egg-info' "
                     f"pyproject.toml README.md semask_deploy kernels export benchmarks | tar xf - -C {src}"], check=True)
-    cmd = [str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index"]
+    cmd = [str(py), "-m", "pip", "install", "-q", "--no-deps"]  # build isolation: setuptools from pyproject
     cmd += ["-e", str(src)] if editable else [str(src)]
     env = {**os.environ, "PIP_CONSTRAINT": ""}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)

@@ -1,0 +1,370 @@
+"""Training SeMask-FPN with the semantic decoder's supervision, single-process or DDP via torchrun.
+
+The official recipe (mmseg SeMask-FPN): loss = CE(seg) + 0.4·CE(semantic) at the label size, ignore 255
+(optional OHEM); AdamW (betas 0.9/0.999, weight decay except norms, relative position tables and gamma);
+poly lr (power 1, min 0) after a linear warm-up of ``min(1500, iters // 10)`` iterations from
+``1e-6·lr``; mmseg's augmentation (random keep-ratio rescale 0.5–2.0 of the image scale, crop with
+cat_max_ratio 0.75, flip, photometric distortion, pad labels with 255).
+
+Checkpoints are written by rank 0 in the official mmseg layout (``meta`` + ``state_dict`` with
+``backbone.*`` / ``decode_head.*`` keys): ``out/latest.pth`` also holds the optimizer, schedule, iteration
+and every rank's RNG state, so ``--resume`` continues exactly; ``out/final.pth`` holds the weights only.
+Both load strictly with :func:`semask_deploy.api.load_model`. Logs: a tqdm bar and ``out/log.jsonl``.
+
+Distributed: ``torchrun --standalone --nproc-per-node=N -m semask_deploy.train <semask-train args>``
+(NCCL on GPUs, gloo on CPUs; SyncBatchNorm in the head; ``--batch-size`` is per process).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import infer_config, load_state_dict_strict, read_checkpoint, save_checkpoint
+from .config import SeMaskConfig
+from .data.transforms import TrainAugment
+from .errors import CheckpointError, ConfigError, SemaskError
+from .model import SeMaskSegmentor
+from .training import data as tdata
+from .training import dist as tdist
+from .training.init import InitReport, checkpoint_kind, init_from_checkpoint, official_init
+from .training.losses import OhemSampler, semask_loss
+from .training.optim import PolySchedule, build_optimizer, default_warmup, param_groups
+from .training.setup import (
+    DEMO_BATCH, DEMO_ITERS, DEMO_LR, DEMO_NUM_CLASSES, OFFICIAL_ITERS, OFFICIAL_LR, default_crop, load_variant,
+    resolve_config,
+)
+
+
+@dataclass
+class TrainOptions:
+    """Everything ``semask-train`` accepts (see ``semask-train --help``)."""
+
+    variant: str | None = None
+    data: str = "synthetic"
+    data_root: Path | None = None
+    num_classes: int | None = None
+    init: Path | None = None
+    iters: int | None = None
+    batch_size: int | None = None
+    crop: tuple[int, int] | None = None
+    lr: float | None = None
+    weight_decay: float = 0.01
+    warmup: int | None = None
+    eval_every: int | None = None
+    save_every: int | None = None
+    eval_size: int | None = None
+    out: Path = Path("semask-train-out")
+    resume: bool = False
+    seed: int = 0
+    workers: int = 0
+    ohem: bool = False
+    log_every: int = 20
+    gamma_init: float = 0.0
+    device: str = "auto"
+    threads: int | None = None
+    attention: str = "sdpa"
+    quiet: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+
+@dataclass
+class TrainResult:
+    """What a run did: paths, the last evaluation, per-iteration losses of this process's run."""
+
+    out: Path
+    config: SeMaskConfig
+    start_iter: int
+    end_iter: int
+    latest: Path | None = None
+    final: Path | None = None
+    metrics: dict[str, Any] | None = None
+    losses: dict[int, float] = field(default_factory=dict)
+    train_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    init: InitReport | None = None
+
+
+class _Logger:
+    """Rank-0 messages on stderr and JSON lines in ``out/log.jsonl`` (appended; a resumed run continues it)."""
+
+    def __init__(self, out: Path, enabled: bool, quiet: bool) -> None:
+        self.enabled, self.quiet = enabled, quiet
+        self.path = out / "log.jsonl"
+        self.bar = None
+        if enabled:
+            out.mkdir(parents=True, exist_ok=True)
+
+    def event(self, record: dict[str, Any]) -> None:
+        if self.enabled:
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def say(self, text: str) -> None:
+        if self.enabled and not self.quiet:
+            if self.bar is not None:
+                self.bar.write(text, file=sys.stderr)
+            else:
+                print(text, file=sys.stderr, flush=True)
+
+
+def _check_options(o: TrainOptions) -> None:
+    for name in ("iters", "batch_size", "eval_every", "save_every", "log_every", "eval_size", "threads"):
+        v = getattr(o, name)
+        if v is not None and v <= 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {v}")
+    if o.lr is not None and not o.lr > 0:
+        raise ConfigError(f"--lr must be positive, got {o.lr}")
+    if o.weight_decay < 0 or (o.warmup is not None and o.warmup < 0):
+        raise ConfigError("--weight-decay and --warmup must be >= 0")
+    if o.out.exists() and not o.out.is_dir():
+        raise ConfigError(f"--out {o.out} exists and is not a folder")
+    if o.init is not None and not Path(o.init).is_file():
+        raise CheckpointError(f"--init checkpoint not found: {o.init}")
+    if o.resume and not (o.out / "latest.pth").is_file():
+        raise CheckpointError(f"--resume: no checkpoint to resume from ({o.out / 'latest.pth'} does not exist)")
+    if not o.resume and (o.out / "latest.pth").is_file():
+        raise ConfigError(f"{o.out} already holds a training run (latest.pth); pass --resume or another --out")
+
+
+def _load_resume(path: Path) -> dict[str, Any]:
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt files
+        raise CheckpointError(f"cannot read {path} to resume ({str(exc).splitlines()[0][:160]})") from None
+    for key in ("state_dict", "optimizer", "iteration"):
+        if key not in state:
+            raise CheckpointError(f"{path} is not a resumable training checkpoint (no {key!r}); use --init instead")
+    return state
+
+
+_RESUME_DEFAULTS = ("variant", "num_classes", "iters", "batch_size", "crop", "lr", "warmup", "eval_every",
+                    "save_every", "eval_size")
+
+
+def _with_saved_defaults(opts: TrainOptions, saved: dict[str, Any]) -> TrainOptions:
+    """On ``--resume``, options not given again default to the interrupted run's."""
+    from dataclasses import replace
+
+    kw = {}
+    for name in _RESUME_DEFAULTS:
+        if getattr(opts, name) is None and saved.get(name) is not None:
+            v = saved[name]
+            kw[name] = tuple(v) if isinstance(v, list) else v
+    return replace(opts, **kw)
+
+
+def _rng_state(info: tdist.DistInfo) -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(info.device) if info.device.type == "cuda" else None}
+
+
+def run_train(opts: TrainOptions, *, stop_after: int | None = None) -> TrainResult:
+    """Train (or resume) a SeMask-FPN model; see the module docstring.
+
+    Args:
+        opts: the options.
+        stop_after: stop after this many iterations of THIS call, saving ``latest.pth`` as an
+            interruption would leave it (for tests of ``--resume``); ``None`` runs to ``iters``.
+
+    Returns:
+        A :class:`TrainResult` (on every rank; paths and metrics are rank 0's).
+
+    Raises:
+        SemaskError: bad options, data or checkpoints.
+    """
+    t_wall = time.perf_counter()
+    _check_options(opts)
+    if opts.threads is not None:
+        torch.set_num_threads(opts.threads)
+    info = tdist.setup(opts.device)
+    try:
+        return _train(opts, info, stop_after, t_wall)
+    finally:
+        tdist.teardown(info)
+
+
+def _train(opts: TrainOptions, info: tdist.DistInfo, stop_after: int | None, t_wall: float) -> TrainResult:
+    out = Path(opts.out)
+    log = _Logger(out, info.is_main, opts.quiet)
+    resume_state = _load_resume(out / "latest.pth") if opts.resume else None
+    if resume_state is not None:
+        opts = _with_saved_defaults(opts, resume_state.get("meta", {}).get("train") or {})
+    init_data = read_checkpoint(opts.init) if opts.init is not None and not opts.resume else None
+
+    # -- configuration and data -------------------------------------------------------------------
+    variant = opts.variant
+    base = load_variant(variant) if variant is not None else None
+    if resume_state is not None and variant is None:
+        base = SeMaskConfig.from_dict(resume_state["meta"]["semask_config"])
+        variant = "resumed"
+    if variant is None:
+        if init_data is None or checkpoint_kind(init_data) != "semask":
+            raise ConfigError("--variant is required (tiny, small, base, large, demo or a config .json), "
+                              "unless --init is a SeMask checkpoint")
+        base, variant = infer_config(init_data), "checkpoint"
+    crop = opts.crop or default_crop(variant, base, opts.data)
+    n_synth = opts.num_classes
+    if opts.data == "synthetic" and n_synth is None:
+        n_synth = base.num_classes if base is not None else DEMO_NUM_CLASSES
+    data = tdata.open_train_data(opts.data, opts.data_root, num_classes=n_synth, size=crop, seed=opts.seed,
+                                 eval_size=opts.eval_size)
+    config = resolve_config(variant if variant in ("demo", "tiny", "small", "base", "large") else "json", base,
+                            opts.data, data.num_classes, crop, data.synthetic)
+    if resume_state is not None:
+        saved = SeMaskConfig.from_dict(resume_state["meta"]["semask_config"])
+        if saved != config:
+            raise ConfigError(f"--resume: {out / 'latest.pth'} was trained with another model config "
+                              f"({saved.name}); resume with the same --variant/--data/--crop/--num-classes")
+    iters = opts.iters or (DEMO_ITERS if variant == "demo" else OFFICIAL_ITERS)
+    lr = opts.lr or (DEMO_LR if variant == "demo" else OFFICIAL_LR)
+    batch = opts.batch_size or (DEMO_BATCH if variant == "demo" else 4 if variant == "large" else 8)
+    warmup = default_warmup(iters) if opts.warmup is None else opts.warmup
+    eval_every = opts.eval_every or max(iters // 10, min(iters, 100))
+    save_every = opts.save_every or eval_every
+
+    # -- model -------------------------------------------------------------------------------------
+    torch.manual_seed(opts.seed)  # the same initial weights on every rank
+    model = SeMaskSegmentor(config, attention_backend=opts.attention)
+    official_init(model, opts.gamma_init)
+    report = InitReport("scratch")
+    if resume_state is None and opts.init is not None:
+        report = init_from_checkpoint(model, opts.init, opts.gamma_init, data=init_data)
+    model.class_names = tuple(data.classes)
+    model.palette = [tuple(int(c) for c in p) for p in data.palette]
+    model.to(info.device).train()
+    optimizer = build_optimizer(model, lr, opts.weight_decay)
+    schedule = PolySchedule(lr, iters, warmup=warmup)
+    start = 0
+    if resume_state is not None:
+        load_state_dict_strict(model, resume_state["state_dict"], where=str(out / "latest.pth"))
+        optimizer.load_state_dict(resume_state["optimizer"])
+        start = int(resume_state["iteration"])
+        if resume_state.get("scheduler"):
+            schedule.load_state_dict(resume_state["scheduler"])
+            schedule.max_iters = iters
+    rngs = (resume_state or {}).get("rng") or []
+    if len(rngs) == info.world_size:
+        torch.set_rng_state(rngs[info.rank]["torch"])
+        if info.device.type == "cuda" and rngs[info.rank].get("cuda") is not None:
+            torch.cuda.set_rng_state(rngs[info.rank]["cuda"], info.device)
+    else:
+        torch.manual_seed(opts.seed * 1000 + info.rank + start)  # per-rank seeds (dropout)
+    net: torch.nn.Module = model
+    if info.distributed:
+        model = tdist.convert_sync_batchnorm(model, info.device)
+        net = tdist.wrap_ddp(model, info)
+    sampler = OhemSampler(thresh=0.7, min_kept=100_000) if opts.ohem else None
+    augment = TrainAugment(crop_size=tuple(crop), img_scale=tuple(config.test_scale))
+
+    groups = param_groups(model, opts.weight_decay)
+    start_record = {
+        "event": "start" if resume_state is None else "resume", "iter": start, "world_size": info.world_size,
+        "device": str(info.device), "options": opts.to_json(), "config": config.to_dict(),
+        "iters": iters, "lr": lr, "batch_per_process": batch, "warmup": warmup, "eval_every": eval_every,
+        "data": data.description, "init": report.to_dict(),
+        "no_decay_params": len(groups[1]["names"]), "decay_params": len(groups[0]["names"]),
+    }
+    log.event(start_record)
+    log.say(f"{'resuming at iteration ' + str(start) if resume_state else 'training'} {config.name}: "
+            f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, {iters} iterations × "
+            f"{batch}×{info.world_size} crops {crop[0]}x{crop[1]}, lr {lr:g}, warm-up {warmup}; {data.description}")
+    log.say(report.summary())
+
+    result = TrainResult(out, config, start, start, init=report)
+    end = iters if stop_after is None else min(iters, start + stop_after)
+    batches = tdata.TrainBatches(data.train, augment, batch, info, opts.seed, start, end, data.synthetic)
+    loader = tdata.batch_loader(batches, opts.workers)
+
+    def save(it_done: int, final: bool) -> None:
+        rng = tdist.all_gather_objects(info, _rng_state(info))
+        if info.is_main:
+            meta = {"iteration": it_done, "train": opts.to_json()}
+            extra = {"optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(),
+                     "iteration": it_done, "rng": rng, "world_size": info.world_size}
+            result.latest = save_checkpoint(model, out / "latest.pth", meta=meta, extra=extra)
+            log.say(f"saved {result.latest} (iteration {it_done})")
+            if final:
+                result.final = save_checkpoint(model, out / "final.pth", meta=meta)
+                log.say(f"saved {result.final}")
+        tdist.barrier(info)
+
+    def run_eval(it_done: int) -> None:
+        cm = tdata.evaluate(model, data.val, config.num_classes, info, config.test_scale, batch)
+        metrics = cm.to_dict(data.classes)
+        result.metrics = metrics
+        log.event({"event": "eval", "iter": it_done, **metrics})
+        per = ", ".join(f"{c['class']} {100 * c['iou']:.1f}" for c in metrics["per_class"] if c["iou"] is not None)
+        log.say(f"iteration {it_done}: held-out mIoU {100 * (metrics['mIoU'] or 0):.2f} "
+                f"aAcc {100 * (metrics['aAcc'] or 0):.2f} ({per})")
+
+    bar = None
+    if info.is_main and not opts.quiet:
+        from tqdm import tqdm
+
+        bar = tqdm(total=iters, initial=start, desc="training", unit="it", dynamic_ncols=True, file=sys.stderr)
+        log.bar = bar
+    window: list[torch.Tensor] = []
+    t_train = time.perf_counter()
+    t_data = 0.0
+    t_last = time.perf_counter()
+    it = start
+    for x, y in loader:
+        t_data += time.perf_counter() - t_last
+        cur_lr = schedule.apply(optimizer, it)
+        x, y = x.to(info.device, non_blocking=True), y.to(info.device, non_blocking=True)
+        seg, sem = net(x)
+        loss, parts = semask_loss(seg, sem, y, sampler=sampler)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if not torch.isfinite(loss.detach()):
+            raise SemaskError(f"the loss became {float(loss)} at iteration {it}; lower --lr or check the labels")
+        window.append(torch.tensor([float(loss.detach()), parts["loss_seg"], parts["loss_sem"], parts["acc"]]))
+        it += 1
+        if bar is not None:
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", lr=f"{cur_lr:.2e}", refresh=False)
+            bar.update(1)
+        if it % opts.log_every == 0 or it == end:
+            stats = tdist.all_reduce_sum(info, torch.stack(window).mean(0)) / info.world_size
+            result.losses.update({it - len(window) + k: float(v[0]) for k, v in enumerate(window)})
+            elapsed = time.perf_counter() - t_train
+            log.event({"event": "train", "iter": it, "loss": float(stats[0]), "loss_seg": float(stats[1]),
+                       "loss_sem": float(stats[2]), "acc": float(stats[3]), "lr": cur_lr,
+                       "sec_per_iter": elapsed / (it - start), "data_sec": t_data, "time": elapsed})
+            window.clear()
+        if it % eval_every == 0 or it == iters:
+            run_eval(it)
+        if it % save_every == 0 or it == iters or it == end:
+            save(it, final=it == iters)
+        t_last = time.perf_counter()
+    if bar is not None:
+        bar.close()
+        log.bar = None
+    result.end_iter = it
+    result.train_seconds = time.perf_counter() - t_train
+    result.wall_seconds = time.perf_counter() - t_wall
+    log.event({"event": "done" if it == iters else "stopped", "iter": it, "train_seconds": result.train_seconds,
+               "wall_seconds": result.wall_seconds,
+               "mIoU": (result.metrics or {}).get("mIoU")})
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m semask_deploy.train`` (what torchrun runs): the ``semask-train`` command line."""
+    from .cli.train import main as cli_main
+
+    return cli_main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

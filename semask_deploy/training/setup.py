@@ -1,0 +1,113 @@
+"""Choosing the model configuration of a training run: official variants, the demo model, JSON configs."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from ..config import ARCH_NAMES, SeMaskConfig, official_config, official_semantic_modes
+from ..errors import ConfigError
+
+VARIANT_CHOICES = ("tiny", "small", "base", "large", "demo")
+OFFICIAL_DATASETS = ("ade20k", "cityscapes", "coco-stuff")
+
+# The built-in demo model (semask_deploy/assets/semask_demo_synthetic.pth).
+DEMO_NUM_CLASSES = 10
+DEMO_CROP = (256, 256)
+DEMO_LR = 1e-3
+DEMO_ITERS = 1600
+DEMO_BATCH = 4
+OFFICIAL_LR = 6e-5
+OFFICIAL_ITERS = 80_000
+
+
+def demo_config(num_classes: int = DEMO_NUM_CLASSES, size: tuple[int, int] = DEMO_CROP) -> SeMaskConfig:
+    """The small SeMask of the built-in demo: embed 32, depths (2, 2, 2, 2), heads (2, 4, 8, 16), window 7,
+    semantic modes stated explicitly (windowed, windowed, global, global), a 64-channel FPN head.
+
+    Args:
+        num_classes: classes of the head and of the semantic layers.
+        size: training crop ``(H, W)``; also the (long, short) test scale.
+    """
+    return SeMaskConfig(
+        embed_dim=32,
+        depths=(2, 2, 2, 2),
+        num_heads=(2, 4, 8, 16),
+        window_size=7,
+        sem_window_size=7,
+        num_classes=num_classes,
+        sem_num_classes=num_classes,
+        sem_modes=("window", "window", "global", "global"),
+        mlp_ratio=4.0,
+        head_channels=64,
+        dataset="custom",
+        test_scale=(max(size), min(size)),
+        crop_size=tuple(size),
+        name="semask_demo_synthetic",
+    )
+
+
+def load_variant(variant: str) -> SeMaskConfig | None:
+    """The config of a ``--variant`` that does not depend on the data (a JSON file), else None.
+
+    Raises:
+        ConfigError: unknown variant name or unreadable JSON.
+    """
+    if variant in VARIANT_CHOICES:
+        return None
+    if variant.endswith(".json") or Path(variant).is_file():
+        if not Path(variant).is_file():
+            raise ConfigError(f"--variant {variant}: config file not found")
+        return SeMaskConfig.from_json(variant)
+    raise ConfigError(
+        f"--variant must be one of {', '.join(VARIANT_CHOICES)} or a config .json file, got {variant!r}"
+    )
+
+
+def default_crop(variant: str, base: SeMaskConfig | None, data_kind: str) -> tuple[int, int]:
+    """The training crop when ``--crop`` is not given: the config's, else the official one per data set."""
+    if base is not None:
+        return tuple(base.crop_size)
+    if variant == "demo":
+        return DEMO_CROP
+    ds = data_kind if data_kind in OFFICIAL_DATASETS else "ade20k"
+    return tuple(official_config(ARCH_NAMES[variant], ds).crop_size)
+
+
+def resolve_config(
+    variant: str, base: SeMaskConfig | None, data_kind: str, classes: int, crop: tuple[int, int], synthetic: bool
+) -> SeMaskConfig:
+    """The model config of a run.
+
+    ``tiny``..``large`` on ADE20K / Cityscapes / COCO-Stuff are the official configs (COCO-Stuff keeps its
+    150-class backbone); on other data the official architecture with the data's classes and the official
+    semantic-mode rule. ``demo`` is :func:`demo_config`. A JSON config is used as written and must have the
+    data's class count. For synthetic data the test scale is the scene size (= the crop).
+
+    Raises:
+        ConfigError: class counts that do not match the data.
+    """
+    if variant == "demo":
+        cfg = demo_config(classes, crop)
+    elif base is not None:
+        cfg = base
+    else:
+        arch = ARCH_NAMES[variant]
+        if data_kind in OFFICIAL_DATASETS:
+            cfg = official_config(arch, data_kind)
+        else:
+            ref = official_config(arch, "ade20k")
+            cfg = replace(
+                ref, num_classes=classes, sem_num_classes=classes,
+                sem_modes=official_semantic_modes(ref.embed_dim, classes), dataset="custom",
+                name=f"semask_swin_{arch}_{data_kind}",
+            )
+    if cfg.num_classes != classes:
+        raise ConfigError(
+            f"the model config has {cfg.num_classes} classes but the {data_kind} data has {classes}; "
+            "use a config with the data's class count"
+        )
+    cfg = replace(cfg, crop_size=tuple(crop))
+    if synthetic:
+        cfg = replace(cfg, test_scale=(max(crop), min(crop)))
+    return cfg

@@ -1,0 +1,137 @@
+"""``semask-train`` and ``python -m semask_deploy.train`` (incl. a 2-process DDP run under torchrun)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from semask_deploy.api import load_model
+from semask_deploy.cli.train import main
+
+from test_train import tiny_config  # tests/ is on sys.path (pytest rootdir import)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: one thread is as fast, and far faster on a CPU shared with other jobs."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture()
+def tiny_json(tmp_path) -> Path:
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(tiny_config().to_dict()))
+    return path
+
+
+def small_args(tiny_json: Path, out: Path, *extra: str) -> list[str]:
+    return ["--variant", str(tiny_json), "--data", "synthetic", "--crop", "64x64", "--iters", "2",
+            "--batch-size", "2", "--eval-size", "2", "--log-every", "1", "--out", str(out), "--quiet", *extra]
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+def test_cli_trains_and_writes_loadable_weights(tmp_path, tiny_json):
+    assert main(small_args(tiny_json, tmp_path / "out", "--ohem")) == 0
+    model = load_model(tmp_path / "out" / "final.pth")
+    assert model.config.num_classes == 8 and len(model.class_names) == 8
+    lines = (tmp_path / "out" / "log.jsonl").read_text().splitlines()
+    assert json.loads(lines[-1])["event"] == "done"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--variant", "tiny", "--data", "folder", "--data-root", "/nonexistent/data"], "not found"),
+        (["--variant", "tiny", "--data", "ade20k"], "--data-root"),
+        (["--variant", "huge", "--data", "synthetic"], "--variant"),
+        (["--variant", "missing.json", "--data", "synthetic"], "not found"),
+        (["--variant", "demo", "--data", "synthetic", "--num-classes", "3"], "--num-classes"),
+        (["--data", "synthetic"], "--variant is required"),
+        (["--variant", "demo", "--init", "/nonexistent.pth"], "not found"),
+        (["--variant", "demo", "--iters", "0"], "--iters"),
+    ],
+)
+def test_cli_errors_are_one_line(tmp_path, capsys, args, message):
+    assert main([*args, "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    assert message in one_error_line(capsys)
+
+
+def test_cli_bad_config_json(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    assert main(["--variant", str(bad), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    assert "cannot read model config" in one_error_line(capsys)
+    bad.write_text(json.dumps({"embed_dim": 16}))
+    assert main(["--variant", str(bad), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    one_error_line(capsys)
+
+
+def test_cli_resume_without_checkpoint(tmp_path, capsys, tiny_json):
+    assert main(small_args(tiny_json, tmp_path / "empty", "--resume")) == 2
+    assert "--resume" in one_error_line(capsys)
+
+
+def test_cli_num_classes_mismatch_with_config(tmp_path, capsys, tiny_json):
+    assert main(small_args(tiny_json, tmp_path / "o", "--num-classes", "9")) == 2
+    assert "classes" in one_error_line(capsys)
+
+
+def test_cli_resume_extends_a_finished_run(tmp_path, tiny_json):
+    out = tmp_path / "out"
+    assert main(small_args(tiny_json, out)) == 0
+    assert main(small_args(tiny_json, out, "--resume", "--iters", "3")) == 0  # one more iteration
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["event"] for r in records].count("resume") == 1 and records[-1]["iter"] == 3
+
+
+def _torchrun() -> list[str]:
+    exe = Path(sys.executable).with_name("torchrun")
+    return [str(exe)] if exe.is_file() else [sys.executable, "-m", "torch.distributed.run"]
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_gloo(tmp_path, tiny_json):
+    out = tmp_path / "ddp"
+    cmd = [*_torchrun(), "--standalone", "--nproc-per-node=2", "-m", "semask_deploy.train",
+           *small_args(tiny_json, out, "--iters", "3", "--save-every", "2")]
+    cmd.remove("--quiet")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, text[-3000:]
+    # rank 0 alone saves: latest at iteration 2 and 3, final once
+    assert text.count(f"saved {out / 'final.pth'}") == 1, text[-3000:]
+    assert text.count(f"saved {out / 'latest.pth'}") == 2, text[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["final.pth", "latest.pth", "log.jsonl"]
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert records[0]["event"] == "start" and records[0]["world_size"] == 2
+    assert [r["event"] for r in records].count("start") == 1 and records[-1]["event"] == "done"
+    model = load_model(out / "final.pth")  # strict; SyncBatchNorm keys are the BatchNorm ones
+    assert model.config.num_classes == 8
+    latest = torch.load(out / "latest.pth", weights_only=True)
+    assert latest["world_size"] == 2 and len(latest["rng"]) == 2
+
+
+def test_semask_infer_demo_on_a_sample(tmp_path):
+    from semask_deploy.assets import DEMO_CHECKPOINT, sample_images
+    from semask_deploy.cli.infer import main as infer_main
+
+    if not DEMO_CHECKPOINT.is_file() or not sample_images():
+        pytest.skip("demo checkpoint not built yet")
+    image = sample_images()[0]
+    assert infer_main(["--demo", "--image", str(image), "--out", str(tmp_path), "--quiet"]) == 0
+    assert (tmp_path / f"{image.stem}_labels.png").is_file() and (tmp_path / f"{image.stem}_overlay.png").is_file()

@@ -1,0 +1,344 @@
+"""Training library: loss, OHEM, optimiser groups, schedule, initialisation, data sharding, runs, resume."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from semask_deploy.api import build_model, load_model
+from semask_deploy.checkpoint import read_checkpoint, save_checkpoint
+from semask_deploy.config import SeMaskConfig
+from semask_deploy.errors import CheckpointError, ConfigError
+from semask_deploy.train import TrainOptions, run_train
+from semask_deploy.training import (
+    OhemSampler, PolySchedule, build_optimizer, default_warmup, init_from_checkpoint, official_init,
+    param_groups, semask_loss,
+)
+from semask_deploy.training.data import ShardedIndices
+from semask_deploy.training.dist import CpuSyncBatchNorm, convert_sync_batchnorm
+from semask_deploy.training.init import resize_relative_table
+from semask_deploy.training.setup import demo_config
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: one thread is as fast, and far faster on a CPU shared with other jobs."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_config(num_classes: int = 8, window: int = 7, **kw) -> SeMaskConfig:
+    """A very small SeMask for fast tests."""
+    base = dict(
+        embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8), window_size=window, sem_window_size=window,
+        num_classes=num_classes, sem_num_classes=num_classes, sem_modes=("window", "window", "global", "global"),
+        head_channels=16, crop_size=(64, 64), test_scale=(64, 64), name="tiny_test",
+    )
+    base.update(kw)
+    return SeMaskConfig(**base)
+
+
+@pytest.fixture()
+def tiny_json(tmp_path) -> Path:
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(tiny_config().to_dict()))
+    return path
+
+
+def small_run(tmp_path: Path, config_json: Path, name: str = "run", **kw) -> TrainOptions:
+    opts = dict(variant=str(config_json), data="synthetic", crop=(64, 64), iters=4, batch_size=2, eval_size=2,
+                log_every=1, out=tmp_path / name, quiet=True, lr=1e-3)
+    opts.update(kw)
+    return TrainOptions(**opts)
+
+
+# ------------------------------------------------------------------------------------------- loss
+
+
+def test_loss_is_ce_plus_0_4_semantic_at_label_size():
+    torch.manual_seed(0)
+    seg, sem = torch.randn(2, 5, 4, 4), torch.randn(2, 5, 4, 4)
+    label = torch.randint(0, 5, (2, 16, 16))
+    label[0, :3] = 255
+    loss, parts = semask_loss(seg, sem, label)
+    up = lambda t: F.interpolate(t, size=(16, 16), mode="bilinear", align_corners=False)  # noqa: E731
+    # mmseg 0.x: mean over every pixel, ignored ones count as 0
+    ce = lambda t: F.cross_entropy(up(t), label, ignore_index=255, reduction="none").mean()  # noqa: E731
+    assert torch.allclose(loss, ce(seg) + 0.4 * ce(sem), atol=1e-6)
+    assert parts["loss_seg"] == pytest.approx(float(ce(seg)), abs=1e-6)
+    assert 0.0 <= parts["acc"] <= 100.0
+
+
+def test_ohem_threshold_and_min_kept():
+    logits = torch.zeros(1, 2, 4, 4)
+    logits[0, 0] = torch.linspace(-3, 3, 16).view(4, 4)  # p(class 0) grows along the map
+    label = torch.zeros(1, 4, 4, dtype=torch.long)
+    label[0, 0, 0] = 255
+    w = OhemSampler(thresh=0.7, min_kept=2).sample(logits, label)
+    p0 = torch.softmax(logits, 1)[0, 0]
+    keep = (p0 < 0.7) & (label[0] != 255)
+    assert torch.equal(w[0].bool(), keep)
+    # min_kept above the number of low-confidence pixels raises the threshold
+    w_all = OhemSampler(thresh=0.7, min_kept=100).sample(logits, label)
+    assert int(w_all.sum()) == 14 and w_all[0, 0, 0] == 0  # all valid but the most confident one
+    w_loss = OhemSampler(thresh=None, min_kept=3).sample(logits, label)
+    assert int(w_loss.sum()) == 3
+
+
+# ---------------------------------------------------------------------------------- optim / schedule
+
+
+def test_no_decay_groups():
+    model = build_model(tiny_config())
+    decay, free = param_groups(model, 0.01)
+    assert free["weight_decay"] == 0.0 and decay["weight_decay"] == 0.01
+    free_names = set(free["names"])
+    for name, _ in model.named_parameters():
+        no_decay = ("norm" in name or ".bn." in name or name.endswith("relative_position_bias_table")
+                    or name.endswith("class_injection.0.gamma"))
+        assert (name in free_names) == no_decay, name
+    assert any(n.endswith(".qkv.bias") for n in decay["names"])  # Linear biases decay, as officially
+    opt = build_optimizer(model, 6e-5)
+    assert opt.defaults["betas"] == (0.9, 0.999)
+
+
+def test_poly_schedule_with_warmup():
+    s = PolySchedule(1e-3, max_iters=1000, warmup=100)
+    assert s.lr(0) == pytest.approx(1e-3 * 1e-6)
+    poly = lambda i: 1e-3 * (1 - i / 1000)  # noqa: E731
+    assert s.lr(50) == pytest.approx(poly(50) * (1 - 0.5 * (1 - 1e-6)))
+    assert s.lr(100) == pytest.approx(poly(100)) and s.lr(1000) == 0.0
+    assert default_warmup(80_000) == 1500 and default_warmup(300) == 30
+
+
+# ------------------------------------------------------------------------------------------ learning
+
+
+def test_overfits_a_fixed_batch():
+    from semask_deploy.data import SyntheticScenes, to_tensor_batch
+
+    torch.manual_seed(0)
+    model = build_model(tiny_config())
+    official_init(model, gamma_init=0.1)
+    model.train()
+    scenes = SyntheticScenes(8, (64, 64), seed=3)
+    x = to_tensor_batch([scenes[i][0] for i in range(2)])
+    y = torch.from_numpy(np.stack([scenes[i][1] for i in range(2)])).long()
+    opt = build_optimizer(model, 2e-3)
+    losses = []
+    for _ in range(20):
+        seg, sem = model(x)
+        loss, _ = semask_loss(seg, sem, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.6 * losses[0], losses
+
+
+# ---------------------------------------------------------------------------------------- init
+
+
+def fake_swin_state(config: SeMaskConfig) -> dict[str, torch.Tensor]:
+    """An official Swin classification state dict with our backbone's Swin shapes (no semantic layers)."""
+    torch.manual_seed(1)
+    ours = build_model(config).state_dict()
+    sd = {}
+    for k, v in ours.items():
+        if not k.startswith("backbone.") or ".semantic_layer." in k or k.startswith("backbone.norm"):
+            continue
+        sd[k[len("backbone."):]] = torch.randn_like(v) if v.is_floating_point() else v.clone()
+    c = config.stage_channels[-1]
+    sd["norm.weight"], sd["norm.bias"] = torch.ones(c), torch.zeros(c)
+    sd["head.weight"], sd["head.bias"] = torch.randn(1000, c), torch.zeros(1000)
+    w = config.window_size
+    sd["layers.0.blocks.1.attn_mask"] = torch.zeros(4, w * w, w * w)
+    return sd
+
+
+def test_swin_imagenet_init_maps_keys_and_reports(tmp_path):
+    cfg = tiny_config(depths=(2, 2, 2, 2))
+    sd = fake_swin_state(cfg)
+    path = tmp_path / "swin.pth"
+    torch.save({"model": sd}, path)
+    model = build_model(cfg)
+    report = init_from_checkpoint(model, path)
+    assert report.kind == "swin"
+    msd = model.state_dict()
+    for k, v in sd.items():
+        if k.startswith(("patch_embed.", "layers.")) and not k.endswith("attn_mask"):
+            assert torch.equal(msd[f"backbone.{k}"], v), k
+    skipped = {k for k, _ in report.skipped}
+    assert {"head.weight", "head.bias", "norm.weight", "norm.bias", "layers.0.blocks.1.attn_mask"} <= skipped
+    assert any(".semantic_layer." in k for k in report.fresh)
+    assert any(k.startswith("decode_head.") for k in report.fresh)
+    assert "skipped" in report.summary() and "start fresh" in report.summary()
+
+
+def test_swin_init_resizes_tables_of_another_window(tmp_path):
+    sd = fake_swin_state(tiny_config(window=7))
+    model = build_model(tiny_config(window=5))
+    torch.save({"model": sd}, tmp_path / "swin7.pth")
+    report = init_from_checkpoint(model, tmp_path / "swin7.pth")
+    assert report.resized and all(k.endswith("relative_position_bias_table") for k in report.resized)
+    table = sd["layers.0.blocks.0.attn.relative_position_bias_table"]
+    got = model.state_dict()["backbone.layers.0.blocks.0.attn.relative_position_bias_table"]
+    assert got.shape == (81, 1) and torch.allclose(got, resize_relative_table(table, 81))
+
+
+def test_swin_init_refuses_another_architecture(tmp_path):
+    sd = fake_swin_state(tiny_config(depths=(1, 1, 2, 1)))
+    torch.save(sd, tmp_path / "deeper.pth")
+    with pytest.raises(CheckpointError, match="unexpected"):
+        init_from_checkpoint(build_model(tiny_config()), tmp_path / "deeper.pth")
+    torch.save({"a": torch.zeros(1)}, tmp_path / "other.pth")
+    with pytest.raises(CheckpointError, match="neither"):
+        init_from_checkpoint(build_model(tiny_config()), tmp_path / "other.pth")
+
+
+def test_semask_init_is_strict(tmp_path):
+    src = build_model(tiny_config())
+    path = save_checkpoint(src, tmp_path / "semask.pth")
+    model = build_model(tiny_config())
+    report = init_from_checkpoint(model, path)
+    assert report.kind == "semask"
+    for k, v in src.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v)
+    with pytest.raises(CheckpointError, match="does not match"):
+        init_from_checkpoint(build_model(tiny_config(num_classes=9)), path)
+
+
+def test_gamma_init_option():
+    model = build_model(tiny_config())
+    official_init(model, gamma_init=0.1)
+    gammas = [p for n, p in model.named_parameters() if n.endswith("class_injection.0.gamma")]
+    assert len(gammas) == 4 and all(float(g.detach()) == pytest.approx(0.1) for g in gammas)
+    official_init(model)
+    assert all(float(g.detach()) == 0.0 for g in gammas)
+
+
+# ----------------------------------------------------------------------------------------- data / dist
+
+
+def test_sharded_indices_split_each_epoch_between_ranks():
+    ranks = [ShardedIndices(10, r, 2, seed=0) for r in range(2)]
+    epoch0 = [ranks[r](p) for r in range(2) for p in range(5)]
+    assert sorted(epoch0) == list(range(10))
+    epoch1 = [ranks[0](p) for p in range(5, 10)]
+    assert epoch1 != [ranks[0](p) for p in range(5)]  # reshuffled
+
+
+def test_cpu_sync_batchnorm_keeps_keys_and_matches_bn_alone():
+    model = build_model(tiny_config())
+    keys = list(model.state_dict())
+    converted = convert_sync_batchnorm(model, torch.device("cpu"))
+    assert list(converted.state_dict()) == keys
+    assert any(isinstance(m, CpuSyncBatchNorm) for m in converted.modules())
+    bn, sbn = torch.nn.BatchNorm2d(3), CpuSyncBatchNorm(3)
+    x = torch.randn(2, 3, 5, 5)
+    assert torch.allclose(bn(x), sbn(x), atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------- runs
+
+
+def test_run_writes_official_checkpoints(tmp_path, tiny_json):
+    result = run_train(small_run(tmp_path, tiny_json, eval_every=2))
+    assert result.end_iter == 4 and result.metrics is not None and 0 <= result.metrics["mIoU"] <= 1
+    raw = torch.load(result.final, weights_only=True)
+    assert set(raw) == {"meta", "state_dict"}
+    assert all(k.startswith(("backbone.", "decode_head.")) for k in raw["state_dict"])
+    assert len(raw["meta"]["CLASSES"]) == 8 and len(raw["meta"]["PALETTE"]) == 8
+    assert tuple(raw["meta"]["semask_config"]["sem_modes"]) == ("window", "window", "global", "global")
+    model = load_model(result.final)  # strict
+    assert model.config == result.config
+    latest = torch.load(result.latest, weights_only=True)
+    assert {"optimizer", "scheduler", "iteration", "rng"} <= set(latest) and latest["iteration"] == 4
+    load_model(result.latest)
+    events = [json.loads(line)["event"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert events[0] == "start" and events.count("eval") == 2 and events[-1] == "done"
+
+
+def test_resume_continues_exactly(tmp_path, tiny_json):
+    full = run_train(small_run(tmp_path, tiny_json, "full", save_every=2))
+    part = run_train(small_run(tmp_path, tiny_json, "part", save_every=2), stop_after=2)
+    assert part.end_iter == 2 and part.final is None
+    resumed = run_train(small_run(tmp_path, tiny_json, "part", save_every=2, resume=True))
+    assert resumed.start_iter == 2 and resumed.end_iter == 4
+    for it in (2, 3):
+        assert resumed.losses[it] == pytest.approx(full.losses[it], rel=1e-6, abs=1e-7), it
+    a, b = load_model(full.final).state_dict(), load_model(resumed.final).state_dict()
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6), k
+
+
+def test_refuses_to_overwrite_a_run_without_resume(tmp_path, tiny_json):
+    run_train(small_run(tmp_path, tiny_json, iters=1))
+    with pytest.raises(ConfigError, match="--resume"):
+        run_train(small_run(tmp_path, tiny_json, iters=1))
+
+
+def test_demo_config_states_semantic_modes():
+    cfg = demo_config()
+    assert cfg.sem_modes == ("window", "window", "global", "global")
+    assert cfg.num_classes >= 8 and cfg.depths == (2, 2, 2, 2)
+
+
+# ------------------------------------------------------------------------------------ shipped demo
+
+
+def test_shipped_demo_checkpoint():
+    from semask_deploy.assets import DEMO_CHECKPOINT, sample_images
+
+    if not DEMO_CHECKPOINT.is_file():
+        pytest.skip("demo checkpoint not built yet")
+    assert DEMO_CHECKPOINT.stat().st_size <= 10 * 1024 * 1024
+    model = load_model(DEMO_CHECKPOINT)  # strict
+    assert model.config.sem_modes == ("window", "window", "global", "global")
+    sidecar = json.loads(DEMO_CHECKPOINT.with_suffix(".json").read_text())
+    assert sidecar["heldout"]["mIoU"] >= 0.70
+    assert "semask-train" in sidecar["command"] and SeMaskConfig.from_dict(sidecar["config"]) == model.config
+    assert 2 <= len(sample_images()) <= 3
+    meta = read_checkpoint(DEMO_CHECKPOINT).meta
+    assert len(meta["CLASSES"]) == model.config.num_classes and not math.isnan(sidecar["heldout"]["mIoU"])
+
+
+def test_init_from_official_mmseg_checkpoint(tiny_ckpt):
+    from semask_deploy.checkpoint import infer_config
+    from semask_deploy.model import SeMaskSegmentor
+
+    data = read_checkpoint(tiny_ckpt)  # official layout: meta + state_dict + optimizer
+    model = SeMaskSegmentor(infer_config(data))
+    report = init_from_checkpoint(model, tiny_ckpt)
+    assert report.kind == "semask" and len(report.loaded) == len(data.state_dict)
+    gamma = model.state_dict()["backbone.layers.3.semantic_layer.class_injection.0.gamma"]
+    assert torch.equal(gamma, data.state_dict["backbone.layers.3.semantic_layer.class_injection.0.gamma"])
+
+
+def test_run_from_swin_init_logs_the_report(tmp_path, tiny_json):
+    cfg = tiny_config()
+    torch.save({"model": fake_swin_state(cfg)}, tmp_path / "swin.pth")
+    run_train(small_run(tmp_path, tiny_json, iters=1, init=tmp_path / "swin.pth", gamma_init=0.1))
+    start = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[0])
+    assert start["init"]["kind"] == "swin" and start["init"]["fresh"]
+    assert ["head.weight", "classifier head / final norm"] in start["init"]["skipped"]
+
+
+def test_run_on_a_folder_dataset_holds_out_the_last_tenth(tmp_path, tiny_json):
+    from semask_deploy.data import write_synthetic_dataset
+
+    root = write_synthetic_dataset(tmp_path / "ds", n=10, size=(48, 80), seed=5, num_classes=8)
+    result = run_train(small_run(tmp_path, tiny_json, data="folder", data_root=root, iters=2, eval_size=None,
+                                 workers=1))
+    assert result.metrics is not None and result.metrics["pixels"] == 48 * 80  # one held-out image
+    start = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[0])
+    assert "9 training / 1 held-out" in start["data"]
+    assert load_model(result.final).class_names == tuple((root / "classes.txt").read_text().split("\n")[:8])
