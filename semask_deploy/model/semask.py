@@ -21,7 +21,10 @@ from torch import Tensor, nn
 
 from ..config import SeMaskConfig
 from . import fast
-from .swin import PatchEmbed, PatchMerging, SwinBlock, padded_size, window_partition, window_reverse
+from ._tracing import is_tracing
+from .swin import (
+    PatchEmbed, PatchMerging, SwinBlock, padded_size, window_gather_index, window_partition, window_reverse,
+)
 
 
 class SemanticAttention(nn.Module):
@@ -46,6 +49,7 @@ class SemanticLayer(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.class_injection = nn.ModuleList([SemanticAttention(dim, num_classes)])
         self.backend = "eager"
+        self._index_cache: dict[tuple, tuple[Tensor, Tensor]] = {}
 
     def forward(self, x: Tensor, h: int, w: int) -> tuple[Tensor, Tensor]:
         """x (B, H·W, C) → (x' (B, H·W, C), semantic map q (B, H·W, K))."""
@@ -94,6 +98,19 @@ class SemanticLayer(nn.Module):
         if self.mode == "global":  # O(N) memory: N reaches ~32k tokens at 2048×1024
             return fast.unscaled_sdpa(q, k, v), q  # 4-D when traced: the ONNX exporter needs it
         win = self.window
+        if not is_tracing():  # one gather per tensor instead of pad → partition (and back)
+            key = (h, w, xn.device)
+            if key not in self._index_cache:
+                self._index_cache.clear()
+                self._index_cache[key] = window_gather_index(h, w, win, 0, xn.device)
+            gather, inverse = self._index_cache[key]
+
+            def windows(t: Tensor, pad_row: Tensor | None) -> Tensor:
+                row = t.new_zeros(b, 1, t.shape[-1]) if pad_row is None else pad_row.detach().expand(b, 1, -1)
+                return torch.cat([t, row.to(t.dtype)], 1).index_select(1, gather).view(-1, win * win, t.shape[-1])
+
+            out = fast.unscaled_attention(windows(q, None), windows(k, sa.mlp_cls_k.bias), windows(v, sa.mlp_v.bias))
+            return out.view(b, -1, c).index_select(1, inverse), q
         hp, wp = padded_size(h, win), padded_size(w, win)
         q_w = window_partition(_pad_with(q.view(b, h, w, -1), hp, wp, None), win)
         k_w = window_partition(_pad_with(k.view(b, h, w, -1), hp, wp, sa.mlp_cls_k.bias), win)

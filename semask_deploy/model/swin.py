@@ -76,6 +76,32 @@ def shift_region_mask(hp: int, wp: int, window: int, shift: int, device: torch.d
     return torch.where(diff != 0, torch.full_like(diff, -100.0), torch.zeros_like(diff))
 
 
+def window_gather_index(h: int, w: int, window: int, shift: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Pad + cyclic shift + window partition (and their inverse) as two index vectors.
+
+    ``gather[p]`` is the token (row-major in the unpadded H×W map) that lands at position ``p`` of the
+    windowed layout (windows row-major, tokens row-major inside), or ``H·W`` for a padded position (a zero row
+    appended to the tokens). ``inverse[t]`` is the windowed position of token ``t`` after the reverse shift.
+    One ``index_select`` each way replaces pad → roll → partition and reverse → roll → crop (six copies).
+
+    Returns:
+        int64 (nW·w²,) and (H·W,).
+    """
+    hp, wp = padded_size(h, window), padded_size(w, window)
+    r = torch.arange(hp, device=device)
+    c = torch.arange(wp, device=device)
+    # windowed layout position (wr, wc, i, j) ↔ padded-grid coordinate (wr·w + i, wc·w + j)
+    rows = r.view(hp // window, 1, window, 1).expand(-1, wp // window, -1, window)
+    cols = c.view(1, wp // window, 1, window).expand(hp // window, -1, window, -1)
+    src_r, src_c = (rows + shift) % hp, (cols + shift) % wp  # roll by −shift: new[i] = old[i + shift]
+    inside = (src_r < h) & (src_c < w)
+    gather = torch.where(inside, src_r * w + src_c, torch.full_like(src_r, h * w)).reshape(-1)
+    pos = torch.arange(gather.numel(), device=device)
+    inverse = torch.empty(h * w, dtype=torch.long, device=device)
+    inverse[gather[inside.reshape(-1)]] = pos[inside.reshape(-1)]
+    return gather, inverse
+
+
 class PatchEmbed(nn.Module):
     """Pad W then H to a multiple of the patch, Conv patch×patch stride patch, LayerNorm.
 
@@ -184,6 +210,7 @@ class SwinBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.backend = "eager"
         self._bias_cache: dict[tuple, Tensor] = {}
+        self._index_cache: dict[tuple, tuple[Tensor, Tensor]] = {}
 
     def _sdpa_bias(self, hp: int, wp: int, device: torch.device, dtype: torch.dtype) -> Tensor:
         """Relative bias + shift mask as one (nW·heads, w², w²) tensor, cached per padded size.
@@ -224,6 +251,8 @@ class SwinBlock(nn.Module):
             )
             return fast.linear(attn.proj, out)
         hp, wp = padded_size(h, win), padded_size(w_, win)
+        if self.backend == "sdpa" and not is_tracing():
+            return self._attention_gathered(xn, hp, wp)
         x = F.pad(xn, (0, 0, 0, wp - w_, 0, hp - h))
         if shift:
             x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
@@ -237,6 +266,20 @@ class SwinBlock(nn.Module):
         if shift:
             x = torch.roll(x, shifts=(shift, shift), dims=(1, 2))
         return x[:, :h, :w_, :]
+
+    def _attention_gathered(self, xn: Tensor, hp: int, wp: int) -> Tensor:
+        """The sdpa path with pad/shift/partition done by one gather and undone by another."""
+        b, h, w_, c = xn.shape
+        key = (h, w_, xn.device)
+        index = self._index_cache.get(key)
+        if index is None:
+            self._index_cache.clear()
+            index = self._index_cache[key] = window_gather_index(h, w_, self.window, self.shift, xn.device)
+        gather, inverse = index
+        tokens = torch.cat([xn.reshape(b, h * w_, c), xn.new_zeros(b, 1, c)], dim=1)
+        windows = tokens.index_select(1, gather).view(-1, self.window * self.window, c)
+        out = self.attn.forward_sdpa(windows, self._sdpa_bias(hp, wp, xn.device, xn.dtype))
+        return out.view(b, -1, c).index_select(1, inverse).view(b, h, w_, c)
 
     def forward(self, x: Tensor, h: int, w: int) -> Tensor:
         """x (B, H·W, C) → (B, H·W, C)."""
