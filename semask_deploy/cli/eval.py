@@ -1,0 +1,190 @@
+"""``semask-eval``: mIoU / aAcc / per-class IoU of a checkpoint, ONNX file or engine on a data set."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..errors import ConfigError
+from ._common import hw_type, main_wrapper, progress
+from .bench import OneLineParser
+
+EPILOG = """data-set layouts (mmseg conventions; labels in train-id space, 255 = ignore):
+  ade20k       ROOT/images/validation/*.jpg + ROOT/annotations/validation/*.png (0 = other → ignored,
+               k → k-1: reduce_zero_label); test resize 2048x512 (2560x640 for 640-crop models)
+  cityscapes   ROOT/leftImg8bit/val/<city>/*_leftImg8bit.png + ROOT/gtFine/val/<city>/*_gtFine_labelTrainIds.png;
+               test resize 2048x1024
+  coco-stuff   ROOT/images/test2014/*.jpg + ROOT/annotations/test2014/*_labelTrainIds.png (10k; 164k:
+               --split val2017); test resize 2048x512
+  folder       ROOT/images/*, ROOT/labels/<stem>.png (0..K-1, 255 = ignore), ROOT/classes.txt; no resize
+  synthetic    deterministic synthetic scenes generated in memory (256x256, --limit of them, default 16);
+               no --data-root; no resize
+
+examples:
+  semask-eval --model semask_swin_tiny_ade20k.pth --dataset ade20k --data-root data/ADEChallengeData2016
+  semask-eval --model model.onnx --dataset cityscapes --data-root data/cityscapes --mode slide --out city.json
+  semask-eval --demo --dataset synthetic --limit 32
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ..benchmarks.parity import DATASET_CHOICES
+
+    p = OneLineParser(
+        prog="semask-eval",
+        description="Evaluate a SeMask model (PyTorch checkpoint, ONNX file or TensorRT engine) on a labelled data "
+        "set with the official test pipeline; prints mIoU, aAcc and per-class IoU and writes them as JSON.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", type=Path, help=".pth/.safetensors checkpoint, .onnx file or .engine file")
+    src.add_argument("--demo", action="store_true", help="the built-in demo model (synthetic scenes)")
+    p.add_argument("--dataset", required=True, choices=DATASET_CHOICES, help="data-set layout (see below)")
+    p.add_argument("--data-root", type=Path, default=None, help="data-set root folder")
+    p.add_argument("--split", default=None, help="split (default: validation / val / test2014)")
+    p.add_argument("--mode", choices=("whole", "slide"), default="whole", help="inference mode (default: whole)")
+    p.add_argument("--scale", default=None,
+                   help="keep-ratio test resize LONGxSHORT or 'none' (default: the model's test scale for "
+                   "ade20k/cityscapes/coco-stuff, none for folder/synthetic)")
+    p.add_argument("--crop", type=hw_type("--crop"), default=None, help="slide window HxW (default: training crop)")
+    p.add_argument("--stride", type=hw_type("--stride"), default=None, help="slide step HxW (default: 2/3 crop)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device (default: cpu)")
+    p.add_argument("--attention", choices=("eager", "sdpa", "triton"), default="sdpa",
+                   help="PyTorch attention backend (default: sdpa)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's default)")
+    p.add_argument("--out", type=Path, default=None, help="write the results to this JSON file")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no per-class table")
+    return p
+
+
+def _scale(text: str | None, dataset: str) -> Any:
+    if text is None:
+        return "none" if dataset in ("folder", "synthetic") else None
+    if text.lower() == "none":
+        return "none"
+    try:
+        return hw_type("--scale")(text)
+    except argparse.ArgumentTypeError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def run_eval(
+    model: Path | None,
+    dataset: str,
+    data_root: Path | None = None,
+    *,
+    demo: bool = False,
+    split: str | None = None,
+    mode: str = "whole",
+    scale: Any = None,
+    crop: tuple[int, int] | None = None,
+    stride: tuple[int, int] | None = None,
+    limit: int | None = None,
+    device: str = "cpu",
+    attention: str = "sdpa",
+    out: Path | None = None,
+    quiet: bool = True,
+) -> dict[str, Any]:
+    """Evaluate ``model`` on ``dataset``; returns (and with ``out`` writes atomically) the results.
+
+    Args:
+        model: checkpoint / ONNX / engine path (or ``demo=True``).
+        dataset: ``ade20k`` | ``cityscapes`` | ``coco-stuff`` | ``folder`` | ``synthetic``.
+        data_root: the data set's root (not for ``synthetic``).
+        scale: ``(long, short)``, ``"none"``, or None for the default of the data set (module doc).
+        Other arguments: as in :class:`~semask_deploy.runtime.Segmenter`.
+
+    Returns:
+        ``{"model", "dataset", "data_root", "split", "mode", "scale", "images", "mIoU", "aAcc", "mAcc",
+        "per_class": [{"class", "iou", "acc"}], "seconds"}`` (fractions in [0, 1]; NaN → null).
+
+    Raises:
+        SemaskError: bad arguments, unreadable model or data set, class-count mismatch.
+    """
+    from ..benchmarks.parity import evaluate, open_eval_dataset
+    from ..fileio import write_json_atomic
+    from ..runtime import Segmenter
+
+    if limit is not None and limit <= 0:
+        raise ConfigError(f"--limit must be a positive number of images, got {limit}")
+    if dataset != "synthetic" and data_root is None:
+        raise ConfigError(f"--dataset {dataset} needs --data-root DIR")
+    if out is not None and out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; give a .json file name")
+    if demo:
+        from ..assets import demo_checkpoint
+
+        model = demo_checkpoint()
+    if model is None:
+        raise ConfigError("give --model PATH or --demo")
+    if scale is None and dataset in ("folder", "synthetic"):
+        scale = "none"
+    seg = Segmenter(model, device=device, mode=mode, scale=scale, crop=crop, stride=stride, attention_backend=attention)
+    ds = open_eval_dataset(dataset, data_root, seg.num_classes, split=split, limit=limit)
+    if len(ds) == 0:
+        raise ConfigError(f"the {dataset} data set at {data_root} has no images")
+    t0 = time.perf_counter()
+    bar = (lambda it: progress(it, total=len(ds), desc="evaluating", disable=quiet))
+    cm, _ = evaluate(seg.predict, ds, seg.num_classes, progress=bar)
+    res = cm.to_dict(list(ds.classes))
+    result = {
+        "model": str(model), "demo": demo, "dataset": dataset,
+        "data_root": None if data_root is None else str(data_root),
+        "split": getattr(ds, "split", split), "mode": mode,
+        "scale": None if seg.scale is None else list(seg.scale),
+        "images": len(ds), "mIoU": res["mIoU"], "aAcc": res["aAcc"], "mAcc": res["mAcc"], "pixels": res["pixels"],
+        "per_class": res["per_class"], "seconds": time.perf_counter() - t0,
+    }
+    if out is not None:
+        write_json_atomic(out, result)
+    return result
+
+
+def format_result(result: dict[str, Any], per_class: bool = True) -> str:
+    """The summary (and the per-class IoU table) as text; values in % like mmseg prints them."""
+
+    def pct(v: float | None) -> str:
+        return "   –  " if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:6.2f}"
+
+    lines = []
+    if per_class:
+        width = max([5] + [len(c["class"]) for c in result["per_class"]])
+        lines += [f"{'class':<{width}}  {'IoU':>6}  {'Acc':>6}", f"{'-' * width}  ------  ------"]
+        lines += [f"{c['class']:<{width}}  {pct(c['iou'])}  {pct(c['acc'])}" for c in result["per_class"]]
+        lines.append("")
+    lines.append(f"{result['dataset']} ({result['images']} images, mode {result['mode']}, scale "
+                 f"{'none' if result['scale'] is None else 'x'.join(map(str, result['scale']))}): "
+                 f"mIoU {pct(result['mIoU']).strip()}  aAcc {pct(result['aAcc']).strip()}  "
+                 f"mAcc {pct(result['mAcc']).strip()}")
+    return "\n".join(lines)
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    result = run_eval(
+        args.model, args.dataset, args.data_root, demo=args.demo, split=args.split, mode=args.mode,
+        scale=_scale(args.scale, args.dataset), crop=args.crop, stride=args.stride, limit=args.limit,
+        device=args.device, attention=args.attention, out=args.out, quiet=args.quiet,
+    )
+    print(format_result(result, per_class=not args.quiet))
+    if args.out is not None and not args.quiet:
+        print(f"results written to {args.out}", file=sys.stderr)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return main_wrapper(_run, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
