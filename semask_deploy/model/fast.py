@@ -1,9 +1,9 @@
 """Inference-only fast paths used by the ``sdpa`` and ``triton`` backends (never by ``eager``).
 
-* :func:`linear` — on the CPU in fp32 without autograd, a Linear with its weight pre-packed for MKL's
-  GEMM (what ``torch.compile``'s freezing does); bit-identical to ``F.linear``, about 1.3× faster here.
 * :func:`conv_bn_relu` — the head's Conv → BN → ReLU with BN folded into the conv (running statistics),
   channels-last, and on the CPU oneDNN's fused conv+ReLU with a pre-packed weight.
+* :func:`conv1x1` — the classifier as a GEMM over channels-last pixels (PyTorch's CPU 1×1 conv on
+  channels-last input takes a slow path); its channels-last output also makes the final resize faster.
 * :func:`window_attention_core` — softmax(q·kᵀ·scale + bias) · v with the cached bias(+mask) added by the
   GEMM itself (``baddbmm``) on the CPU, where PyTorch's SDPA runs an unfused kernel for 49/144-token
   windows that measured slower; ``F.scaled_dot_product_attention`` on CUDA.
@@ -30,26 +30,6 @@ def _inference_cpu_fp32(x: Tensor, *params: Tensor) -> bool:
 
 def _version_key(*tensors: Tensor | None) -> tuple:
     return tuple((t.data_ptr(), t._version) if t is not None else None for t in tensors)
-
-
-_MKL_LINEAR = torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
-
-
-def linear(layer: nn.Linear, x: Tensor) -> Tensor:
-    """``layer(x)`` for x (..., Cin), with a pre-packed MKL weight on the CPU in inference."""
-    if not (_MKL_LINEAR and _inference_cpu_fp32(x, layer.weight)):
-        return layer(x)
-    x2 = x.reshape(-1, x.shape[-1])
-    m = x2.shape[0]
-    key = (m, *_version_key(layer.weight))
-    cache = layer.__dict__.setdefault("_semask_packed", {})
-    packed = cache.get(key)
-    if packed is None:
-        cache.clear()
-        packed = cache[key] = torch.ops.mkl._mkl_reorder_linear_weight(layer.weight.detach(), m)
-    bias = layer.bias.detach() if layer.bias is not None else None
-    out = torch.ops.mkl._mkl_linear(x2, packed, layer.weight.detach(), bias, m)
-    return out.view(*x.shape[:-1], out.shape[-1])
 
 
 def _folded_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
@@ -142,3 +122,19 @@ def unscaled_sdpa(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         return F.scaled_dot_product_attention(q4, k4, v4, scale=1.0).squeeze(1)
     return F.scaled_dot_product_attention(q, k, v, scale=1.0)
 
+
+
+def conv1x1(conv: nn.Conv2d, x: Tensor) -> Tensor:
+    """A 1×1 convolution as a Linear over the pixels of a channels-last map; output channels-last.
+
+    Args:
+        conv: a 1×1, stride-1, ungrouped convolution.
+        x: (N, C, H, W) in channels-last memory format.
+
+    Returns:
+        (N, K, H, W), channels-last.
+    """
+    if is_tracing() or not x.is_contiguous(memory_format=torch.channels_last):
+        return conv(x)
+    weight = conv.weight.view(conv.out_channels, conv.in_channels)
+    return F.linear(x.permute(0, 2, 3, 1), weight, conv.bias).permute(0, 3, 1, 2)

@@ -87,6 +87,8 @@ class SemanticFPNHead(nn.Module):
         size = out.shape[2:]
         for i in range(1, len(feats)):
             out = out + resize_to(self.scale_heads[i](feats[i]), size)
+        if self.fast_path and not self.training:
+            return fast.conv1x1(self.conv_seg, out)
         return self.conv_seg(self.dropout(out))
 
     @staticmethod

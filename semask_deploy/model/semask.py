@@ -59,7 +59,7 @@ class SemanticLayer(nn.Module):
             out, q = self._eager(xn, h, w)
             return sa.gamma * sa.mlp_res(out) + xn, q
         out, q = self._fused(xn, h, w)
-        return torch.addcmul(xn, sa.gamma, fast.linear(sa.mlp_res, out)), q
+        return torch.addcmul(xn, sa.gamma, sa.mlp_res(out)), q
 
     def _eager(self, xn: Tensor, h: int, w: int) -> tuple[Tensor, Tensor]:
         """Reference math, written like the official code (pad → partition → attend → reverse → crop)."""
@@ -83,7 +83,7 @@ class SemanticLayer(nn.Module):
         """Projections on the unpadded tokens; padded keys/values carry the biases; fused attention."""
         sa = self.class_injection[0]
         b, n, c = xn.shape
-        q, k, v = fast.linear(sa.mlp_cls_q, xn), fast.linear(sa.mlp_cls_k, xn), fast.linear(sa.mlp_v, xn)
+        q, k, v = sa.mlp_cls_q(xn), sa.mlp_cls_k(xn), sa.mlp_v(xn)
         if self.backend == "triton":
             from ..kernels.semantic_attention import semantic_attention_global, semantic_attention_window
 

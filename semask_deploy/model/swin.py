@@ -136,9 +136,7 @@ class Mlp(nn.Module):
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, dim)
 
-    def forward(self, x: Tensor, fast_path: bool = False) -> Tensor:
-        if fast_path:
-            return fast.linear(self.fc2, self.act(fast.linear(self.fc1, x)))
+    def forward(self, x: Tensor) -> Tensor:
         return self.fc2(self.act(self.fc1(x)))
 
 
@@ -185,13 +183,13 @@ class WindowAttention(nn.Module):
         """Fused path. windows (B·nW, w², C), bias (nW·heads, w², w²) = relative bias (+ mask)."""
         bw, n, c = windows.shape
         nwh = bias.shape[0]
-        qkv = fast.linear(self.qkv, windows).view(-1, nwh // self.num_heads, n, 3, self.num_heads, c // self.num_heads)
+        qkv = self.qkv(windows).view(-1, nwh // self.num_heads, n, 3, self.num_heads, c // self.num_heads)
         qkv = qkv.permute(3, 0, 1, 4, 2, 5).reshape(3, -1, nwh, n, c // self.num_heads)
         q, k, v = qkv[0], qkv[1], qkv[2]  # B, nW·heads, n, d (contiguous slices of one buffer)
         out = fast.window_attention_core(q, k, v, bias, self.scale)
         out = out.view(-1, nwh // self.num_heads, self.num_heads, n, c // self.num_heads)
         out = out.permute(0, 1, 3, 2, 4).reshape(bw, n, c)
-        return fast.linear(self.proj, out)
+        return self.proj(out)
 
 
 class SwinBlock(nn.Module):
@@ -245,11 +243,11 @@ class SwinBlock(nn.Module):
             from ..kernels.window_attention import window_attention
 
             attn = self.attn
-            qkv = fast.linear(attn.qkv, xn)
+            qkv = attn.qkv(xn)
             out = window_attention(
                 qkv, attn.qkv.bias, attn.relative_position_bias_table, attn.num_heads, win, shift, attn.scale
             )
-            return fast.linear(attn.proj, out)
+            return attn.proj(out)
         hp, wp = padded_size(h, win), padded_size(w_, win)
         if self.backend == "sdpa" and not is_tracing():
             return self._attention_gathered(xn, hp, wp)
@@ -286,7 +284,7 @@ class SwinBlock(nn.Module):
         b, n, c = x.shape
         attn = self._attention(self.norm1(x).view(b, h, w, c))
         x = x + attn.reshape(b, n, c)
-        return x + self.mlp(self.norm2(x), fast_path=self.backend != "eager")
+        return x + self.mlp(self.norm2(x))
 
 
 class PatchMerging(nn.Module):
