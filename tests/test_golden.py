@@ -84,3 +84,22 @@ def test_sdpa_cache_follows_new_weights(golden_tiny, tmp_path):
         after, want = model(x), ref(x)
     assert not torch.allclose(before, after)
     torch.testing.assert_close(after, want, atol=ATOL, rtol=RTOL)
+
+
+def test_env_override_and_bad_backend(tiny_ckpt, monkeypatch):
+    from semask_deploy.errors import ConfigError
+
+    monkeypatch.setenv("SEMASK_ATTN", "eager")
+    assert load_model(tiny_ckpt).attention_backend == "eager"
+    monkeypatch.delenv("SEMASK_ATTN")
+    assert load_model(tiny_ckpt).attention_backend == "sdpa"
+    with pytest.raises(ConfigError, match="attention backend must be one of"):
+        load_model(tiny_ckpt, attention_backend="flash")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only error")
+def test_cuda_without_gpu_is_a_clear_error(tiny_ckpt):
+    from semask_deploy.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no CUDA GPU"):
+        load_model(tiny_ckpt, device="cuda")
