@@ -82,8 +82,12 @@ class SeMaskSegmentor(nn.Module):
             from ..kernels.upsample_argmax import upsample_argmax
 
             return upsample_argmax(logits, size)
+        # one image at a time bounds the K×H×W buffer; slicing (not l[None]) keeps channels-last strides
         return torch.cat(
-            [F.interpolate(l[None], size=size, mode="bilinear", align_corners=False).argmax(1) for l in logits]
+            [
+                F.interpolate(logits[i : i + 1], size=size, mode="bilinear", align_corners=False).argmax(1)
+                for i in range(logits.shape[0])
+            ]
         )
 
     def _check_input(self, x: Tensor) -> None:
