@@ -1,0 +1,439 @@
+"""One ``semask-export`` run: checkpoint → fp32 ONNX → precision → verification → (TensorRT engine).
+
+Steps (each announced on stderr unless ``quiet``)::
+
+    export   torch.export + ONNX conversion + clean-up          (export.onnx)
+    precision fp16 graph pass / int8 calibration + QDQ           (export.precision)
+    verify   ONNX Runtime vs PyTorch fp32 at two other sizes     (export.verify)
+    check    offline TensorRT parser check, recorded             (export.trt_check)
+    write    <out>/<name>.onnx + <name>.json (renamed into place)
+    engine   <out>/<name>_trt.engine + <name>_trt.json           (export.tensorrt; --fmt trt|all)
+
+Everything is produced in a temporary folder inside ``--out`` and renamed into place only after it
+passed verification, so a failure leaves nothing under a final name. Existing artifacts are not
+overwritten without ``force``. Without TensorRT or a GPU the engine step fails with a clear message
+*after* the ONNX and its sidecar were written (they stay).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from semask_deploy.errors import (
+    ConfigError,
+    ExportError,
+    MissingDependencyError,
+    SemaskError,
+)
+
+FORMATS = ("onnx", "trt", "all")
+PRECISIONS = ("fp32", "fp16", "int8")
+DEFAULT_MIN_HW = (256, 256)
+DEFAULT_MAX_HW = (1024, 2048)
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+
+
+@dataclass
+class ExportOptions:
+    """Everything ``semask-export`` accepts (see ``semask-export --help``)."""
+
+    ckpt: Path | None = None
+    demo: bool = False
+    fmt: str = "onnx"
+    precision: str = "fp32"
+    calib_images: Path | None = None
+    calib_count: int = 32
+    static: tuple[int, int] | None = None
+    min_shape: tuple[int, int] | None = None
+    opt_shape: tuple[int, int] | None = None
+    max_shape: tuple[int, int] | None = None
+    batch: int | None = None
+    max_batch: int | None = None
+    with_logits: bool = False
+    preprocess: bool = False
+    timing_cache: Path | None = None
+    out: Path = Path("exported")
+    name: str | None = None
+    force: bool = False
+    verify: bool = True
+    opset: int = 18
+    int8_activations: str = "s8"
+    workspace_gb: float = 4.0
+    quiet: bool = False
+    model: Any = None  # an in-memory SeMaskSegmentor instead of a checkpoint (library use)
+
+
+@dataclass
+class ExportResult:
+    """What a run wrote, and what it measured."""
+
+    onnx_path: Path | None = None
+    onnx_sidecar: Path | None = None
+    engine_path: Path | None = None
+    engine_sidecar: Path | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    verification: dict[str, Any] | None = None
+    trt_check: dict[str, Any] | None = None
+    seconds: float = 0.0
+    messages: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Shapes:
+    """Resolved shapes: what the ONNX fixes, and the TensorRT profile."""
+
+    static_hw: tuple[int, int] | None
+    static_batch: int | None
+    min_hw: tuple[int, int]
+    opt_hw: tuple[int, int]
+    max_hw: tuple[int, int]
+    batch_range: tuple[int, int, int]
+
+    def profile(self, input_name: str, preprocess: bool) -> dict[str, Any]:
+        def shape(b: int, hw: tuple[int, int]) -> list[int]:
+            return [b, hw[0], hw[1], 3] if preprocess else [b, 3, hw[0], hw[1]]
+
+        lo, opt, hi = self.batch_range
+        return {"name": input_name, "min": shape(lo, self.min_hw), "opt": shape(opt, self.opt_hw),
+                "max": shape(hi, self.max_hw)}
+
+
+def resolve_shapes(o: ExportOptions, crop_size: tuple[int, int]) -> Shapes:
+    """Check the shape flags and fill in defaults (opt = the model's training crop).
+
+    Raises:
+        ConfigError: conflicting flags or min > opt > max.
+    """
+    dynamic_flags = [f for f, v in (("--min-shape", o.min_shape), ("--opt-shape", o.opt_shape),
+                                    ("--max-shape", o.max_shape)) if v is not None]
+    if o.static is not None and dynamic_flags:
+        raise ConfigError(f"--static fixes the size; it cannot be combined with {', '.join(dynamic_flags)}")
+    if o.batch is not None and o.max_batch is not None:
+        raise ConfigError("--batch (a fixed batch) and --max-batch (a dynamic batch up to N) exclude each other")
+    for flag, value in (("--batch", o.batch), ("--max-batch", o.max_batch)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} must be at least 1, got {value}")
+    for flag, hw in (("--static", o.static), ("--min-shape", o.min_shape), ("--opt-shape", o.opt_shape),
+                     ("--max-shape", o.max_shape)):
+        if hw is not None and (len(hw) != 2 or min(hw) < 32):
+            raise ConfigError(f"{flag} must be HxW with both sides at least 32 pixels, got {hw}")
+    if o.batch is not None:
+        batch_range = (o.batch,) * 3
+    else:
+        batch_range = (1, 1, o.max_batch or 1)
+    if o.static is not None:
+        hw = tuple(o.static)
+        return Shapes(hw, o.batch, hw, hw, hw, batch_range)  # type: ignore[arg-type]
+    opt = tuple(o.opt_shape or crop_size)
+    lo = tuple(o.min_shape or tuple(min(a, b) for a, b in zip(DEFAULT_MIN_HW, opt)))
+    hi = tuple(o.max_shape or tuple(max(a, b) for a, b in zip(DEFAULT_MAX_HW, opt)))
+    if not all(a <= b <= c for a, b, c in zip(lo, opt, hi)):
+        raise ConfigError(f"shapes must satisfy min <= opt <= max in both H and W; got min {_hw(lo)}, "
+                          f"opt {_hw(opt)}, max {_hw(hi)}")
+    return Shapes(None, o.batch, lo, opt, hi, batch_range)  # type: ignore[arg-type]
+
+
+def _hw(hw: Any) -> str:
+    return f"{hw[0]}x{hw[1]}"
+
+
+def check_options(o: ExportOptions) -> None:
+    """Validate everything that does not need the model (fail before any work)."""
+    if o.fmt not in FORMATS:
+        raise ConfigError(f"--fmt must be one of {', '.join(FORMATS)}, got {o.fmt!r}")
+    if o.precision not in PRECISIONS:
+        raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {o.precision!r}")
+    if (o.ckpt is None) == (not o.demo) and o.model is None:
+        raise ConfigError("give exactly one of --ckpt PATH and --demo")
+    from semask_deploy.export.onnx import MAX_OPSET, MIN_OPSET
+
+    if not MIN_OPSET <= int(o.opset) <= MAX_OPSET:
+        raise ConfigError(f"--opset must be between {MIN_OPSET} and {MAX_OPSET}, got {o.opset}")
+    if o.calib_count < 1:
+        raise ConfigError(f"--calib-count must be at least 1, got {o.calib_count}")
+    if o.int8_activations not in ("s8", "u8"):
+        raise ConfigError(f"--int8-activations must be s8 or u8, got {o.int8_activations!r}")
+    if o.precision == "int8" and o.int8_activations == "u8" and o.fmt != "onnx":
+        raise ConfigError("TensorRT needs symmetric int8 activations: use --int8-activations s8 with --fmt trt/all")
+    if o.name is not None and not _NAME_RE.match(o.name):
+        raise ConfigError(f"--name must be a plain file name (letters, digits, . _ + -), got {o.name!r}")
+    if o.timing_cache is not None and o.fmt == "onnx":
+        raise ConfigError("--timing-cache is only used when building an engine (--fmt trt or all)")
+    if o.out.exists() and not o.out.is_dir():
+        raise ConfigError(f"--out {o.out} exists and is not a folder")
+
+
+class _Steps:
+    def __init__(self, total: int, quiet: bool) -> None:
+        self.total, self.quiet, self.n, self.t0 = total, quiet, 0, time.perf_counter()
+
+    def start(self, text: str) -> float:
+        self.n += 1
+        if not self.quiet:
+            print(f"[{self.n}/{self.total}] {text} …", file=sys.stderr, flush=True)
+        return time.perf_counter()
+
+    def info(self, text: str) -> None:
+        if not self.quiet:
+            print(f"      {text}", file=sys.stderr, flush=True)
+
+
+def _load_model(o: ExportOptions) -> tuple[Any, dict[str, Any], str]:
+    from semask_deploy.export.metadata import sha256_file
+
+    from semask_deploy.api import model_from_checkpoint
+    from semask_deploy.checkpoint import read_checkpoint
+
+    if o.model is not None:
+        return o.model, {"checkpoint": None, "sha256": None, "note": "in-memory model"}, o.model.config.name
+    if o.demo:
+        from semask_deploy.assets import demo_checkpoint
+
+        path = demo_checkpoint()
+        stem = "semask_demo"
+    else:
+        path = Path(o.ckpt)
+        stem = path.stem
+    data = read_checkpoint(path)
+    model = model_from_checkpoint(data, attention_backend="sdpa")
+    model.float().eval()
+    source = {"checkpoint": str(Path(path).resolve()), "sha256": sha256_file(path), "demo": bool(o.demo)}
+    return model, source, stem
+
+
+def _calibration_images(o: ExportOptions, hw: tuple[int, int], count: int, num_classes: int,
+                        steps: _Steps) -> tuple[list[np.ndarray], str]:
+    """uint8 RGB images at ``hw``: the first ``count`` of --calib-images, else synthetic scenes."""
+    from semask_deploy.data.io import list_images, read_image_rgb
+    from semask_deploy.data.transforms import resize_image
+
+    if o.calib_images is not None:
+        if not Path(o.calib_images).is_dir():
+            raise ConfigError(f"--calib-images must be a folder of images, got {o.calib_images}")
+        files = list_images(o.calib_images)[:count]
+        images = [resize_image(read_image_rgb(f), hw) for f in files]
+        return images, f"{len(images)} image(s) from {o.calib_images} resized to {_hw(hw)}"
+    from semask_deploy.data.synthetic import SyntheticScenes
+
+    scenes = SyntheticScenes(num_classes=min(max(8, num_classes), 255), size=hw, seed=1234, length=count)
+    return [scenes[i][0] for i in range(count)], f"{count} built-in synthetic scene(s) at {_hw(hw)}"
+
+
+def _model_inputs(images: list[np.ndarray], batch: int, preprocess: bool) -> list[np.ndarray]:
+    from semask_deploy.data.transforms import normalize
+
+    out = []
+    for img in images:
+        group = np.stack([img if i % 2 == 0 else img[:, ::-1] for i in range(batch)])
+        out.append(np.ascontiguousarray(group) if preprocess else np.stack([normalize(np.ascontiguousarray(g))
+                                                                             for g in group]))
+    return out
+
+
+def run_export(o: ExportOptions) -> ExportResult:
+    """Run one export; see the module docstring.
+
+    Raises:
+        SemaskError subclasses with a message saying what to do (the CLI prints it and exits 2).
+    """
+    from semask_deploy.export import metadata as md
+    from semask_deploy.export.onnx import export_onnx
+    from semask_deploy.export.verify import verify_onnx, verify_sizes
+
+    check_options(o)
+    t_start = time.perf_counter()
+    result = ExportResult()
+    build = o.fmt in ("trt", "all")
+    steps = _Steps(5 + int(build), o.quiet)
+    # model and names first: an existing artifact or a bad checkpoint fails before any work
+    model, source, stem = _load_model(o)
+    cfg = model.config
+    shapes = resolve_shapes(o, cfg.crop_size)
+    base = o.name or f"{stem}_{o.precision}"
+    out = Path(o.out)
+    onnx_path = out / f"{base}.onnx"
+    engine_path = out / f"{base}_trt.engine"
+    targets = [onnx_path, md.sidecar_path(onnx_path)] + ([engine_path, md.sidecar_path(engine_path)] if build else [])
+    existing = [p for p in targets if p.exists()]
+    if existing and not o.force:
+        raise ConfigError(f"{', '.join(str(p) for p in existing)} already exist(s); use --force to overwrite or "
+                          "--name/--out to write elsewhere")
+    calib: list[np.ndarray] = []
+    calib_desc = ""
+    if o.precision == "int8" or (o.verify and o.calib_images is not None):  # calib images also verify
+        calib, calib_desc = _calibration_images(o, shapes.opt_hw, o.calib_count, cfg.num_classes, steps)
+        if o.precision == "int8" and o.calib_images is None and not o.quiet:
+            print(f"warning: no --calib-images given: calibrating int8 on {len(calib)} built-in synthetic scenes; "
+                  "pass images like those you will segment for better int8 accuracy", file=sys.stderr)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{base}.", suffix=".tmp", dir=out))
+    try:
+        dyn = "static " + _hw(shapes.static_hw) if shapes.static_hw else "dynamic H, W"
+        batch_txt = f"batch {shapes.static_batch}" if shapes.static_batch else "dynamic batch"
+        t = steps.start(f"exporting {cfg.name} to ONNX (opset {o.opset}, {dyn}, {batch_txt}"
+                        f"{', uint8 NHWC input' if o.preprocess else ''}{', + logits' if o.with_logits else ''})")
+        fp32_path = work / "fp32.onnx"
+        # channels-last labels head: ~100 ms less per 512x512 image in ONNX Runtime; engines get the traced
+        # NCHW form, which TensorRT's resize handles natively
+        info = export_onnx(model, fp32_path, with_logits=o.with_logits, preprocess=o.preprocess,
+                           static_hw=shapes.static_hw, static_batch=shapes.static_batch, opset=o.opset,
+                           labels_head="nchw" if build else "nhwc")
+        steps.info(f"{info.num_nodes} nodes after {info.simplifier} ({time.perf_counter() - t:.0f} s)")
+
+        t = steps.start(f"precision {o.precision}")
+        model_path, details = _apply_precision(o, fp32_path, work, calib, shapes, calib_desc)
+        steps.info(f"done ({time.perf_counter() - t:.0f} s)")
+
+        verification = None
+        t = steps.start("verifying against PyTorch fp32 with ONNX Runtime" if o.verify
+                        else "verification skipped (--no-verify)")
+        if o.verify:
+            sizes = verify_sizes(shapes.opt_hw, shapes.min_hw, shapes.max_hw, static=shapes.static_hw is not None)
+            images, desc = _verify_images(o, sizes, cfg.num_classes, calib)
+            res = verify_onnx(model_path, model, images, o.precision, preprocess=o.preprocess,
+                              batch=shapes.static_batch or 1, inputs_desc=desc)
+            verification = res.to_dict()
+            for line in res.format().splitlines():
+                steps.info(line.strip())
+            if not res.ok:
+                cases = "; ".join(line.strip() for line in res.format().splitlines())
+                raise ExportError(f"verification failed: the {o.precision} ONNX is outside its tolerance vs PyTorch "
+                                  f"({_tolerance_text(res)}): {cases}; nothing was written (use --no-verify to keep "
+                                  "such an export anyway)")
+        result.verification = verification
+
+        t = steps.start("offline TensorRT parser check")
+        from semask_deploy.export.trt_check import check_onnx_for_tensorrt
+
+        report = check_onnx_for_tensorrt(model_path)
+        result.trt_check = report.to_dict()
+        steps.info("ok" if report.ok else report.format().replace("\n", "\n      "))
+
+        steps.start(f"writing {onnx_path}")
+        input_name = info.inputs[0]["name"]
+        profile = shapes.profile(input_name, o.preprocess)
+        meta = md.build_metadata(
+            artifact=onnx_path, kind="onnx", precision=o.precision, model=model,
+            inputs=info.inputs, outputs=info.outputs, dynamic=info.dynamic,
+            profiles=[{input_name: {k: profile[k] for k in ("min", "opt", "max")}}],
+            preprocess=o.preprocess, opset=info.opset, source=source,
+            extra={"tensorrt_check": result.trt_check, "precision_details": details, "verification": verification,
+                   "export": {"seconds": None, "trace_shape": info.trace_shape, "onnx_nodes": info.num_nodes,
+                              "labels_head": "nchw" if build else "nhwc",
+                              "op_counts": info.op_counts, "simplifier": info.simplifier,
+                              "attention_backend_traced": "sdpa", "notes": info.notes}},
+        )
+        meta["export"]["seconds"] = round(time.perf_counter() - t_start, 1)
+        staged_meta = md.write_sidecar(work / onnx_path.name, meta)  # fully written before anything is renamed
+        if build and o.force:  # an engine of the previous ONNX must not survive next to the new one
+            for stale in (engine_path, md.sidecar_path(engine_path)):
+                stale.unlink(missing_ok=True)
+        os.replace(model_path, onnx_path)
+        os.replace(staged_meta, md.sidecar_path(onnx_path))
+        result.onnx_path, result.onnx_sidecar, result.metadata = onnx_path, md.sidecar_path(onnx_path), meta
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    if build:
+        steps.start(f"building the TensorRT engine {engine_path.name}")
+        result.engine_path, result.engine_sidecar = _build_engine(o, onnx_path, engine_path, meta, profile)
+    result.seconds = round(time.perf_counter() - t_start, 1)
+    return result
+
+
+def _tolerance_text(res: Any) -> str:
+    t = res.tolerance
+    parts = [f"labels ≥ {t.min_label_agreement * 100:g} % equal"]
+    if t.max_rel_l2 is not None:
+        parts.insert(0, f"logit rel. L2 ≤ {t.max_rel_l2:g}")
+    if t.min_miou_agreement is not None:
+        parts.append(f"mIoU agreement ≥ {t.min_miou_agreement * 100:g} %")
+    return ", ".join(parts)
+
+
+def _verify_images(o: ExportOptions, sizes: list[tuple[int, int]], num_classes: int,
+                   calib: list[np.ndarray]) -> tuple[list[np.ndarray], str]:
+    from semask_deploy.data.transforms import resize_image
+
+    if o.calib_images is not None and calib:
+        return ([resize_image(calib[i % len(calib)], hw) for i, hw in enumerate(sizes)],
+                f"--calib-images resized to {', '.join(_hw(s) for s in sizes)}")
+    from semask_deploy.data.synthetic import SyntheticScenes
+
+    imgs = [SyntheticScenes(num_classes=min(max(8, num_classes), 255), size=hw, seed=99, length=1)[0][0]
+            for hw in sizes]
+    return imgs, f"synthetic scenes at {', '.join(_hw(s) for s in sizes)}"
+
+
+def _apply_precision(o: ExportOptions, fp32_path: Path, work: Path, calib: list[np.ndarray],
+                     shapes: Shapes, calib_desc: str) -> tuple[Path, dict[str, Any]]:
+    from semask_deploy.errors import require
+
+    if o.precision == "fp32":
+        return fp32_path, {"kind": "fp32"}
+    onnx = require("onnx", "dev")
+    from semask_deploy.export.precision import (
+        attention_roles,
+        convert_fp16,
+        precision_summary,
+        quantize_int8,
+    )
+
+    out = work / f"{o.precision}.onnx"
+    if o.precision == "fp16":
+        model = onnx.load(str(fp32_path))
+        roles = attention_roles(model)
+        half = convert_fp16(model, roles.keep_fp32())
+        onnx.save_model(half, str(out))
+        kept = ["LayerNormalization", "Softmax", "semantic-attention scores (q/k projections → q·kᵀ → Softmax)"]
+        return out, {"kind": "mixed fp16", "kept_fp32": kept,
+                     "roles": roles.summary(), **precision_summary(half)}
+    inputs = _model_inputs(calib, shapes.static_batch or 1, o.preprocess)
+    info = quantize_int8(fp32_path, out, inputs, activations=o.int8_activations, progress=not o.quiet)
+    info["calibration_source"] = "calib-images" if o.calib_images is not None else "synthetic scenes"
+    info["calibration_images"] = calib_desc
+    return out, {"kind": "int8 QDQ", **info}
+
+
+def _build_engine(o: ExportOptions, onnx_path: Path, engine_path: Path, onnx_meta: dict[str, Any],
+                  profile: dict[str, Any]) -> tuple[Path, Path]:
+    from semask_deploy.export import metadata as md
+    from semask_deploy.export.tensorrt import build_engine
+
+    try:
+        info = build_engine(onnx_path, engine_path, precision=o.precision, profiles=[profile],
+                            timing_cache=o.timing_cache, workspace_gb=o.workspace_gb, progress=not o.quiet)
+    except (MissingDependencyError, ExportError) as exc:
+        why = " ".join(str(exc).split())  # one line
+        raise type(exc)(f"no TensorRT engine was built: {why} — the ONNX and its sidecar were written and are usable: "
+                        f"{onnx_path}, {md.sidecar_path(onnx_path)}; build the engine on a machine with an NVIDIA GPU "
+                        f"and TensorRT (semask-export --fmt trt there, or trtexec --onnx={onnx_path.name})") from exc
+    meta = dict(onnx_meta)
+    meta.update({
+        "artifact": engine_path.name, "kind": "tensorrt", "onnx": onnx_path.name,
+        "tensorrt_version": info.get("tensorrt_version"), "gpu_compute_capability": info.get("gpu_compute_capability"),
+        "profiles": info.get("profiles"), "engine_build": info,
+    })
+    meta["versions"] = md.library_versions()
+    return engine_path, md.write_sidecar(engine_path, meta)
+
+
+__all__ = [
+    "ExportOptions",
+    "ExportResult",
+    "SemaskError",
+    "Shapes",
+    "check_options",
+    "resolve_shapes",
+    "run_export",
+]

@@ -1,0 +1,244 @@
+"""Parity of an exported ONNX (run with ONNX Runtime on the CPU) against the PyTorch fp32 model.
+
+After every export the ONNX runs at sizes other than the one it was traced/optimised for (odd sizes,
+when the graph is dynamic) on realistic images — the calibration images when given, else synthetic
+scenes — and is compared with the fp32 PyTorch model on the same normalised input:
+
+* logits (when the graph outputs them): max / mean absolute error and relative L2 error
+  ``‖onnx − torch‖₂ / ‖torch‖₂``;
+* labels: pixel agreement, and the mIoU of the ONNX labels measured against the PyTorch labels
+  ("mIoU agreement", over the classes present in either).
+
+Tolerances per precision (:data:`TOLERANCES`), chosen from measurements (see the export report):
+
+=========  =======================  ================  ================
+precision  logit rel. L2 error       label agreement   mIoU agreement
+=========  =======================  ================  ================
+fp32       ≤ 1e-4                    ≥ 99.9 %          —
+fp16       ≤ 2e-2 (reported)         ≥ 99.0 %          ≥ 97 %
+int8       — (reported)              ≥ 96.0 %          ≥ 90 %
+=========  =======================  ================  ================
+
+The reduced-precision gates are on labels because that is what deployments consume; their logit errors
+are recorded in the sidecar.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from semask_deploy.errors import ExportError, require
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Pass criteria against the torch fp32 reference (None: not checked)."""
+
+    max_rel_l2: float | None
+    min_label_agreement: float
+    min_miou_agreement: float | None
+
+
+TOLERANCES: dict[str, Tolerance] = {
+    "fp32": Tolerance(max_rel_l2=1e-4, min_label_agreement=0.999, min_miou_agreement=None),
+    "fp16": Tolerance(max_rel_l2=2e-2, min_label_agreement=0.99, min_miou_agreement=0.97),
+    "int8": Tolerance(max_rel_l2=None, min_label_agreement=0.96, min_miou_agreement=0.90),
+}
+
+
+@dataclass
+class VerifyCase:
+    """Comparison at one input shape."""
+
+    shape: list[int]
+    max_abs: float | None
+    mean_abs: float | None
+    rel_l2: float | None
+    label_agreement: float
+    miou_agreement: float
+    ok: bool
+    seconds_onnx: float
+    seconds_torch: float
+
+
+@dataclass
+class VerifyResult:
+    """All cases, the tolerance used and the verdict."""
+
+    precision: str
+    tolerance: Tolerance
+    cases: list[VerifyCase] = field(default_factory=list)
+    inputs: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.cases) and all(c.ok for c in self.cases)
+
+    def format(self) -> str:
+        lines = []
+        for c in self.cases:
+            logit = (f"max|Δlogit| {c.max_abs:.2e}, mean {c.mean_abs:.2e}, rel L2 {c.rel_l2:.2e}; "
+                     if c.rel_l2 is not None else "")
+            lines.append(f"  {'x'.join(map(str, c.shape))}: {logit}labels {c.label_agreement * 100:.3f} % equal, "
+                         f"mIoU agreement {c.miou_agreement * 100:.2f} % — {'ok' if c.ok else 'FAIL'}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        t = self.tolerance
+        return {
+            "ok": self.ok,
+            "precision": self.precision,
+            "reference": "PyTorch fp32 (sdpa backend) on the same normalised input",
+            "runtime": "onnxruntime CPUExecutionProvider",
+            "inputs": self.inputs,
+            "tolerance": {"max_logit_rel_l2": t.max_rel_l2, "min_label_agreement": t.min_label_agreement,
+                          "min_miou_agreement": t.min_miou_agreement},
+            "cases": [c.__dict__ for c in self.cases],
+        }
+
+
+def verify_sizes(opt_hw: tuple[int, int], min_hw: tuple[int, int], max_hw: tuple[int, int],
+                 static: bool) -> list[tuple[int, int]]:
+    """Two sizes other than the opt shape inside [min, max], odd where possible; the static size if static.
+
+    Candidates: ~3/4 and ~5/8 of the opt size, then ~5/4 and opt + 7 (for ranges that start at opt).
+    """
+    if static:
+        return [tuple(opt_hw)]
+
+    def odd(v: float) -> int:
+        v = int(v)
+        return v if v % 2 else v + 1
+
+    sizes: list[tuple[int, int]] = []
+    for frac, add in ((0.75, 0), (0.625, 2), (1.25, 0), (1.0, 7), (1.0, -7)):
+        cand = tuple(max(lo, min(hi, odd(o * frac + add))) for o, lo, hi in zip(opt_hw, min_hw, max_hw))
+        if cand != tuple(opt_hw) and cand not in sizes:
+            sizes.append(cand)  # type: ignore[arg-type]
+        if len(sizes) == 2:
+            break
+    return sizes or [tuple(opt_hw)]
+
+
+def _session_with_logits(path: str | Path) -> tuple[Any, str | None]:
+    """A session that also returns the logits tensor in front of the ArgMax (labels-only graphs).
+
+    Returns ``(session, name of the logits tensor or None)``; the name ends in ``@nhwc`` when the tensor is
+    channels-last (the labels head of :func:`~semask_deploy.export.onnx.nhwc_labels_head`).
+    """
+    onnx = require("onnx", "dev")
+    model = onnx.load(str(path))
+    names = [o.name for o in model.graph.output]
+    if "logits" in names:
+        return make_session(path), "logits"
+    producer = {o: n for n in model.graph.node for o in n.output}
+    node = producer.get("labels")
+    for _ in range(4):
+        if node is None or node.op_type == "ArgMax":
+            break
+        node = producer.get(node.input[0])
+    if node is None or node.op_type != "ArgMax" or model.ByteSize() > 1_900_000_000:
+        return make_session(path), None
+    tensor = node.input[0]
+    inferred = onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False)
+    elem = next((v.type.tensor_type.elem_type for v in inferred.graph.value_info if v.name == tensor), 0)
+    if not elem:
+        return make_session(path), None
+    model.graph.output.append(onnx.helper.make_tensor_value_info(tensor, elem, None))
+    axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+    return make_session(model.SerializeToString()), tensor + ("@nhwc" if axis in (3, -1) else "")
+
+
+def make_session(path: str | Path | bytes, threads: int | None = None) -> Any:
+    """A CPU ONNX Runtime session with full graph optimisation (from a path or serialized bytes)."""
+    ort = require("onnxruntime", "dev")
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+    opts.log_severity_level = 3
+    try:
+        return ort.InferenceSession(path if isinstance(path, bytes) else str(path), opts,
+                                    providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001
+        what = "the model" if isinstance(path, bytes) else Path(path).name
+        raise ExportError(f"ONNX Runtime cannot load {what}: {str(exc).splitlines()[0][:300]}") from exc
+
+
+def verify_onnx(
+    onnx_path: str | Path,
+    model: Any,
+    images: Sequence[np.ndarray],
+    precision: str,
+    *,
+    preprocess: bool = False,
+    batch: int = 1,
+    inputs_desc: str = "",
+    tolerance: Tolerance | None = None,
+) -> VerifyResult:
+    """Run ``onnx_path`` in ONNX Runtime and ``model`` in PyTorch fp32 on ``images``; compare.
+
+    Args:
+        onnx_path: the exported ONNX.
+        model: the fp32 :class:`SeMaskSegmentor` (eval mode).
+        images: uint8 (H, W, 3) RGB images, one case per image (batched ``batch`` times by repetition
+            with a horizontal flip, when ``batch`` > 1).
+        precision: selects the tolerance.
+        preprocess: the graph takes ``image_uint8`` (N, H, W, 3).
+        batch: batch size to run (static-batch graphs need theirs).
+        inputs_desc: where the images came from (for the report).
+        tolerance: override :data:`TOLERANCES`.
+
+    Returns:
+        :class:`VerifyResult` (``ok`` tells whether every case passed).
+    """
+    torch = require("torch", "dev")
+    from semask_deploy.data.transforms import normalize
+    from semask_deploy.metrics import label_agreement, miou_between
+
+    tol = tolerance or TOLERANCES[precision]
+    session, logits_name = _session_with_logits(onnx_path)
+    out_names = [o.name for o in session.get_outputs()]
+    input_name = session.get_inputs()[0].name
+    result = VerifyResult(precision=precision, tolerance=tol, inputs=inputs_desc)
+    k = model.config.num_classes
+    for img in images:
+        rgb = np.stack([img if i % 2 == 0 else img[:, ::-1] for i in range(batch)])
+        x = np.stack([normalize(np.ascontiguousarray(im)) for im in rgb])
+        feed = np.ascontiguousarray(rgb) if preprocess else x
+        t0 = time.perf_counter()
+        try:
+            outs = dict(zip(out_names, session.run(None, {input_name: feed})))
+        except Exception as exc:  # noqa: BLE001
+            raise ExportError(f"ONNX Runtime failed on a {'x'.join(map(str, feed.shape))} input: "
+                              f"{str(exc).splitlines()[0][:300]}") from exc
+        t1 = time.perf_counter()
+        with torch.inference_mode():
+            ref = model(torch.from_numpy(x)).float()
+        t2 = time.perf_counter()
+        ref_labels = ref.argmax(1).numpy()
+        labels = outs["labels"]
+        max_abs = mean_abs = rel = None
+        name, _, layout = (logits_name or "").partition("@")
+        if name and name in outs:
+            got = outs[name] if layout != "nhwc" else outs[name].transpose(0, 3, 1, 2)  # channels-last labels head
+            diff = got.astype(np.float64) - ref.numpy().astype(np.float64)
+            max_abs, mean_abs = float(np.abs(diff).max()), float(np.abs(diff).mean())
+            rel = float(np.linalg.norm(diff) / max(np.linalg.norm(ref.numpy().astype(np.float64)), 1e-30))
+        agree = label_agreement(labels, ref_labels)
+        miou = miou_between(labels, ref_labels, k)
+        ok = agree >= tol.min_label_agreement
+        if tol.min_miou_agreement is not None:
+            ok = ok and (miou >= tol.min_miou_agreement or math.isnan(miou))
+        if tol.max_rel_l2 is not None and rel is not None:
+            ok = ok and rel <= tol.max_rel_l2
+        result.cases.append(VerifyCase(list(feed.shape), max_abs, mean_abs, rel, agree, miou, ok,
+                                       round(t1 - t0, 3), round(t2 - t1, 3)))
+    return result

@@ -1,0 +1,131 @@
+"""``semask-export``: checkpoint → verified ONNX (fp32 / fp16 / int8) and TensorRT engine, with sidecars."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ._common import main_wrapper, parse_hw
+
+EPILOG = """examples:
+  semask-export --ckpt semask_swin_tiny_ade20k.pth --fmt onnx --out exported/
+  semask-export --ckpt semask_swin_large_ade20k.pth --fmt onnx --precision fp16 --with-logits
+  semask-export --ckpt semask_swin_tiny_ade20k.pth --precision int8 --calib-images calib/ --calib-count 64
+  semask-export --ckpt semask_swin_tiny_ade20k.pth --fmt trt --precision fp16 --opt-shape 512x683 --max-batch 4
+  semask-export --ckpt model.pth --static 512x512 --batch 1 --preprocess     # fixed size, uint8 NHWC input
+  semask-export --check-trt exported/semask_swin_tiny_ade20k_fp32.onnx
+
+Writes <out>/<name>.onnx (+ <name>_trt.engine with --fmt trt|all), each with a <stem>.json metadata sidecar
+(I/O, shapes, normalisation, resize rule, classes, palette, precision, checkpoint SHA-256, versions,
+verification). <name> defaults to <checkpoint stem>_<precision>.
+
+The ONNX has input 'image' float32 (N,3,H,W) normalised RGB — or with --preprocess 'image_uint8' uint8
+(N,H,W,3) RGB 0-255 — and outputs 'labels' int32 (N,H,W) (+ 'logits' float32 (N,K,H,W) with --with-logits),
+N, H, W dynamic unless --static / --batch fix them. After export it is run with ONNX Runtime at two other
+sizes and compared with PyTorch fp32; tolerances: fp32 logit rel. L2 <= 1e-4 and >= 99.9 % equal labels;
+fp16 >= 99 % equal labels and >= 97 % mIoU agreement; int8 >= 96 % and >= 90 %.
+
+int8: calibrated on --calib-images (first --calib-count images, resized to the opt/static size) or on
+built-in synthetic scenes; calibration ranges are cached in $SEMASK_CACHE_DIR (default
+~/.cache/semask-deploy). --int8-activations s8 (default) gives symmetric int8 Q/DQ that TensorRT accepts;
+u8 is faster with ONNX Runtime on x86 CPUs but not accepted by TensorRT.
+
+exit status: 0 ok; 2 on any error (message on stderr), including a failed verification or an engine that
+cannot be built here (the ONNX is still written then).
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="semask-export",
+        description="Export a SeMask checkpoint to a verified ONNX (fp32, mixed fp16 or int8 Q/DQ) and optionally a "
+        "TensorRT engine, each with a JSON metadata sidecar; or check an ONNX offline for TensorRT.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--ckpt", type=Path, help="checkpoint: official mmseg .pth, state dict or .safetensors")
+    src.add_argument("--demo", action="store_true", help="export the built-in demo model")
+    src.add_argument("--check-trt", type=Path, metavar="MODEL.onnx",
+                     help="only check an ONNX file offline for the TensorRT ONNX parser (ops and dtypes)")
+    p.add_argument("--fmt", choices=("onnx", "trt", "all"), default="onnx",
+                   help="onnx: ONNX only; trt/all: ONNX and a TensorRT engine (needs TensorRT + GPU) (default: onnx)")
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32", help="(default: fp32)")
+    p.add_argument("--calib-images", type=Path, metavar="DIR",
+                   help="int8 calibration images (also used to verify); default: built-in synthetic scenes")
+    p.add_argument("--calib-count", type=int, default=32, metavar="N", help="calibration images used (default: 32)")
+    p.add_argument("--int8-activations", choices=("s8", "u8"), default="s8",
+                   help="int8 activation type: s8 symmetric (TensorRT-compatible) or u8 (faster in ONNX Runtime CPU)")
+    shp = p.add_argument_group("shapes (default: dynamic N, H, W; TensorRT profile min 256x256, opt = the model's "
+                               "training crop, max 1024x2048)")
+    shp.add_argument("--static", metavar="HxW", help="fix the input size")
+    shp.add_argument("--min-shape", metavar="HxW", help="smallest input (profile)")
+    shp.add_argument("--opt-shape", metavar="HxW",
+                     help="typical input: engine tuning, int8 calibration size")
+    shp.add_argument("--max-shape", metavar="HxW", help="largest input (profile)")
+    shp.add_argument("--batch", type=int, metavar="N", help="fix the batch size")
+    shp.add_argument("--max-batch", type=int, metavar="N", help="largest batch of the engine profile (default: 1)")
+    p.add_argument("--with-logits", action="store_true", help="also output logits float32 (N,K,H,W)")
+    p.add_argument("--preprocess", action="store_true",
+                   help="input uint8 (N,H,W,3) RGB 'image_uint8', normalised inside the graph")
+    p.add_argument("--timing-cache", type=Path, metavar="FILE", help="TensorRT timing cache (read and updated)")
+    p.add_argument("--workspace-gb", type=float, default=4.0, help="TensorRT builder workspace (default: 4)")
+    p.add_argument("--out", type=Path, default=Path("exported"), help="output folder (default: %(default)s)")
+    p.add_argument("--name", help="artifact name without suffix (default: <checkpoint stem>_<precision>)")
+    p.add_argument("--force", action="store_true", help="overwrite existing artifacts")
+    p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset, 17-21 (default: 18)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    return p
+
+
+def run_check_trt(path: Path, quiet: bool = False) -> int:
+    """``--check-trt``: print the report; 0 when TensorRT's parser supports everything, else error (exit 2)."""
+    from semask_deploy.export.trt_check import check_onnx_for_tensorrt
+
+    from ..errors import ExportError
+
+    if not path.is_file():
+        raise ExportError(f"ONNX file not found: {path}")
+    report = check_onnx_for_tensorrt(path)
+    if report.ok:
+        if not quiet:
+            print(report.format())
+        return 0
+    problems = "; ".join(f"{op}: {reason} ({len(names)} node(s))" for op, reason, names in report.unsupported)
+    raise ExportError(f"{path.name} uses what TensorRT's ONNX parser does not support ({len(report.unsupported)} "
+                      f"problem(s)): {problems}")
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.check_trt is not None:
+        return run_check_trt(args.check_trt, args.quiet)
+    from semask_deploy.export.pipeline import ExportOptions, run_export
+
+    # sizes are parsed here (not by argparse) so a bad one is one "error: …" line, exit 2
+    shape = {k: parse_hw(getattr(args, k), "--" + k.replace("_", "-")) if getattr(args, k) is not None else None
+             for k in ("static", "min_shape", "opt_shape", "max_shape")}
+    opts = ExportOptions(
+        ckpt=args.ckpt, demo=args.demo, fmt=args.fmt, precision=args.precision, calib_images=args.calib_images,
+        calib_count=args.calib_count, static=shape["static"], min_shape=shape["min_shape"],
+        opt_shape=shape["opt_shape"], max_shape=shape["max_shape"], batch=args.batch, max_batch=args.max_batch,
+        with_logits=args.with_logits,
+        preprocess=args.preprocess, timing_cache=args.timing_cache, out=args.out, name=args.name, force=args.force,
+        verify=not args.no_verify, opset=args.opset, int8_activations=args.int8_activations,
+        workspace_gb=args.workspace_gb, quiet=args.quiet,
+    )
+    result = run_export(opts)
+    if not args.quiet:
+        written = [p for p in (result.onnx_path, result.onnx_sidecar, result.engine_path, result.engine_sidecar) if p]
+        print(f"wrote {', '.join(str(p) for p in written)} in {result.seconds:.0f} s", file=sys.stderr)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return main_wrapper(_run, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""ONNX Runtime backend for :class:`~semask_deploy.runtime.Segmenter`: an exported ``.onnx`` + its sidecar.
+
+The sidecar (``model.json`` beside ``model.onnx``, written by ``semask-export``) gives the classes,
+palette, test scale, crop size, whether the graph outputs logits and whether its input is uint8
+(``--preprocess``). Providers: ``device="cpu"`` → CPU; ``device="cuda"`` → CUDA (then CPU for
+unsupported ops); or an explicit list, e.g. ``["TensorrtExecutionProvider", "CUDAExecutionProvider"]``.
+
+onnxruntime-gpu lists GPU providers even when their CUDA libraries cannot load and then silently runs on
+the CPU (``session.get_providers()`` lacks them). That is detected and refused with
+:class:`~semask_deploy.errors.RuntimeBackendError` unless ``allow_cpu_fallback=True``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import IMAGENET_MEAN, IMAGENET_STD
+from ..errors import ConfigError, RuntimeBackendError, require
+
+GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider", "ROCMExecutionProvider",
+                 "MIGraphXExecutionProvider", "DmlExecutionProvider")
+
+
+def _providers_for(device: str, providers: Sequence[str] | None) -> list[str]:
+    if providers:
+        return list(providers)
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device.startswith("cuda"):
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    raise ConfigError(f"device must be 'cpu' or 'cuda', got {device!r}")
+
+
+class OnnxBackend:
+    """Runs an exported SeMask ONNX with ONNX Runtime on numpy batches.
+
+    Args:
+        path: the ``.onnx`` file (its ``.json`` sidecar must be beside it).
+        device: ``"cpu"`` or ``"cuda"`` (ignored when ``providers`` is given).
+        providers: ONNX Runtime execution providers in priority order.
+        allow_cpu_fallback: accept a session that fell back to the CPU although a GPU provider was asked for.
+        threads: intra-op threads (default: ONNX Runtime's choice).
+
+    Attributes:
+        has_logits, num_classes, class_names, palette, test_scale, crop_size, precision: from the sidecar.
+        accepts_uint8: the graph takes uint8 (N, H, W, 3) RGB (``--preprocess``); see :meth:`labels_uint8`.
+        input_hw: (H, W) of a static-size export (inputs must have exactly that size), else None.
+        providers: the providers the session really uses.
+    """
+
+    kind = "onnxruntime"
+
+    def __init__(self, path: str | Path, *, device: str = "cpu", providers: Sequence[str] | None = None,
+                 allow_cpu_fallback: bool = False, threads: int | None = None) -> None:
+        from semask_deploy.export.metadata import read_sidecar
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise RuntimeBackendError(f"ONNX file not found: {self.path}")
+        self.meta: dict[str, Any] = read_sidecar(self.path)
+        ort = require("onnxruntime", "gpu" if device != "cpu" else "dev")
+        wanted = _providers_for(device, providers)
+        available = ort.get_available_providers()
+        missing = [p for p in wanted if p not in available]
+        gpu_wanted = [p for p in wanted if p in GPU_PROVIDERS]
+        if missing and not allow_cpu_fallback:
+            raise RuntimeBackendError(
+                f"ONNX Runtime provider(s) {', '.join(missing)} are not available (installed: {', '.join(available)}); "
+                "install onnxruntime-gpu (pip install 'semask-deploy[gpu]', never together with onnxruntime) or use "
+                "device='cpu'"
+            )
+        use = [p for p in wanted if p in available] or ["CPUExecutionProvider"]
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+        try:
+            self.session = ort.InferenceSession(str(self.path), opts, providers=use)
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+            why = str(exc).splitlines()[0][:300]
+            raise RuntimeBackendError(f"ONNX Runtime cannot load {self.path.name}: {why}") from exc
+        self.providers = list(self.session.get_providers())
+        lost = [p for p in gpu_wanted if p not in self.providers]
+        if lost and not allow_cpu_fallback:
+            raise RuntimeBackendError(
+                f"ONNX Runtime could not start {', '.join(lost)} (its CUDA/cuDNN/TensorRT libraries did not load) and "
+                "would silently run on the CPU; fix the GPU installation, use device='cpu', or pass "
+                "allow_cpu_fallback=True (--allow-cpu-fallback) to accept the CPU"
+            )
+        m = self.meta
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.has_logits = "logits" in self.output_names
+        self.accepts_uint8 = bool(m.get("preprocess_in_graph")) or self.session.get_inputs()[0].type == "tensor(uint8)"
+        self.num_classes = int(m["num_classes"])
+        self.class_names = tuple(m["classes"])
+        self.palette = [tuple(int(v) for v in c) for c in m["palette"]]
+        self.test_scale = tuple(m["test_scale"])
+        self.crop_size = tuple(m["crop_size"])
+        self.precision = m.get("precision", "fp32")
+        self.input_hw = _static_hw(m)
+
+    # -- numpy in, numpy/torch out --------------------------------------------------------------------
+    def _run(self, x: np.ndarray, names: list[str]) -> list[np.ndarray]:
+        try:
+            return self.session.run(names, {self.input_name: x})
+        except Exception as exc:  # noqa: BLE001
+            raise RuntimeBackendError(f"ONNX Runtime failed on an input of shape {tuple(x.shape)} {x.dtype}: "
+                                      f"{str(exc).splitlines()[0][:300]}") from exc
+
+    def _feed(self, x: np.ndarray) -> np.ndarray:
+        """Normalised float32 (N, 3, H, W) → what the graph takes."""
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ConfigError(f"expected a normalised float32 batch (N, 3, H, W), got {x.shape}")
+        if not self.accepts_uint8:
+            return np.ascontiguousarray(x, dtype=np.float32)
+        # A --preprocess graph takes the uint8 pixels. Normalised input made from uint8 pixels inverts exactly
+        # (the rounding error is ~1e-5 of a level); callers with the pixels should use labels_uint8/logits_uint8.
+        std = np.asarray(IMAGENET_STD, np.float32).reshape(1, 3, 1, 1)
+        mean = np.asarray(IMAGENET_MEAN, np.float32).reshape(1, 3, 1, 1)
+        rgb = np.clip(np.rint(x * std + mean), 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(rgb.transpose(0, 2, 3, 1))
+
+    def logits(self, x: np.ndarray) -> torch.Tensor:
+        """Normalised float32 (N, 3, H, W) → float32 logits (N, K, H, W)."""
+        if not self.has_logits:
+            raise ConfigError(f"{self.path.name} outputs labels only: re-export with --with-logits")
+        return torch.from_numpy(self._run(self._feed(x), ["logits"])[0].astype(np.float32, copy=False))
+
+    def labels(self, x: np.ndarray) -> np.ndarray:
+        """Normalised float32 (N, 3, H, W) → int32 labels (N, H, W)."""
+        return self._run(self._feed(x), ["labels"])[0].astype(np.int32, copy=False)
+
+    def _uint8(self, images: np.ndarray) -> np.ndarray:
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
+            raise ConfigError(f"expected uint8 RGB images (N, H, W, 3), got {images.dtype} {images.shape}")
+        if self.accepts_uint8:
+            return np.ascontiguousarray(images)
+        from ..data.transforms import normalize
+
+        return np.stack([normalize(im) for im in images])
+
+    def labels_uint8(self, images: np.ndarray) -> np.ndarray:
+        """uint8 RGB (N, H, W, 3) → int32 labels (N, H, W); normalised in the graph for --preprocess exports."""
+        return self._run(self._uint8(images), ["labels"])[0].astype(np.int32, copy=False)
+
+    def logits_uint8(self, images: np.ndarray) -> torch.Tensor:
+        """uint8 RGB (N, H, W, 3) → float32 logits (N, K, H, W)."""
+        if not self.has_logits:
+            raise ConfigError(f"{self.path.name} outputs labels only: re-export with --with-logits")
+        return torch.from_numpy(self._run(self._uint8(images), ["logits"])[0].astype(np.float32, copy=False))
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": "onnxruntime", "providers": self.providers, "precision": self.precision,
+                "input": self.input_name, "outputs": self.output_names}
+
+
+def _static_hw(meta: dict[str, Any]) -> tuple[int, int] | None:
+    """(H, W) of a static-size artifact (``--static``), None when H and W are dynamic."""
+    inputs = meta.get("inputs") or [{}]
+    shape = inputs[0].get("shape") or []
+    if len(shape) != 4:
+        return None
+    hw = shape[1:3] if meta.get("input_layout") == "NHWC" else shape[2:4]
+    return (int(hw[0]), int(hw[1])) if all(isinstance(v, int) for v in hw) else None

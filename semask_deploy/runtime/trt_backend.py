@@ -1,0 +1,123 @@
+"""TensorRT backend for :class:`~semask_deploy.runtime.Segmenter`: a serialized engine + its sidecar.
+
+The sidecar (``x_trt.json`` beside ``x_trt.engine``, written by ``semask-export --fmt trt``) names the
+TensorRT version and GPU compute capability the engine was built with; an engine is refused here when
+either differs from the running ones (engines are not portable). Inference goes through
+:class:`~semask_deploy.runtime.trt_runner.TensorRTRunner`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import IMAGENET_MEAN, IMAGENET_STD
+from ..errors import ConfigError, RuntimeBackendError
+
+
+class TensorRTBackend:
+    """Runs a SeMask TensorRT engine on numpy batches.
+
+    Args:
+        path: the ``.engine`` file (its ``.json`` sidecar must be beside it).
+        device: CUDA device index.
+
+    Attributes:
+        has_logits, num_classes, class_names, palette, test_scale, crop_size, precision: from the sidecar.
+        accepts_uint8: the engine takes uint8 (N, H, W, 3) RGB (exported with ``--preprocess``).
+        input_hw: (H, W) of a static-size engine, else None.
+    """
+
+    kind = "tensorrt"
+
+    def __init__(self, path: str | Path, *, device: int = 0) -> None:
+        from semask_deploy.export.metadata import read_sidecar
+        from semask_deploy.export.tensorrt import (
+            gpu_compute_capability,
+            tensorrt_version,
+        )
+
+        from .trt_runner import TensorRTRunner
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise RuntimeBackendError(f"engine file not found: {self.path}")
+        self.meta: dict[str, Any] = read_sidecar(self.path)
+        m = self.meta
+        built_trt, built_cc = m.get("tensorrt_version"), m.get("gpu_compute_capability")
+        if m.get("kind") not in (None, "tensorrt") or not built_trt:
+            raise RuntimeBackendError(f"the sidecar of {self.path.name} does not describe a TensorRT engine (no "
+                                      "tensorrt_version); re-export it with semask-export --fmt trt")
+        here_trt = tensorrt_version()
+        if here_trt is not None and str(built_trt) != here_trt:
+            raise RuntimeBackendError(f"{self.path.name} was built with TensorRT {built_trt} but TensorRT {here_trt} "
+                                      "is installed; rebuild it here with semask-export --fmt trt")
+        here_cc = gpu_compute_capability(device)
+        if built_cc and here_cc is not None and str(built_cc) != here_cc:
+            raise RuntimeBackendError(f"{self.path.name} was built for a GPU of compute capability {built_cc}, this "
+                                      f"GPU is {here_cc}; rebuild it on this GPU with semask-export --fmt trt")
+        self.runner = TensorRTRunner(self.path, device=device)
+        self.input_name = self.runner.input_names[0]
+        self.output_names = list(self.runner.output_names)
+        self.has_logits = "logits" in self.output_names
+        self.accepts_uint8 = bool(m.get("preprocess_in_graph")) or self.runner.dtypes[self.input_name] == np.uint8
+        self.num_classes = int(m["num_classes"])
+        self.class_names = tuple(m["classes"])
+        self.palette = [tuple(int(v) for v in c) for c in m["palette"]]
+        self.test_scale = tuple(m["test_scale"])
+        self.crop_size = tuple(m["crop_size"])
+        self.precision = m.get("precision", "fp32")
+        self.input_hw = _static_hw(m)
+
+    def _feed(self, x: np.ndarray) -> np.ndarray:
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ConfigError(f"expected a normalised float32 batch (N, 3, H, W), got {x.shape}")
+        if not self.accepts_uint8:
+            return np.ascontiguousarray(x, dtype=np.float32)
+        std = np.asarray(IMAGENET_STD, np.float32).reshape(1, 3, 1, 1)
+        mean = np.asarray(IMAGENET_MEAN, np.float32).reshape(1, 3, 1, 1)
+        rgb = np.clip(np.rint(x * std + mean), 0, 255).astype(np.uint8)  # exact for input made from uint8 pixels
+        return np.ascontiguousarray(rgb.transpose(0, 2, 3, 1))
+
+    def logits(self, x: np.ndarray) -> torch.Tensor:
+        """Normalised float32 (N, 3, H, W) → float32 logits (N, K, H, W) on the CPU."""
+        if not self.has_logits:
+            raise ConfigError(f"{self.path.name} outputs labels only: re-export with --with-logits")
+        out = self.runner.run({self.input_name: self._feed(x)})
+        return torch.from_numpy(np.asarray(out["logits"], dtype=np.float32))
+
+    def labels(self, x: np.ndarray) -> np.ndarray:
+        """Normalised float32 (N, 3, H, W) → int32 labels (N, H, W)."""
+        out = self.runner.run({self.input_name: self._feed(x)})
+        return np.asarray(out["labels"]).astype(np.int32, copy=False)
+
+    def labels_uint8(self, images: np.ndarray) -> np.ndarray:
+        """uint8 RGB (N, H, W, 3) → int32 labels (N, H, W) (engines exported with --preprocess)."""
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
+            raise ConfigError(f"expected uint8 RGB images (N, H, W, 3), got {images.dtype} {images.shape}")
+        if not self.accepts_uint8:
+            from ..data.transforms import normalize
+
+            return self.labels(np.stack([normalize(im) for im in images]))
+        out = self.runner.run({self.input_name: np.ascontiguousarray(images)})
+        return np.asarray(out["labels"]).astype(np.int32, copy=False)
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": "tensorrt", "tensorrt": self.meta.get("tensorrt_version"),
+                "gpu_compute_capability": self.meta.get("gpu_compute_capability"), "precision": self.precision}
+
+    def close(self) -> None:
+        self.runner.close()
+
+
+def _static_hw(meta: dict[str, Any]) -> tuple[int, int] | None:
+    """(H, W) of a static-size artifact (``--static``), None when H and W are dynamic."""
+    inputs = meta.get("inputs") or [{}]
+    shape = inputs[0].get("shape") or []
+    if len(shape) != 4:
+        return None
+    hw = shape[1:3] if meta.get("input_layout") == "NHWC" else shape[2:4]
+    return (int(hw[0]), int(hw[1])) if all(isinstance(v, int) for v in hw) else None

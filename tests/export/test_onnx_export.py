@@ -1,0 +1,124 @@
+"""torch → ONNX: one dynamic export matches PyTorch at several shapes; static and --preprocess graphs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+import torch  # noqa: E402
+from semask_deploy.export.onnx import trace_size  # noqa: E402
+from semask_deploy.export.pipeline import ExportOptions, run_export  # noqa: E402
+
+from semask_deploy.data.synthetic import SyntheticScenes  # noqa: E402
+from semask_deploy.data.transforms import normalize  # noqa: E402
+
+from ._shared import SMALL_CKPT, small_export, small_model  # noqa: E402
+
+REL_L2, AGREE = 1e-4, 0.999
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    return small_export(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return small_model()
+
+
+def _images(n: int, h: int, w: int, seed: int = 5) -> np.ndarray:
+    scenes = SyntheticScenes(8, size=(h, w), seed=seed, length=n)
+    return np.stack([scenes[i][0] for i in range(n)])
+
+
+@pytest.mark.parametrize("shape", [(1, 96, 96), (1, 61, 83), (2, 77, 130), (1, 33, 47), (3, 160, 112)])
+def test_one_dynamic_export_matches_torch(exported, model, shape):
+    n, h, w = shape
+    x = np.stack([normalize(im) for im in _images(n, h, w)])
+    sess = ort.InferenceSession(str(exported.onnx_path), providers=["CPUExecutionProvider"])
+    labels, logits = sess.run(["labels", "logits"], {"image": x})
+    with torch.inference_mode():
+        ref = model(torch.from_numpy(x)).numpy()
+    assert labels.dtype == np.int32 and labels.shape == (n, h, w)
+    assert logits.dtype == np.float32 and logits.shape == (n, 8, h, w)
+    rel = np.linalg.norm(logits - ref) / np.linalg.norm(ref)
+    assert rel <= REL_L2, rel
+    assert (labels == ref.argmax(1)).mean() >= AGREE
+
+
+def test_graph_is_dynamic_clean_and_checked(exported):
+    m = onnx.load(str(exported.onnx_path))
+    onnx.checker.check_model(m)
+    inp = m.graph.input[0]
+    assert inp.name == "image" and inp.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    dims = [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim]
+    assert dims == ["N", 3, "H", "W"]
+    outs = {o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim] for o in m.graph.output}
+    assert outs == {"labels": ["N", "H", "W"], "logits": ["N", 8, "H", "W"]}
+    assert next(o.version for o in m.opset_import if o.domain == "") >= 17
+    ops = {n.op_type for n in m.graph.node}
+    assert {"MatMul", "Softmax", "LayerNormalization", "ArgMax", "Resize"} <= ops
+    assert "Constant" not in ops or sum(n.op_type == "Constant" for n in m.graph.node) < 50
+    # the training-only semantic branch is not in the graph: the head has 6 ×2 upsamples + 3 resizes to the
+    # stride-4 grid, plus the final resize of the logits and the channels-last one of the labels head; the
+    # semantic branch would add 9 more
+    assert sum(n.op_type == "Resize" for n in m.graph.node) == 11
+    assert any(n.name == "labels_head_resize" for n in m.graph.node)
+    # verification ran on two sizes other than the opt shape and passed
+    ver = exported.verification
+    assert ver["ok"] and len(ver["cases"]) == 2
+    assert all(c["shape"][2:] != [96, 96] for c in ver["cases"])
+
+
+def test_trace_size_is_generic():
+    for window in (7, 12):
+        h, w = trace_size(window, window)
+        assert h != w and h % 4 and w % 4
+        for side in (h, w):
+            t = (side + 3) // 4
+            for _ in range(4):
+                assert t % 2 == 1 and t % window and t > window
+                t = (t + 1) // 2
+
+
+@pytest.fixture(scope="module")
+def static_preprocess(tmp_path_factory):
+    out = tmp_path_factory.mktemp("static_pre")
+    return run_export(ExportOptions(ckpt=SMALL_CKPT, out=out, static=(64, 96), batch=2, preprocess=True, quiet=True))
+
+
+def test_static_preprocess_graph_equals_normalise_plus_model(static_preprocess, model):
+    path = static_preprocess.onnx_path
+    m = onnx.load(str(path))
+    inp = m.graph.input[0]
+    assert inp.name == "image_uint8" and inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert [d.dim_value for d in inp.type.tensor_type.shape.dim] == [2, 64, 96, 3]
+    assert [o.name for o in m.graph.output] == ["labels"]
+    assert [d.dim_value for d in m.graph.output[0].type.tensor_type.shape.dim] == [2, 64, 96]
+    rgb = _images(2, 64, 96, seed=11)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (labels,) = sess.run(None, {"image_uint8": rgb})
+    with torch.inference_mode():
+        ref = model.predict(torch.from_numpy(np.stack([normalize(im) for im in rgb]))).numpy()
+    assert (labels == ref).mean() >= AGREE
+    with pytest.raises(Exception, match="dimensions"):  # static: another size is rejected by ONNX Runtime
+        sess.run(None, {"image_uint8": _images(2, 64, 64)})
+    meta = static_preprocess.metadata
+    assert meta["preprocess_in_graph"] and meta["input_layout"] == "NHWC"
+    assert meta["dynamic"] == {"N": False, "H": False, "W": False}
+    assert meta["profiles"] == [{"image_uint8": {"min": [2, 64, 96, 3], "opt": [2, 64, 96, 3], "max": [2, 64, 96, 3]}}]
+
+
+def test_preprocess_backend_takes_uint8_and_normalised(static_preprocess, model):
+    from semask_deploy.runtime.onnx_backend import OnnxBackend
+
+    be = OnnxBackend(static_preprocess.onnx_path)
+    assert be.accepts_uint8 and not be.has_logits and be.input_hw == (64, 96)
+    rgb = _images(2, 64, 96, seed=12)
+    x = np.stack([normalize(im) for im in rgb])
+    a, b = be.labels_uint8(rgb), be.labels(x)  # the float path inverts the normalisation exactly
+    assert a.dtype == np.int32 and np.array_equal(a, b)

@@ -1,0 +1,194 @@
+"""``semask-export``: end to end (in-process ``main`` and a real subprocess) and every bad-input case.
+
+Each bad input prints exactly one ``error: …`` line, exits 2, shows no traceback and leaves no file.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from semask_deploy.cli.export import main  # noqa: E402
+from semask_deploy.data.io import write_png  # noqa: E402
+from semask_deploy.data.synthetic import SyntheticScenes  # noqa: E402
+
+SMALL = Path(__file__).parent / "data" / "semask_small_synthetic8.pth"
+EXE = Path(sys.executable).parent / "semask-export"
+
+
+def _has_tensorrt() -> bool:
+    try:
+        import tensorrt  # noqa: F401
+    except Exception:  # noqa: BLE001
+        return False
+    return True
+
+
+def _one_error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("error: ") and "Traceback" not in err[0]
+    return err[0]
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*")) if folder.exists() else []
+
+
+@pytest.fixture
+def calib_dir(tmp_path):
+    d = tmp_path / "calib"
+    scenes = SyntheticScenes(8, size=(80, 100), seed=21, length=4)
+    for i in range(4):
+        write_png(d / f"img_{i}.png", scenes[i][0])
+    return d
+
+
+def test_main_int8_end_to_end(tmp_path, calib_dir, monkeypatch, capsys):
+    monkeypatch.setenv("SEMASK_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    argv = ["--ckpt", str(SMALL), "--precision", "int8", "--calib-images", str(calib_dir), "--calib-count", "4",
+            "--static", "64x96", "--with-logits", "--out", str(out), "--name", "small_q"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "[1/5]" in err and "verifying" in err and "wrote" in err
+    assert sorted(p.name for p in _files(out)) == ["small_q.json", "small_q.onnx"]
+    meta = json.loads((out / "small_q.json").read_text())
+    assert meta["precision"] == "int8" and meta["verification"]["ok"]
+    assert meta["precision_details"]["calibration_samples"] == 4
+    assert meta["precision_details"]["calibration_source"] == "calib-images"
+    assert meta["tensorrt_check"]["ok"]
+    assert meta["verification"]["inputs"].startswith("--calib-images")
+    # an existing artifact is not overwritten without --force (checked before any work)
+    before = (out / "small_q.onnx").read_bytes()
+    assert main(argv + ["--quiet"]) == 2
+    msg = _one_error(capsys)
+    assert "already exist" in msg and "--force" in msg
+    assert (out / "small_q.onnx").read_bytes() == before
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_has_tensorrt(), reason="checks the behaviour without TensorRT")
+def test_subprocess_fmt_all_without_tensorrt_keeps_the_onnx(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run([str(EXE), "--ckpt", str(SMALL), "--fmt", "all", "--precision", "fp16",
+                           "--static", "64x64", "--out", str(out)], check=False, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "TensorRT" in last and "pip install" in last
+    assert "semask_small_synthetic8_fp16.onnx" in last  # says the ONNX was written
+    names = sorted(p.name for p in _files(out))
+    assert names == ["semask_small_synthetic8_fp16.json", "semask_small_synthetic8_fp16.onnx"]
+    meta = json.loads((out / "semask_small_synthetic8_fp16.json").read_text())
+    assert meta["precision"] == "fp16" and meta["verification"]["ok"] and meta["tensorrt_check"]["ok"]
+
+
+def _bad(args: list[str], tmp_path: Path, capsys) -> str:
+    out = tmp_path / "out"
+    assert main(args + ["--out", str(out)]) == 2
+    msg = _one_error(capsys)
+    assert _files(out) == []
+    return msg
+
+
+def test_missing_checkpoint(tmp_path, capsys):
+    assert "not found" in _bad(["--ckpt", str(tmp_path / "nope.pth")], tmp_path, capsys)
+
+
+def test_corrupt_checkpoint(tmp_path, capsys):
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"PK\x03\x04 definitely not a checkpoint" * 10)
+    msg = _bad(["--ckpt", str(bad)], tmp_path, capsys)
+    assert "bad.pth" in msg
+
+
+@pytest.mark.parametrize("flags, text", [
+    (["--static", "abc"], "--static must look like HxW"),
+    (["--static", "0x64"], "--static must be two positive integers"),
+    (["--opt-shape", "512x"], "--opt-shape must look like HxW"),
+    (["--static", "16x16"], "at least 32 pixels"),
+    (["--min-shape", "512x512", "--opt-shape", "256x256"], "min <= opt <= max"),
+    (["--opt-shape", "512x512", "--max-shape", "256x1024"], "min <= opt <= max"),
+    (["--static", "64x64", "--opt-shape", "64x64"], "cannot be combined"),
+    (["--batch", "2", "--max-batch", "4"], "exclude each other"),
+    (["--batch", "0"], "at least 1"),
+    (["--opset", "12"], "--opset must be between 17 and 21"),
+    (["--calib-count", "0", "--precision", "int8"], "--calib-count"),
+    (["--fmt", "trt", "--precision", "int8", "--int8-activations", "u8"], "symmetric"),
+    (["--timing-cache", "x.cache"], "--timing-cache is only used"),
+    (["--name", "../escape"], "--name must be a plain file name"),
+])
+def test_bad_options(tmp_path, capsys, flags, text):
+    msg = _bad(["--ckpt", str(SMALL)] + flags, tmp_path, capsys)
+    assert text in msg, msg
+
+
+def test_unreadable_calibration_folder(tmp_path, capsys):
+    msg = _bad(["--ckpt", str(SMALL), "--precision", "int8", "--calib-images", str(tmp_path / "missing")],
+               tmp_path, capsys)
+    assert "--calib-images" in msg
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    msg = _bad(["--ckpt", str(SMALL), "--precision", "int8", "--calib-images", str(empty)], tmp_path, capsys)
+    assert "no images" in msg
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "x.png").write_bytes(b"not a png")
+    msg = _bad(["--ckpt", str(SMALL), "--precision", "int8", "--calib-images", str(corrupt)], tmp_path, capsys)
+    assert "cannot decode" in msg
+
+
+def test_demo_without_builtin_model_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    from semask_deploy import assets
+
+    monkeypatch.setattr(assets, "DEMO_CHECKPOINT", tmp_path / "missing_demo.pth")
+    msg = _bad(["--demo"], tmp_path, capsys)
+    assert "demo model is missing" in msg
+
+
+def test_check_trt(tmp_path, capsys):
+    import onnx
+    from onnx import TensorProto, helper
+
+    def model(op: str, **attrs):
+        node = helper.make_node(op, ["x"], ["y"], **attrs)
+        g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])])
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+
+    ok = tmp_path / "ok.onnx"
+    onnx.save(model("Relu"), str(ok))
+    assert main(["--check-trt", str(ok)]) == 0
+    assert "OK" in capsys.readouterr().out
+    bad = tmp_path / "bad.onnx"
+    onnx.save(model("Bernoulli"), str(bad))
+    assert main(["--check-trt", str(bad)]) == 2
+    msg = _one_error(capsys)
+    assert "Bernoulli" in msg
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    assert main(["--check-trt", str(text)]) == 2
+    assert "notes.txt" in _one_error(capsys)
+    assert main(["--check-trt", str(tmp_path / "missing.onnx")]) == 2
+    assert "not found" in _one_error(capsys)
+
+
+def test_help_lists_the_options(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--ckpt", "--fmt", "--precision", "--calib-images", "--static", "--min-shape", "--max-batch",
+                 "--with-logits", "--preprocess", "--timing-cache", "--force", "--no-verify", "--opset", "--check-trt"):
+        assert flag in out
+    assert np.all([s in out for s in ("fp16", "int8")])
