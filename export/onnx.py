@@ -10,7 +10,7 @@ The exported graph maps
 and is the model's eval forward: backbone + Semantic-FPN head, the whole stride-4 logits grid resized
 bilinearly (align_corners=False) to the input size, argmax. The training-only semantic branch is not in
 the graph. The model is traced in its ``sdpa`` backend (window attention = MatMul/Add/Softmax/MatMul at
-opset 17–21; the semantic attention = MatMul/Softmax/MatMul) with ``torch.export`` (non-strict) and
+opset 18–21; the semantic attention = MatMul/Softmax/MatMul) with ``torch.export`` (non-strict) and
 ``torch.onnx.export(dynamo=True)``, then cleaned up (onnxscript's optimizer: constant folding, dead code,
 no-op removal) and checked with ``onnx.checker``. For labels the graph by default resizes channels-last and
 takes the argmax over the contiguous class axis (:func:`nhwc_labels_head`), which ONNX Runtime runs ~4×
@@ -39,7 +39,9 @@ from semask_deploy.config import IMAGENET_MEAN, IMAGENET_STD
 from semask_deploy.errors import ConfigError, ExportError, require
 
 DEFAULT_OPSET = 18
-MIN_OPSET, MAX_OPSET = 17, 21  # 22+ turn SDPA into one Attention op (23) the precision passes do not handle
+# 18: the dynamo exporter's own opset; 17 would need onnx's version converter, which has no Pad 18→17 adapter.
+# 22+ would turn SDPA into one Attention op (23) that the precision passes do not handle.
+MIN_OPSET, MAX_OPSET = 18, 21
 INPUT_FLOAT, INPUT_UINT8 = "image", "image_uint8"
 DIM_NAMES = ("N", "H", "W")
 
@@ -164,7 +166,7 @@ def export_onnx(
         preprocess: the input is ``image_uint8`` uint8 (N, H, W, 3) RGB; normalisation is in the graph.
         static_hw: fixed (H, W); default: dynamic H and W.
         static_batch: fixed batch size; default: dynamic N.
-        opset: ONNX opset, 17–21.
+        opset: ONNX opset, 18–21.
         simplify: run the graph clean-up (constant folding etc.).
         labels_head: ``"nhwc"`` (default): the labels come from a channels-last resize + argmax over the
             contiguous class axis (:func:`nhwc_labels_head`: same labels, ~4× faster in ONNX Runtime on a

@@ -158,7 +158,8 @@ def check_options(o: ExportOptions) -> None:
     from semask_deploy.export.onnx import MAX_OPSET, MIN_OPSET
 
     if not MIN_OPSET <= int(o.opset) <= MAX_OPSET:
-        raise ConfigError(f"--opset must be between {MIN_OPSET} and {MAX_OPSET}, got {o.opset}")
+        raise ConfigError(f"--opset must be between {MIN_OPSET} and {MAX_OPSET}, got {o.opset} (the exporter works at "
+                          "opset 18; onnx cannot lower its Pad ops to 17)")
     if o.calib_count < 1:
         raise ConfigError(f"--calib-count must be at least 1, got {o.calib_count}")
     if o.int8_activations not in ("s8", "u8"):

@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="artifact name without suffix (default: <checkpoint stem>_<precision>)")
     p.add_argument("--force", action="store_true", help="overwrite existing artifacts")
     p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
-    p.add_argument("--opset", type=int, default=18, help="ONNX opset, 17-21 (default: 18)")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset, 18-21 (default: 18)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     return p
 
