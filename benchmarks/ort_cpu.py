@@ -19,6 +19,7 @@ fp32 graph at ONNX Runtime's basic optimisation level.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -52,8 +53,12 @@ def _session(path: Path, threads: int, level: str = "all") -> Any:
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def build_artifacts(work: Path, size: int, variant: str, log: Callable[[str], None]) -> tuple[Any, dict[str, Any]]:
-    """The torch model and every exported ONNX: {name: {"path", "seconds", "info"}}."""
+def build_artifacts(work: Path, size: int, variant: str, log: Callable[[str], None],
+                    reuse: bool = False) -> tuple[Any, dict[str, Any]]:
+    """The torch model and every exported ONNX: {name: {"path", "seconds", "info"}}.
+
+    With ``reuse`` the ONNX files of an earlier run in ``work`` (same seed, so the same weights) are reused.
+    """
     import onnx
     import torch
     from semask_deploy.export.onnx import clean_graph, export_onnx, nhwc_labels_head
@@ -69,6 +74,15 @@ def build_artifacts(work: Path, size: int, variant: str, log: Callable[[str], No
     for p in model.parameters():
         p.data.normal_(0, 0.02)
     arts: dict[str, Any] = {}
+    saved = work / "artifacts.json"
+    if reuse and saved.is_file():
+        arts = json.loads(saved.read_text())
+        for art in arts.values():
+            art["path"] = Path(art["path"])
+        if all(a["path"].is_file() for a in arts.values()):
+            log(f"reusing the ONNX files in {work}")
+            return model, arts
+        arts = {}
     t0 = time.perf_counter()
     info = export_onnx(model, work / "fp32_nchw.onnx", labels_head="nchw")
     seconds = time.perf_counter() - t0
@@ -102,11 +116,12 @@ def build_artifacts(work: Path, size: int, variant: str, log: Callable[[str], No
         arts[name] = {"path": path, "seconds": time.perf_counter() - t0,
                       "info": {k: q[k] for k in ("activations", "weights", "qdq_nodes", "calibration_samples")}}
         log(f"quantized {name} in {arts[name]['seconds']:.0f} s")
+    saved.write_text(json.dumps({k: {**v, "path": str(v["path"])} for k, v in arts.items()}))
     return model, arts
 
 
 def run(size: int = 512, runs: int = 12, warmup: int = 3, threads: int = 2, variant: str = "semask_swin_t_ade20k",
-        work: Path | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+        work: Path | None = None, log: Callable[[str], None] = print, reuse: bool = False) -> dict[str, Any]:
     """Export, then time every backend; returns a JSON-ready dict."""
     import torch
 
@@ -119,7 +134,7 @@ def run(size: int = 512, runs: int = 12, warmup: int = 3, threads: int = 2, vari
     if work is None:
         tmp = tempfile.TemporaryDirectory(prefix="semask-ort-bench-")
         work = Path(tmp.name)
-    model, arts = build_artifacts(work, size, variant, log)
+    model, arts = build_artifacts(work, size, variant, log, reuse=reuse)
     eager = model
     sdpa = type(model)(model.config, attention_backend="sdpa").eval()
     sdpa.load_state_dict(model.state_dict())
@@ -238,12 +253,13 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--work", type=Path, default=None, help="keep the exported ONNX files here")
+    p.add_argument("--reuse", action="store_true", help="reuse the ONNX files of an earlier run in --work")
     args = p.parse_args()
     from semask_deploy.fileio import write_json_atomic, write_text_atomic
 
     if args.work is not None:
         args.work.mkdir(parents=True, exist_ok=True)
-    r = run(args.size, args.runs, args.warmup, args.threads, work=args.work,
+    r = run(args.size, args.runs, args.warmup, args.threads, work=args.work, reuse=args.reuse,
             log=lambda s: print(s, flush=True))
     write_json_atomic(args.out / "ort_cpu.json", r)
     write_text_atomic(args.out / "ort_cpu.md", to_markdown(r))
