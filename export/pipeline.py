@@ -72,6 +72,16 @@ class ExportOptions:
     quiet: bool = False
     model: Any = None  # an in-memory SeMaskSegmentor instead of a checkpoint (library use)
 
+    def __post_init__(self) -> None:  # library callers may pass str paths and list sizes
+        for name in ("ckpt", "calib_images", "timing_cache", "out"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                setattr(self, name, Path(value))
+        for name in ("static", "min_shape", "opt_shape", "max_shape"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, tuple(int(v) for v in value))
+
 
 @dataclass
 class ExportResult:

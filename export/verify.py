@@ -4,12 +4,15 @@ After every export the ONNX runs at sizes other than the one it was traced/optim
 when the graph is dynamic) on realistic images — the calibration images when given, else synthetic
 scenes — and is compared with the fp32 PyTorch model on the same normalised input:
 
-* logits (when the graph outputs them): max / mean absolute error and relative L2 error
-  ``‖onnx − torch‖₂ / ‖torch‖₂``;
+* logits (the ``logits`` output, or for labels-only graphs the tensor the ArgMax reads, exposed for the
+  check): max / mean absolute error and relative L2 error ``‖onnx − torch‖₂ / ‖torch‖₂``;
 * labels: pixel agreement, and the mIoU of the ONNX labels measured against the PyTorch labels
   ("mIoU agreement", over the classes present in either).
 
-Tolerances per precision (:data:`TOLERANCES`), chosen from measurements (see the export report):
+Tolerances per precision (:data:`TOLERANCES`). Measured on the small trained test model and the built-in
+demo model: fp32 rel. L2 ~5e-7 and 100 % equal labels; fp16 rel. L2 ~1e-4–5e-4, ≥ 99.98 % equal labels;
+int8 rel. L2 ~1e-2, ≥ 99.9 % equal labels and ≥ 99.7 % mIoU agreement. The gates leave room for real
+150-class models, whose labels have many near-ties:
 
 =========  =======================  ================  ================
 precision  logit rel. L2 error       label agreement   mIoU agreement
