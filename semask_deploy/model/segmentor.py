@@ -10,9 +10,10 @@ from torch import Tensor, nn
 
 from ..config import ATTENTION_BACKENDS, SeMaskConfig
 from ..errors import ConfigError, MissingDependencyError
+from . import fast
 from .fpn_head import SemanticFPNHead
 from .semask import SeMaskSwin, SemanticLayer
-from .swin import SwinBlock
+from .swin import PatchMerging, SwinBlock
 
 
 class SeMaskSegmentor(nn.Module):
@@ -46,7 +47,7 @@ class SeMaskSegmentor(nn.Module):
         if name == "triton":
             _check_triton_installed()
         for m in self.modules():
-            if isinstance(m, (SwinBlock, SemanticLayer)):
+            if isinstance(m, (SwinBlock, SemanticLayer, PatchMerging, SeMaskSwin)):
                 m.backend = name
         self.decode_head.set_fast_path(name != "eager")
         self.attention_backend = name
@@ -74,7 +75,9 @@ class SeMaskSegmentor(nn.Module):
     def predict(self, x: Tensor) -> Tensor:
         """Labels (N, H, W) int64: argmax of the logits at the input resolution.
 
-        On CUDA with the triton backend the resize and argmax are one fused kernel (no N×K×H×W buffer).
+        On CUDA with the triton backend the resize and argmax are one fused kernel; on the CPU the fast
+        backends resize and argmax a few rows at a time (:func:`fast.resize_argmax`). Neither materialises
+        the N×K×H×W logits.
         """
         logits = self.forward_lowres(x)
         size = (int(x.shape[2]), int(x.shape[3]))
@@ -82,6 +85,8 @@ class SeMaskSegmentor(nn.Module):
             from ..kernels.upsample_argmax import upsample_argmax
 
             return upsample_argmax(logits, size)
+        if not x.is_cuda and self.attention_backend != "eager" and logits.dtype == torch.float32:
+            return fast.resize_argmax(logits, size)
         # one image at a time bounds the K×H×W buffer; slicing (not l[None]) keeps channels-last strides
         return torch.cat(
             [

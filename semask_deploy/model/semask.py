@@ -59,7 +59,7 @@ class SemanticLayer(nn.Module):
             out, q = self._eager(xn, h, w)
             return sa.gamma * sa.mlp_res(out) + xn, q
         out, q = self._fused(xn, h, w)
-        return torch.addcmul(xn, sa.gamma, sa.mlp_res(out)), q
+        return torch.addcmul(xn, sa.gamma, fast.linear(sa.mlp_res, out)), q
 
     def _eager(self, xn: Tensor, h: int, w: int) -> tuple[Tensor, Tensor]:
         """Reference math, written like the official code (pad → partition → attend → reverse → crop)."""
@@ -83,7 +83,7 @@ class SemanticLayer(nn.Module):
         """Projections on the unpadded tokens; padded keys/values carry the biases; fused attention."""
         sa = self.class_injection[0]
         b, n, c = xn.shape
-        q, k, v = sa.mlp_cls_q(xn), sa.mlp_cls_k(xn), sa.mlp_v(xn)
+        q, k, v = fast.fused_linear([sa.mlp_cls_q, sa.mlp_cls_k, sa.mlp_v], xn)
         if self.backend == "triton":
             from ..kernels.semantic_attention import semantic_attention_global, semantic_attention_window
 
@@ -106,7 +106,7 @@ class SemanticLayer(nn.Module):
             gather, inverse = self._index_cache[key]
 
             def windows(t: Tensor, pad_row: Tensor | None) -> Tensor:
-                row = t.new_zeros(b, 1, t.shape[-1]) if pad_row is None else pad_row.detach().expand(b, 1, -1)
+                row = t.new_zeros(b, 1, t.shape[-1]) if pad_row is None else pad_row.expand(b, 1, -1)
                 return torch.cat([t, row.to(t.dtype)], 1).index_select(1, gather).view(-1, win * win, t.shape[-1])
 
             out = fast.unscaled_attention(windows(q, None), windows(k, sa.mlp_cls_k.bias), windows(v, sa.mlp_v.bias))
@@ -169,6 +169,7 @@ class SeMaskSwin(nn.Module):
         self.layers = nn.ModuleList(SeMaskStage(cfg, i) for i in range(len(cfg.depths)))
         for i, c in enumerate(cfg.stage_channels):
             self.add_module(f"norm{i}", nn.LayerNorm(c))
+        self.backend = "eager"
 
     def forward(self, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         """x (B, 3, H, W) → features [(B, Cᵢ, Hᵢ, Wᵢ)] and semantic maps [(B, Kb, Hᵢ, Wᵢ)], i = 0..3.
@@ -181,7 +182,9 @@ class SeMaskSwin(nn.Module):
             out, sem, tokens = stage(tokens, h, w)
             b, _, c = out.shape
             out = getattr(self, f"norm{i}")(out)
-            feats.append(out.view(b, h, w, c).permute(0, 3, 1, 2).contiguous())
+            feat = out.view(b, h, w, c).permute(0, 3, 1, 2)
+            # the fast paths keep the channels-last view: the head's convolutions want that layout anyway
+            feats.append(feat.contiguous() if self.backend == "eager" or is_tracing() else feat)
             sems.append(sem.view(b, h, w, -1).permute(0, 3, 1, 2))
             h, w = (h + 1) // 2, (w + 1) // 2
         return feats, sems

@@ -181,15 +181,27 @@ class WindowAttention(nn.Module):
 
     def forward_sdpa(self, windows: Tensor, bias: Tensor) -> Tensor:
         """Fused path. windows (B·nW, w², C), bias (nW·heads, w², w²) = relative bias (+ mask)."""
-        bw, n, c = windows.shape
+        return fast.linear(self.proj, self.attend(fast.linear(self.qkv, windows), bias))
+
+    def attend(self, qkv: Tensor, bias: Tensor) -> Tensor:
+        """softmax(q·kᵀ·scale + bias)·v per window and head, heads merged; before ``proj``.
+
+        Args:
+            qkv: (B·nW, w², 3C), the ``qkv`` projection of the windowed tokens.
+            bias: (nW·heads, w², w²).
+
+        Returns:
+            (B·nW, w², C).
+        """
+        bw, n, c3 = qkv.shape
+        c = c3 // 3
         nwh = bias.shape[0]
-        qkv = self.qkv(windows).view(-1, nwh // self.num_heads, n, 3, self.num_heads, c // self.num_heads)
+        qkv = qkv.view(-1, nwh // self.num_heads, n, 3, self.num_heads, c // self.num_heads)
         qkv = qkv.permute(3, 0, 1, 4, 2, 5).reshape(3, -1, nwh, n, c // self.num_heads)
         q, k, v = qkv[0], qkv[1], qkv[2]  # B, nW·heads, n, d (contiguous slices of one buffer)
         out = fast.window_attention_core(q, k, v, bias, self.scale)
         out = out.view(-1, nwh // self.num_heads, self.num_heads, n, c // self.num_heads)
-        out = out.permute(0, 1, 3, 2, 4).reshape(bw, n, c)
-        return self.proj(out)
+        return out.permute(0, 1, 3, 2, 4).reshape(bw, n, c)
 
 
 class SwinBlock(nn.Module):
@@ -243,11 +255,11 @@ class SwinBlock(nn.Module):
             from ..kernels.window_attention import window_attention
 
             attn = self.attn
-            qkv = attn.qkv(xn)
+            qkv = fast.linear(attn.qkv, xn)
             out = window_attention(
                 qkv, attn.qkv.bias, attn.relative_position_bias_table, attn.num_heads, win, shift, attn.scale
             )
-            return attn.proj(out)
+            return fast.linear(attn.proj, out)
         hp, wp = padded_size(h, win), padded_size(w_, win)
         if self.backend == "sdpa" and not is_tracing():
             return self._attention_gathered(xn, hp, wp)
@@ -266,7 +278,12 @@ class SwinBlock(nn.Module):
         return x[:, :h, :w_, :]
 
     def _attention_gathered(self, xn: Tensor, hp: int, wp: int) -> Tensor:
-        """The sdpa path with pad/shift/partition done by one gather and undone by another."""
+        """The sdpa path: pad/shift/partition done by one gather and undone by another.
+
+        ``qkv`` and ``proj`` run on the H·W real tokens only: a zero-padded token's q, k, v are the qkv bias,
+        so the windows take their padded rows from it, and the padded outputs are dropped before ``proj``
+        (at 512×512 the stage-3 windows are 42 % padding).
+        """
         b, h, w_, c = xn.shape
         key = (h, w_, xn.device)
         index = self._index_cache.get(key)
@@ -274,17 +291,27 @@ class SwinBlock(nn.Module):
             self._index_cache.clear()
             index = self._index_cache[key] = window_gather_index(h, w_, self.window, self.shift, xn.device)
         gather, inverse = index
-        tokens = torch.cat([xn.reshape(b, h * w_, c), xn.new_zeros(b, 1, c)], dim=1)
-        windows = tokens.index_select(1, gather).view(-1, self.window * self.window, c)
-        out = self.attn.forward_sdpa(windows, self._sdpa_bias(hp, wp, xn.device, xn.dtype))
-        return out.view(b, -1, c).index_select(1, inverse).view(b, h, w_, c)
+        attn = self.attn
+        qkv = fast.linear(attn.qkv, xn.reshape(b, h * w_, c))
+        pad = attn.qkv.bias if attn.qkv.bias is not None else qkv.new_zeros(3 * c)  # keeps its gradient
+        tokens = torch.cat([qkv, pad.to(qkv.dtype).expand(b, 1, 3 * c)], dim=1)
+        windows = tokens.index_select(1, gather).view(-1, self.window * self.window, 3 * c)
+        out = attn.attend(windows, self._sdpa_bias(hp, wp, xn.device, xn.dtype))
+        out = out.view(b, -1, c).index_select(1, inverse)
+        return fast.linear(attn.proj, out).view(b, h, w_, c)
 
     def forward(self, x: Tensor, h: int, w: int) -> Tensor:
         """x (B, H·W, C) → (B, H·W, C)."""
         b, n, c = x.shape
-        attn = self._attention(self.norm1(x).view(b, h, w, c))
-        x = x + attn.reshape(b, n, c)
-        return x + self.mlp(self.norm2(x))
+        attn = self._attention(self.norm1(x).view(b, h, w, c)).reshape(b, n, c)
+        if self.backend == "eager":
+            x = x + attn
+            return x + self.mlp(self.norm2(x))
+        # Fast path: GELU fused into fc1; residuals summed into the fresh branch outputs (no new buffers).
+        reuse = fast.may_reuse(x, attn)
+        x = attn.add_(x) if reuse else x + attn
+        y = fast.linear(self.mlp.fc2, fast.linear(self.mlp.fc1, self.norm2(x), gelu=True))
+        return y.add_(x) if reuse else x + y
 
 
 class PatchMerging(nn.Module):
@@ -297,6 +324,7 @@ class PatchMerging(nn.Module):
         super().__init__()
         self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
         self.norm = nn.LayerNorm(4 * dim)
+        self.backend = "eager"
 
     def forward(self, x: Tensor, h: int, w: int) -> Tensor:
         """x (B, H·W, C) → (B, ⌈H/2⌉·⌈W/2⌉, 2C)."""
@@ -311,5 +339,6 @@ class PatchMerging(nn.Module):
             return self.reduction(self.norm(x))
         x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
         x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
-        return self.reduction(self.norm(x.view(b, -1, 4 * c)))
+        x = self.norm(x.view(b, -1, 4 * c))
+        return self.reduction(x) if self.backend == "eager" else fast.linear(self.reduction, x)
 
