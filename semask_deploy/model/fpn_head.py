@@ -81,7 +81,7 @@ class SemanticFPNHead(nn.Module):
 
     def forward(self, feats: list[Tensor]) -> Tensor:
         """feats [(B, Cᵢ, Hᵢ, Wᵢ)] → logits (B, K, H₀, W₀) at stride 4."""
-        if self.fast_path and not self.training:
+        if self.fast_path and not self.training and not is_tracing():  # grouping needs concrete shapes
             return self._forward_fast(feats)
         out = self.scale_heads[0](feats[0])
         size = out.shape[2:]
