@@ -102,6 +102,41 @@ def window_gather_index(h: int, w: int, window: int, shift: int, device: torch.d
     return gather, inverse
 
 
+def head_major_index(
+    gather: Tensor, inverse: Tensor, tokens: int, batch: int, heads: int, n: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Row indices that move qkv rows between token order and the windowed, head-major layout.
+
+    With qkv (B, T, 3·heads·d) viewed as rows of d floats, row ``((b·T + t)·3 + s)·heads + h`` holds part
+    ``s`` (q, k or v) of head ``h`` of token ``t``.
+
+    Args:
+        gather, inverse: from :func:`window_gather_index` (``gather`` holds T for a padded slot).
+        tokens: T = H·W.
+        batch, heads, n: batch size, heads, tokens per window.
+
+    Returns:
+        rows: (3·B·nW·heads·n,) source row of every slot of the (3, B, nW·heads, n, d) layout (padded slots
+            point at a real row and are overwritten);
+        pad_slots: (P,) the padded slots; pad_src: (P,) their row s·heads + h in the (3·heads, d) qkv bias;
+        back: (B·T·heads,) the slot of the attention output (B, nW·heads, n, d) for each (b, t, h) row.
+    """
+    device = gather.device
+    nw = gather.numel() // n
+    part = torch.arange(3, device=device).view(3, 1, 1, 1, 1)
+    img = torch.arange(batch, device=device).view(1, batch, 1, 1, 1)
+    head = torch.arange(heads, device=device).view(1, 1, 1, heads, 1)
+    tok = gather.view(1, 1, nw, 1, n)
+    padded = (tok == tokens).expand(3, batch, nw, heads, n).reshape(-1)
+    rows = (((img * tokens + tok.clamp(max=tokens - 1)) * 3 + part) * heads + head).reshape(-1)
+    pad_slots = padded.nonzero().squeeze(1)
+    pad_src = (part * heads + head).expand(3, batch, nw, heads, n).reshape(-1)[pad_slots]
+    win, pos = (inverse // n).view(1, tokens, 1), (inverse % n).view(1, tokens, 1)
+    img, head = img.view(batch, 1, 1), head.view(1, 1, heads)
+    back = (((img * nw + win) * heads + head) * n + pos).reshape(-1)
+    return rows, pad_slots, pad_src, back
+
+
 class PatchEmbed(nn.Module):
     """Pad W then H to a multiple of the patch, Conv patch×patch stride patch, LayerNorm.
 
@@ -278,26 +313,33 @@ class SwinBlock(nn.Module):
         return x[:, :h, :w_, :]
 
     def _attention_gathered(self, xn: Tensor, hp: int, wp: int) -> Tensor:
-        """The sdpa path: pad/shift/partition done by one gather and undone by another.
+        """The sdpa path: pad/shift/partition/head split done by one row gather and undone by another.
 
-        ``qkv`` and ``proj`` run on the H·W real tokens only: a zero-padded token's q, k, v are the qkv bias,
-        so the windows take their padded rows from it, and the padded outputs are dropped before ``proj``
-        (at 512×512 the stage-3 windows are 42 % padding).
+        ``qkv`` and ``proj`` run on the H·W real tokens only. The qkv output, seen as rows of head_dim floats
+        (token, q|k|v, head), is gathered straight into the (3, B, nW·heads, w², d) layout the attention
+        GEMMs read, and the attention output straight back to token order (no roll, pad, permute or
+        concatenation copies). A zero-padded token's q, k, v are the qkv bias, so padded slots are filled
+        from it — at 512×512 the stage-3 windows are 42 % padding.
         """
         b, h, w_, c = xn.shape
-        key = (h, w_, xn.device)
+        attn = self.attn
+        heads, n = attn.num_heads, self.window * self.window
+        d = c // heads
+        key = (b, h, w_, xn.device)
         index = self._index_cache.get(key)
         if index is None:
             self._index_cache.clear()
-            index = self._index_cache[key] = window_gather_index(h, w_, self.window, self.shift, xn.device)
-        gather, inverse = index
-        attn = self.attn
+            gather, inverse = window_gather_index(h, w_, self.window, self.shift, xn.device)
+            index = self._index_cache[key] = head_major_index(gather, inverse, h * w_, b, heads, n)
+        rows, pad_slots, pad_src, back = index
         qkv = fast.linear(attn.qkv, xn.reshape(b, h * w_, c))
-        pad = attn.qkv.bias if attn.qkv.bias is not None else qkv.new_zeros(3 * c)  # keeps its gradient
-        tokens = torch.cat([qkv, pad.to(qkv.dtype).expand(b, 1, 3 * c)], dim=1)
-        windows = tokens.index_select(1, gather).view(-1, self.window * self.window, 3 * c)
-        out = attn.attend(windows, self._sdpa_bias(hp, wp, xn.device, xn.dtype))
-        out = out.view(b, -1, c).index_select(1, inverse)
+        windows = qkv.view(-1, d).index_select(0, rows)
+        if pad_slots.numel():
+            bias = attn.qkv.bias if attn.qkv.bias is not None else qkv.new_zeros(3 * c)
+            windows.index_copy_(0, pad_slots, bias.to(qkv.dtype).view(3 * heads, d).index_select(0, pad_src))
+        q, k, v = windows.view(3, b, -1, n, d)
+        out = fast.window_attention_core(q, k, v, self._sdpa_bias(hp, wp, xn.device, xn.dtype), attn.scale)
+        out = out.reshape(-1, d).index_select(0, back).view(b, h * w_, c)
         return fast.linear(attn.proj, out).view(b, h, w_, c)
 
     def forward(self, x: Tensor, h: int, w: int) -> Tensor:
