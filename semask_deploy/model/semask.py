@@ -102,12 +102,17 @@ class SemanticLayer(nn.Module):
             key = (h, w, xn.device)
             if key not in self._index_cache:
                 self._index_cache.clear()
-                self._index_cache[key] = window_gather_index(h, w, win, 0, xn.device)
-            gather, inverse = self._index_cache[key]
+                gather, inverse = window_gather_index(h, w, win, 0, xn.device)
+                padded = (gather == h * w).nonzero().squeeze(1)
+                self._index_cache[key] = (gather.clamp(max=h * w - 1), padded, inverse)
+            gather, padded, inverse = self._index_cache[key]
 
             def windows(t: Tensor, pad_row: Tensor | None) -> Tensor:
-                row = t.new_zeros(b, 1, t.shape[-1]) if pad_row is None else pad_row.expand(b, 1, -1)
-                return torch.cat([t, row.to(t.dtype)], 1).index_select(1, gather).view(-1, win * win, t.shape[-1])
+                out = t.index_select(1, gather)
+                if padded.numel():  # padded slots: a zero token, projected = the layer's bias (or 0 for q)
+                    row = t.new_zeros(t.shape[-1]) if pad_row is None else pad_row.to(t.dtype)
+                    out.index_copy_(1, padded, row.expand(b, padded.numel(), -1))
+                return out.view(-1, win * win, t.shape[-1])
 
             out = fast.unscaled_attention(windows(q, None), windows(k, sa.mlp_cls_k.bias), windows(v, sa.mlp_v.bias))
             return out.view(b, -1, c).index_select(1, inverse), q

@@ -349,7 +349,7 @@ class SwinBlock(nn.Module):
         if self.backend == "eager":
             x = x + attn
             return x + self.mlp(self.norm2(x))
-        # Fast path: GELU fused into fc1; residuals summed into the fresh branch outputs (no new buffers).
+        # Fast path: GELU in place on fc1's output; residuals summed into the fresh branch outputs.
         reuse = fast.may_reuse(x, attn)
         x = attn.add_(x) if reuse else x + attn
         y = fast.linear(self.mlp.fc2, fast.linear(self.mlp.fc1, self.norm2(x), gelu=True))
