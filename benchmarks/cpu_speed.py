@@ -2,7 +2,11 @@
 
 SeMask-T (ADE20K, 150 classes) at 512×512, fp32, 2 threads, random weights (speed does not depend on them).
 Both paths are timed in ONE process, interleaved run by run, so machine load hits both alike; the ratio
-of medians is reported for ``model(x)`` (logits at input resolution) and ``model.predict(x)`` (labels).
+of medians is reported for ``model.predict(x)`` (labels, what ``semask-infer`` runs), ``model(x)`` (logits
+at input resolution) and ``model.forward_lowres(x)`` (the network alone: logits at stride 4).
+
+``model(x)`` returns a fresh N×K×H×W float tensor (157 MB at 512×512×150): allocating and first-touching it
+costs the same in both paths (~85–120 ms here), which caps that row's ratio.
 
     python -m semask_deploy.benchmarks.cpu_speed --out benchmarks/results/cpu
 """
@@ -18,6 +22,21 @@ import time
 from pathlib import Path
 
 import torch
+
+
+def cpu_name() -> str:
+    """CPU model and widest vector ISA, e.g. ``AMD EPYC (avx2)`` — results differ a lot between CPUs."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "")
+    flags = next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), [])
+    isa = next((f for f in ("amx_tile", "avx512f", "avx2") if f in flags), "")
+    return f"{model or platform.machine()} ({isa})" if isa else (model or platform.machine())
+
+
+CALLS = {"predict": "predict", "forward": "__call__", "lowres": "forward_lowres"}
 
 
 def _time(fn, x) -> float:
@@ -46,8 +65,8 @@ def run(size: int = 512, runs: int = 10, warmup: int = 2, threads: int = 2, vari
     with torch.inference_mode():
         err = (models["eager"](x) - models["sdpa"](x)).abs().max().item()
         agree = (models["eager"].predict(x) == models["sdpa"].predict(x)).float().mean().item()
-        for what in ("forward", "predict"):
-            fns = {k: (m if what == "forward" else m.predict) for k, m in models.items()}
+        for what in CALLS:
+            fns = {k: getattr(m, CALLS[what]) for k, m in models.items()}
             for fn in fns.values():
                 for _ in range(warmup):
                     fn(x)
@@ -64,7 +83,7 @@ def run(size: int = 512, runs: int = 10, warmup: int = 2, threads: int = 2, vari
     return {
         "variant": variant, "input": [1, 3, size, size], "dtype": "float32", "threads": threads, "runs": runs,
         "warmup": warmup, "max_abs_logit_diff_sdpa_vs_eager": err, "label_agreement": agree,
-        "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
+        "torch": torch.__version__, "cpu": cpu_name(),
         "load_average": os.getloadavg(), "results": results,
     }
 
@@ -77,13 +96,14 @@ def to_markdown(r: dict) -> str:
         "| call | eager median (ms) | sdpa median (ms) | speed-up (median) | speed-up (best run) |",
         "|---|---|---|---|---|",
     ]
-    for what in ("forward", "predict"):
+    for what in CALLS:
         x = r["results"][what]
-        lines.append(f"| `model.{'__call__' if what == 'forward' else 'predict'}(x)` | {x['eager']['median_ms']:.0f} | "
+        lines.append(f"| `model.{CALLS[what]}(x)` | {x['eager']['median_ms']:.0f} | "
                      f"{x['sdpa']['median_ms']:.0f} | {x['speedup_median']:.2f}× | {x['speedup_min']:.2f}× |")
     lines += ["", f"{r['runs']} interleaved runs after {r['warmup']} warm-up; max |Δlogit| sdpa vs eager "
               f"{r['max_abs_logit_diff_sdpa_vs_eager']:.1e}, label agreement {r['label_agreement'] * 100:.3f} %; "
-              f"load average during the run {tuple(round(v, 2) for v in r['load_average'])}; torch {r['torch']}."]
+              f"load average during the run {tuple(round(v, 2) for v in r['load_average'])}; torch {r['torch']}; "
+              f"CPU {r['cpu']}."]
     return "\n".join(lines) + "\n"
 
 
