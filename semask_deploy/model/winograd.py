@@ -13,8 +13,10 @@ Kronecker product of its matrix (36×36 in, 16×36 out) and the 36 channel GEMMs
 
 for T tiles. The filter transform is done in float64 and cached. Accuracy in fp32: the largest error
 relative to the largest output is ~4e-6 (direct convolution ~5e-7), measured on the head's shapes.
-Measured on a 2-core AMD EPYC (1 thread) against oneDNN's direct convolution: 1.6–1.7× faster for
-256→256 channels at 64×64, 1.8× at 32×32, equal for 96→256 at 128×128.
+Measured against oneDNN's direct convolution (BN folded, fused ReLU) on a 2-core AMD EPYC (AVX2), 2 threads:
+1.7× faster for 192→256 and 1.9× for 256→256 at 64×64, 1.5× for 384→256 and 1.4× for 256→256 at 32×32,
+equal at 768→256 16×16, but 0.8× for 96→256 at 128×128 (the transforms dominate with few input
+channels) — hence the dispatch rule in ``fast._winograd_pays``.
 """
 
 from __future__ import annotations
