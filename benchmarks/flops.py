@@ -8,14 +8,16 @@ LayerNorm, softmax, GELU, residual adds and the shift/bias/mask adds are not cou
 
 The counts follow the tensors the model really computes (DESIGN §2):
 
-* window attention runs on the map zero-padded to a multiple of the window, so ``qkv``, ``q·kᵀ``,
-  ``A·v`` and ``proj`` use the padded token count ``Hp·Wp`` (the ``triton`` backend projects only the
-  ``H·W`` real tokens; its kernel still attends over padded windows); the MLP uses ``H·W``;
-* windowed semantic attention projects q/k/v on the padded windows in the ``eager`` backend and on the
-  real tokens in ``sdpa``/``triton`` (padded keys/values are the biases), and attends over padded windows;
+* window attention attends over the map zero-padded to a multiple of the window, so ``q·kᵀ`` and ``A·v``
+  use padded windows; ``qkv`` and ``proj`` run on the padded token count ``Hp·Wp`` in ``eager`` and in
+  ``export`` (the traced graph of ONNX/TensorRT/``torch.compile``) but on the ``H·W`` real tokens in
+  ``sdpa`` and ``triton`` (padded q/k/v are the qkv bias); the MLP uses ``H·W``;
+* windowed semantic attention projects q/k/v on the padded windows in ``eager`` and on the real tokens
+  in every other mode (padded keys/values are the biases), and attends over padded windows;
   global semantic attention is ``N×N`` over all ``N = H·W`` tokens of the stage;
 * the FPN head's maps come from the ⌈·/2⌉ grids, so the ×2 upsampling can overshoot the stride-4 size
-  and then costs one more resize.
+  and then costs one more resize; ``sdpa``/``triton`` sum the levels whose maps match before their last
+  ×2 upsample and upsample (and resize) each such group once.
 
 Example::
 
@@ -36,7 +38,7 @@ from typing import Any, Iterable
 from semask_deploy.config import SeMaskConfig
 
 INTERP_FLOPS_PER_VALUE = 7
-ATTENTIONS = ("eager", "sdpa", "triton")
+ATTENTIONS = ("eager", "sdpa", "triton", "export")
 
 
 @dataclass(frozen=True)
@@ -135,8 +137,9 @@ def analytic_flops(
         config: the architecture.
         height, width: input size in pixels (any size; padding is modelled).
         batch: batch size N (every count is linear in N).
-        attention: ``eager`` | ``sdpa`` | ``triton`` — which tokens are projected (see module doc).
-            Exported ONNX/TensorRT graphs compute what ``sdpa`` does.
+        attention: ``eager`` | ``sdpa`` | ``triton`` | ``export`` — which tokens are projected and how the
+            head upsamples (see module doc); ``export`` is what traced graphs (ONNX, TensorRT,
+            ``torch.compile``) compute.
 
     Returns:
         A :class:`FlopReport`.
@@ -177,7 +180,7 @@ def analytic_flops(
         stage = f"backbone.layers.{i}"
         for j in range(depth):
             blk = f"{stage}.blocks.{j}"
-            proj_tokens = n if attention == "triton" else n_pad
+            proj_tokens = n if attention in ("sdpa", "triton") else n_pad
             linear(f"{blk}.attn.qkv", proj_tokens, c, 3 * c)
             mm = 2 * b * n_win * win**2 * win**2 * c  # Σ over heads of n²·d
             add(f"{blk}.attn.q@k", blk, "matmul", mm, f"{b * n_win}x{win * win}² · {c} (padded windows)")
@@ -214,6 +217,8 @@ def analytic_flops(
 
     ch = cfg.head_channels
     h0, w0 = sizes[0]
+    grouped = attention in ("sdpa", "triton")
+    last_upsample: dict[tuple[int, int], str] = {}  # pre-upsample size → first level's upsample name
     for i, length in enumerate(head_lengths((4, 8, 16, 32))):
         hi, wi = sizes[i]
         cin = cfg.stage_channels[i]
@@ -221,11 +226,20 @@ def analytic_flops(
         for k in range(length):
             conv(f"decode_head.scale_heads.{i}.{idx}.conv", hi, wi, cin if k == 0 else ch, ch, 3)
             idx += 1
-            if i > 0:
-                hi, wi = 2 * hi, 2 * wi
-                interp(f"decode_head.scale_heads.{i}.{idx}.upsample", f"decode_head.scale_heads.{i}", ch, hi, wi)
-                idx += 1
-        if (hi, wi) != (h0, w0):
+            if i == 0:
+                continue
+            name = f"decode_head.scale_heads.{i}.{idx}.upsample"
+            idx += 1
+            if grouped and k == length - 1:
+                if (hi, wi) not in last_upsample:
+                    last_upsample[(hi, wi)] = name
+                    interp(name, "decode_head", ch, 2 * hi, 2 * wi)
+                    if (2 * hi, 2 * wi) != (h0, w0):
+                        interp(f"decode_head.resize.{i}", "decode_head", ch, h0, w0)
+                continue
+            hi, wi = 2 * hi, 2 * wi
+            interp(name, f"decode_head.scale_heads.{i}", ch, hi, wi)
+        if not grouped and (hi, wi) != (h0, w0):
             interp(f"decode_head.resize.{i}", "decode_head", ch, h0, w0)
     conv("decode_head.conv_seg", h0, w0, ch, cfg.num_classes, 1)
     if (h0, w0) != (height, width):

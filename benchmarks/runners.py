@@ -211,7 +211,7 @@ class Runner:
     backend = ""
     has_logits = True
     cuda_events = False
-    attention = "sdpa"
+    attention = "export"  # traced graphs (ONNX Runtime, TensorRT) compute what benchmarks.flops calls export
 
     def __init__(self, precision: str, device: str) -> None:
         self.precision = precision
@@ -252,11 +252,12 @@ class TorchRunner(Runner):
 
         super().__init__(precision, device)
         self.backend = backend
-        self.attention = TORCH_ATTENTION[backend]
         self.cuda_events = device == "cuda"
         self.dtype = {"fp32": torch.float32, "fp16": torch.float16}[precision]
         m = copy.deepcopy(model).to(device=device, dtype=self.dtype).eval()
-        m.set_attention_backend(self.attention)
+        m.set_attention_backend(TORCH_ATTENTION[backend])
+        # the FLOPs model: torch.compile traces the sdpa model, computing what an exported graph does
+        self.attention = "export" if backend == "torch-compile" else TORCH_ATTENTION[backend]
         self.model = m
         self._lowres = m.forward_lowres
         if precision == "fp16" and device == "cpu":

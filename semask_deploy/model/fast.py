@@ -65,7 +65,7 @@ def linear(layer: nn.Linear, x: Tensor, gelu: bool = False) -> Tensor:
     if _MKLDNN_LINEAR and _inference_cpu_fp32(x, layer.weight):
         y = torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "none", [], "")
         return torch.ops.aten.gelu_(y) if gelu else y
-    y = F.linear(x, layer.weight, layer.bias)
+    y = layer(x)  # as a module call, so hooks (FlopCounterMode, profilers) see the layer
     return F.gelu(y) if gelu else y
 
 

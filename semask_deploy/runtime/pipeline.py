@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from ..data.transforms import normalize, rescale_image, resize_image, slide_windows
 from ..errors import ConfigError
+from ..model.fast import resize_argmax
 
 LogitsFn = Callable[[np.ndarray], torch.Tensor]  # float32 (1, 3, h, w) → logits (1, K, h, w)
 
@@ -55,10 +56,17 @@ def slide_logits(
 
 
 def labels_from_logits(logits: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
-    """Resize logits (1, K, h, w) bilinearly (align_corners=False) to ``size`` and take the argmax → (H, W)."""
-    if tuple(logits.shape[2:]) != tuple(size):
-        logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
-    return logits.argmax(1)[0].numpy()
+    """Resize logits (1, K, h, w) bilinearly (align_corners=False) to ``size`` and take the argmax → (H, W).
+
+    On the CPU the resize and argmax run a few rows at a time (:func:`resize_argmax`), without the
+    K×H×W buffer of the resized logits.
+    """
+    if tuple(logits.shape[2:]) == tuple(size):
+        return logits.argmax(1)[0].numpy()
+    if logits.device.type == "cpu":
+        return resize_argmax(logits.float(), size)[0].numpy()
+    logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
+    return logits.argmax(1)[0].cpu().numpy()
 
 
 def labels_to_size(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
