@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import ConfigError, RuntimeBackendError, require
+from .artifact import graph_input, static_input
 
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider", "ROCMExecutionProvider",
                  "MIGraphXExecutionProvider", "DmlExecutionProvider")
@@ -50,6 +50,7 @@ class OnnxBackend:
         has_logits, num_classes, class_names, palette, test_scale, crop_size, precision: from the sidecar.
         accepts_uint8: the graph takes uint8 (N, H, W, 3) RGB (``--preprocess``); see :meth:`labels_uint8`.
         input_hw: (H, W) of a static-size export (inputs must have exactly that size), else None.
+        input_batch: the batch size of a fixed-batch export, else None.
         providers: the providers the session really uses.
     """
 
@@ -104,7 +105,7 @@ class OnnxBackend:
         self.test_scale = tuple(m["test_scale"])
         self.crop_size = tuple(m["crop_size"])
         self.precision = m.get("precision", "fp32")
-        self.input_hw = _static_hw(m)
+        self.input_batch, self.input_hw = static_input(m)
 
     # -- numpy in, numpy/torch out --------------------------------------------------------------------
     def _run(self, x: np.ndarray, names: list[str]) -> list[np.ndarray]:
@@ -114,28 +115,16 @@ class OnnxBackend:
             raise RuntimeBackendError(f"ONNX Runtime failed on an input of shape {tuple(x.shape)} {x.dtype}: "
                                       f"{str(exc).splitlines()[0][:300]}") from exc
 
-    def _feed(self, x: np.ndarray) -> np.ndarray:
-        """Normalised float32 (N, 3, H, W) → what the graph takes."""
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise ConfigError(f"expected a normalised float32 batch (N, 3, H, W), got {x.shape}")
-        if not self.accepts_uint8:
-            return np.ascontiguousarray(x, dtype=np.float32)
-        # A --preprocess graph takes the uint8 pixels. Normalised input made from uint8 pixels inverts exactly
-        # (the rounding error is ~1e-5 of a level); callers with the pixels should use labels_uint8/logits_uint8.
-        std = np.asarray(IMAGENET_STD, np.float32).reshape(1, 3, 1, 1)
-        mean = np.asarray(IMAGENET_MEAN, np.float32).reshape(1, 3, 1, 1)
-        rgb = np.clip(np.rint(x * std + mean), 0, 255).astype(np.uint8)
-        return np.ascontiguousarray(rgb.transpose(0, 2, 3, 1))
-
     def logits(self, x: np.ndarray) -> torch.Tensor:
         """Normalised float32 (N, 3, H, W) → float32 logits (N, K, H, W)."""
         if not self.has_logits:
             raise ConfigError(f"{self.path.name} outputs labels only: re-export with --with-logits")
-        return torch.from_numpy(self._run(self._feed(x), ["logits"])[0].astype(np.float32, copy=False))
+        out = self._run(graph_input(x, self.accepts_uint8), ["logits"])[0]
+        return torch.from_numpy(out.astype(np.float32, copy=False))
 
     def labels(self, x: np.ndarray) -> np.ndarray:
         """Normalised float32 (N, 3, H, W) → int32 labels (N, H, W)."""
-        return self._run(self._feed(x), ["labels"])[0].astype(np.int32, copy=False)
+        return self._run(graph_input(x, self.accepts_uint8), ["labels"])[0].astype(np.int32, copy=False)
 
     def _uint8(self, images: np.ndarray) -> np.ndarray:
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
@@ -159,13 +148,3 @@ class OnnxBackend:
     def describe(self) -> dict[str, Any]:
         return {"backend": "onnxruntime", "providers": self.providers, "precision": self.precision,
                 "input": self.input_name, "outputs": self.output_names}
-
-
-def _static_hw(meta: dict[str, Any]) -> tuple[int, int] | None:
-    """(H, W) of a static-size artifact (``--static``), None when H and W are dynamic."""
-    inputs = meta.get("inputs") or [{}]
-    shape = inputs[0].get("shape") or []
-    if len(shape) != 4:
-        return None
-    hw = shape[1:3] if meta.get("input_layout") == "NHWC" else shape[2:4]
-    return (int(hw[0]), int(hw[1])) if all(isinstance(v, int) for v in hw) else None

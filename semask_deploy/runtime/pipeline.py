@@ -23,11 +23,17 @@ from ..model.fast import resize_argmax
 LogitsFn = Callable[[np.ndarray], torch.Tensor]  # float32 (1, 3, h, w) → logits (1, K, h, w)
 
 
-def prepare(image_rgb: np.ndarray, scale: Sequence[int] | None) -> np.ndarray:
-    """uint8 (H, W, 3) RGB → normalised float32 (1, 3, h, w) at the test scale (``None`` keeps the size)."""
+def prepare(
+    image_rgb: np.ndarray, scale: Sequence[int] | None, exact_size: Sequence[int] | None = None
+) -> np.ndarray:
+    """uint8 (H, W, 3) RGB → normalised float32 (1, 3, h, w) at the test scale (``None`` keeps the size),
+    or resized (bilinear, aspect ratio not kept) to ``exact_size`` (h, w) for static-size exports."""
     if image_rgb.dtype != np.uint8 or image_rgb.ndim != 3 or image_rgb.shape[2] != 3:
         raise ConfigError(f"expected a uint8 (H, W, 3) RGB image, got {image_rgb.dtype} {image_rgb.shape}")
-    img = rescale_image(image_rgb, scale) if scale is not None else image_rgb
+    if exact_size is not None:
+        img = resize_image(image_rgb, (int(exact_size[0]), int(exact_size[1])), "bilinear")
+    else:
+        img = rescale_image(image_rgb, scale) if scale is not None else image_rgb
     return normalize(img)[None]
 
 

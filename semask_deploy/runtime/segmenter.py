@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -27,6 +27,10 @@ class Segmenter:
         providers: ONNX Runtime only: execution providers, e.g. ``["CUDAExecutionProvider"]``.
         allow_cpu_fallback: ONNX Runtime only: accept running on the CPU when a GPU provider was asked
             for but cannot load (otherwise that is an error, never a silent fallback).
+
+    A static-size export (``semask-export --static HxW``) takes exactly that size: in whole mode every image
+    is resized to it (bilinear, aspect ratio not kept) and the labels are mapped back to the image's size;
+    in slide mode the windows are that size. A fixed-batch export gets each image repeated to its batch.
     """
 
     def __init__(
@@ -72,6 +76,21 @@ class Segmenter:
         else:
             self.scale = tuple(scale) if scale is not None else tuple(self.backend.test_scale)
         self.crop = tuple(crop) if crop is not None else tuple(self.backend.crop_size)
+        # A static export takes exactly one input size (and batch): whole images are resized to it (the
+        # aspect ratio is not kept), slide windows must be that size.
+        self.input_hw = getattr(self.backend, "input_hw", None)
+        self.input_batch = getattr(self.backend, "input_batch", None)
+        if self.input_hw is not None:
+            fixed = "x".join(str(v) for v in self.input_hw)
+            if mode == "whole" and scale is not None:
+                raise ConfigError(
+                    f"{path.name} is a static {fixed} export: every image is resized to {fixed}, so a test "
+                    "scale does not apply; drop the scale, or re-export without --static"
+                )
+            if mode == "slide" and crop is not None and self.crop != self.input_hw:
+                raise ConfigError(f"{path.name} is a static {fixed} export: the slide crop must be {fixed}")
+            if mode == "slide":
+                self.crop = self.input_hw
         self.stride = tuple(stride) if stride is not None else tuple(max(1, c * 2 // 3) for c in self.crop)
         if mode == "slide" and not self.backend.has_logits:
             raise ConfigError(
@@ -93,10 +112,22 @@ class Segmenter:
     def predict(self, image_rgb: np.ndarray) -> np.ndarray:
         """uint8 (H, W, 3) RGB image → int64 labels (H, W) at the image's own size."""
         size = (int(image_rgb.shape[0]), int(image_rgb.shape[1]))
-        x = prepare(image_rgb, self.scale)
+        if self.input_hw is not None and self.mode == "whole":
+            x = prepare(image_rgb, None, exact_size=self.input_hw)
+        else:
+            x = prepare(image_rgb, self.scale)
         if self.mode == "slide":
-            logits = slide_logits(self.backend.logits, x, self.num_classes, self.crop, self.stride)
+            logits = slide_logits(self._logits, x, self.num_classes, self.crop, self.stride)
             return labels_from_logits(logits, size).astype(np.int64)
         if self.backend.has_logits:
-            return labels_from_logits(self.backend.logits(x), size).astype(np.int64)
-        return labels_to_size(self.backend.labels(x)[0], size).astype(np.int64)
+            return labels_from_logits(self._logits(x), size).astype(np.int64)
+        return labels_to_size(self._fixed_batch(self.backend.labels, x)[0], size).astype(np.int64)
+
+    def _logits(self, x: np.ndarray) -> Any:
+        return self._fixed_batch(self.backend.logits, x)
+
+    def _fixed_batch(self, fn: Callable[[np.ndarray], Any], x: np.ndarray) -> Any:
+        """Run ``fn`` on one image; a fixed-batch export gets the image repeated to its batch size."""
+        if self.input_batch is None or self.input_batch == x.shape[0]:
+            return fn(x)
+        return fn(np.repeat(x, self.input_batch, axis=0))[:1]

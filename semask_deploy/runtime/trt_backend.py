@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import ConfigError, RuntimeBackendError
+from .artifact import graph_input, static_input
 
 
 class TensorRTBackend:
@@ -29,6 +29,7 @@ class TensorRTBackend:
         has_logits, num_classes, class_names, palette, test_scale, crop_size, precision: from the sidecar.
         accepts_uint8: the engine takes uint8 (N, H, W, 3) RGB (exported with ``--preprocess``).
         input_hw: (H, W) of a static-size engine, else None.
+        input_batch: the batch size of a fixed-batch engine, else None.
     """
 
     kind = "tensorrt"
@@ -70,28 +71,18 @@ class TensorRTBackend:
         self.test_scale = tuple(m["test_scale"])
         self.crop_size = tuple(m["crop_size"])
         self.precision = m.get("precision", "fp32")
-        self.input_hw = _static_hw(m)
-
-    def _feed(self, x: np.ndarray) -> np.ndarray:
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise ConfigError(f"expected a normalised float32 batch (N, 3, H, W), got {x.shape}")
-        if not self.accepts_uint8:
-            return np.ascontiguousarray(x, dtype=np.float32)
-        std = np.asarray(IMAGENET_STD, np.float32).reshape(1, 3, 1, 1)
-        mean = np.asarray(IMAGENET_MEAN, np.float32).reshape(1, 3, 1, 1)
-        rgb = np.clip(np.rint(x * std + mean), 0, 255).astype(np.uint8)  # exact for input made from uint8 pixels
-        return np.ascontiguousarray(rgb.transpose(0, 2, 3, 1))
+        self.input_batch, self.input_hw = static_input(m)
 
     def logits(self, x: np.ndarray) -> torch.Tensor:
         """Normalised float32 (N, 3, H, W) → float32 logits (N, K, H, W) on the CPU."""
         if not self.has_logits:
             raise ConfigError(f"{self.path.name} outputs labels only: re-export with --with-logits")
-        out = self.runner.run({self.input_name: self._feed(x)})
+        out = self.runner.run({self.input_name: graph_input(x, self.accepts_uint8)})
         return torch.from_numpy(np.asarray(out["logits"], dtype=np.float32))
 
     def labels(self, x: np.ndarray) -> np.ndarray:
         """Normalised float32 (N, 3, H, W) → int32 labels (N, H, W)."""
-        out = self.runner.run({self.input_name: self._feed(x)})
+        out = self.runner.run({self.input_name: graph_input(x, self.accepts_uint8)})
         return np.asarray(out["labels"]).astype(np.int32, copy=False)
 
     def labels_uint8(self, images: np.ndarray) -> np.ndarray:
@@ -111,13 +102,3 @@ class TensorRTBackend:
 
     def close(self) -> None:
         self.runner.close()
-
-
-def _static_hw(meta: dict[str, Any]) -> tuple[int, int] | None:
-    """(H, W) of a static-size artifact (``--static``), None when H and W are dynamic."""
-    inputs = meta.get("inputs") or [{}]
-    shape = inputs[0].get("shape") or []
-    if len(shape) != 4:
-        return None
-    hw = shape[1:3] if meta.get("input_layout") == "NHWC" else shape[2:4]
-    return (int(hw[0]), int(hw[1])) if all(isinstance(v, int) for v in hw) else None

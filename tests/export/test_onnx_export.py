@@ -14,6 +14,7 @@ from semask_deploy.export.pipeline import ExportOptions, run_export  # noqa: E40
 
 from semask_deploy.data.synthetic import SyntheticScenes  # noqa: E402
 from semask_deploy.data.transforms import normalize  # noqa: E402
+from semask_deploy.errors import ConfigError  # noqa: E402
 
 from ._shared import SMALL_CKPT, small_export, small_model  # noqa: E402
 
@@ -122,3 +123,22 @@ def test_preprocess_backend_takes_uint8_and_normalised(static_preprocess, model)
     x = np.stack([normalize(im) for im in rgb])
     a, b = be.labels_uint8(rgb), be.labels(x)  # the float path inverts the normalisation exactly
     assert a.dtype == np.int32 and np.array_equal(a, b)
+
+
+def test_segmenter_runs_a_static_fixed_batch_export_on_any_image(static_preprocess, model):
+    """A --static 64x96 --batch 2 export: images of any size are resized to 64×96, repeated to batch 2, and
+    the labels come back at the image's size — the same as the PyTorch model on that resized input."""
+    from semask_deploy.runtime import Segmenter
+    from semask_deploy.runtime.pipeline import labels_to_size, prepare
+
+    seg = Segmenter(static_preprocess.onnx_path)
+    assert seg.input_hw == (64, 96) and seg.input_batch == 2
+    for h, w in [(50, 70), (130, 41)]:
+        rgb = _images(1, h, w, seed=13)[0]
+        labels = seg.predict(rgb)
+        assert labels.shape == (h, w)
+        with torch.inference_mode():
+            ref = model.predict(torch.from_numpy(prepare(rgb, None, exact_size=(64, 96)))).numpy()[0]
+        assert (labels == labels_to_size(ref, (h, w))).mean() >= AGREE
+    with pytest.raises(ConfigError, match="static 64x96 export"):
+        Segmenter(static_preprocess.onnx_path, scale=(2048, 512))

@@ -1,0 +1,43 @@
+"""What the ONNX Runtime and TensorRT backends share about an exported artifact: its fixed input shape
+(``--static``, ``--batch``) and the conversion of a normalised batch to what the graph takes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..config import IMAGENET_MEAN, IMAGENET_STD
+from ..errors import ConfigError
+
+
+def static_input(meta: dict[str, Any]) -> tuple[int | None, tuple[int, int] | None]:
+    """(batch, (H, W)) fixed by the export, from the sidecar's input shape; None where dynamic.
+
+    Args:
+        meta: the metadata sidecar (``inputs[0].shape`` holds ints for fixed axes, names for dynamic ones).
+    """
+    inputs = meta.get("inputs") or [{}]
+    shape = inputs[0].get("shape") or []
+    if len(shape) != 4:
+        return None, None
+    batch = int(shape[0]) if isinstance(shape[0], int) else None
+    hw = shape[1:3] if meta.get("input_layout") == "NHWC" else shape[2:4]
+    return batch, ((int(hw[0]), int(hw[1])) if all(isinstance(v, int) for v in hw) else None)
+
+
+def graph_input(x: np.ndarray, accepts_uint8: bool) -> np.ndarray:
+    """Normalised float32 (N, 3, H, W) → the graph's input: the same array, or uint8 RGB (N, H, W, 3) for a
+    ``--preprocess`` graph.
+
+    Normalised input made from uint8 pixels inverts exactly (the rounding error is ~1e-5 of a level);
+    callers that hold the pixels should pass them directly (``labels_uint8``).
+    """
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise ConfigError(f"expected a normalised float32 batch (N, 3, H, W), got {x.shape}")
+    if not accepts_uint8:
+        return np.ascontiguousarray(x, dtype=np.float32)
+    std = np.asarray(IMAGENET_STD, np.float32).reshape(1, 3, 1, 1)
+    mean = np.asarray(IMAGENET_MEAN, np.float32).reshape(1, 3, 1, 1)
+    rgb = np.clip(np.rint(x * std + mean), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(rgb.transpose(0, 2, 3, 1))
