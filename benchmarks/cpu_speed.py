@@ -2,7 +2,7 @@
 
 SeMask-T (ADE20K, 150 classes) at 512×512, fp32, 2 threads, random weights (speed does not depend on them).
 Both paths are timed in ONE process, interleaved run by run, so machine load hits both alike; the ratio
-of medians is reported for ``model.predict(x)`` (labels, what ``semask-infer`` runs), ``model(x)`` (logits
+of medians is reported for ``model.predict(x)`` (labels at the input size), ``model(x)`` (logits
 at input resolution) and ``model.forward_lowres(x)`` (the network alone: logits at stride 4).
 
 ``model(x)`` returns a fresh N×K×H×W float tensor (157 MB at 512×512×150): allocating and first-touching it
