@@ -136,3 +136,11 @@ def test_training_gradients_match_eager():
     assert grads[0].keys() == grads[1].keys()
     for k in grads[0]:
         torch.testing.assert_close(grads[1][k], grads[0][k], atol=1e-5, rtol=1e-4, msg=k)
+
+
+def test_fused_linear_without_biases_runs_the_layers():
+    layers = [torch.nn.Linear(8, 3, bias=False), torch.nn.Linear(8, 5)]
+    x = torch.randn(4, 8)
+    with torch.inference_mode():
+        for got, layer in zip(fast.fused_linear(layers, x), layers):
+            torch.testing.assert_close(got, layer(x))

@@ -76,7 +76,9 @@ def fused_linear(layers: list[nn.Linear], x: Tensor) -> list[Tensor]:
     outside CPU fp32 inference the layers run one by one. The outputs are column slices of one buffer.
     """
     first = layers[0]
-    if not (_MKLDNN_LINEAR and _inference_cpu_fp32(x, *(l.weight for l in layers))):
+    if not (_MKLDNN_LINEAR and _inference_cpu_fp32(x, *(l.weight for l in layers))) or any(
+        l.bias is None for l in layers
+    ):
         return [l(x) for l in layers]
     key = _version_key(*(t for l in layers for t in (l.weight, l.bias)))
     cached = first.__dict__.get("_semask_fused")
