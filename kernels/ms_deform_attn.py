@@ -114,62 +114,73 @@ def ms_deform_attn_fast_cpu(
 ) -> Tensor:
     """The same sum as :func:`ms_deform_attn_ref`, as one weighted gather over all levels (faster on the CPU).
 
-    Corner rows and bilinear·attention weights of all L·P points are computed at once (level sizes and start
-    rows broadcast over the level axis); corners outside their level get weight 0 and a clamped (valid) row.
-    ``F.embedding_bag(mode="sum", per_sample_weights=...)`` then gathers the D channels of the 4·L·P rows of
-    each (query, head) from ``value`` viewed as (N·S·M, D) and sums them, without a sampled-value tensor.
-    Agrees with the reference to float32 rounding (≈1e-6 relative; the source coordinate is computed as
-    ``((2·loc − 1) + 1)·W − 1) / 2`` like ``grid_sample``). Non-finite values at rows that are only reached
-    with weight 0 would leak in as NaN (grid_sample skips them); the model's values are finite.
+    ``value`` is copied once into a zero-padded table (N·M, Σ (H_l+3)(W_l+3), D): each level gets one zero
+    row/column before and two after, so no corner needs a bounds check. Padded pixel coordinates
+    ``loc·size + 0.5`` are clamped to [0, size + 1] (a point further out then reaches only padding, or a real
+    pixel with weight exactly 0), floored, and the four corner rows and bilinear·attention weights of all
+    L·P points are built with a handful of tensor ops across levels. ``F.embedding_bag(mode="sum",
+    per_sample_weights=...)`` gathers and sums the 4·L·P rows of every (query, head) without a sampled-value
+    tensor. Matches the reference to float32 rounding (both are ~1e-5 from an fp64 evaluation at Mask2Former
+    sizes, dominated by the rounding of ``loc·size``), and to 1e-15 in fp64. Roughly 6x faster than the
+    reference on one CPU thread at 640x640 sizes (see the project README for the measured numbers).
 
     Args:
-        value: (N, S, M, D) float values (float32/float64; half inputs are computed in fp32).
+        value: (N, S, M, D) float values (half inputs are computed in fp32, fp64 stays fp64).
         spatial_shapes: (L, 2) integer (H_l, W_l).
         level_start_index: (L,) integer first row of each level in S.
-        sampling_locations: (N, Lq, M, L, P, 2) normalised (x, y).
+        sampling_locations: (N, Lq, M, L, P, 2) normalised (x, y), finite (NaN or inf may raise an index error).
         attention_weights: (N, Lq, M, L, P).
 
     Returns:
         (N, Lq, M·D) in value's dtype.
     """
-    n, s, m, d = value.shape
+    n, _, m, d = value.shape
     _, lq, _, nl, p, _ = sampling_locations.shape
     acc = torch.promote_types(value.dtype, torch.float32)
     dev = value.device
-    shapes = spatial_shapes.to(dev, torch.int64)
-    hl = shapes[:, 0].view(nl, 1)  # broadcast over (N, Lq, M, L, P)
-    wl = shapes[:, 1].view(nl, 1)
-    start = level_start_index.to(dev, torch.int64).view(nl, 1)
+    levels = _level_list(spatial_shapes, level_start_index)
+    padded = [(h + 3) * (w + 3) for h, w, _ in levels]
+    sp = sum(padded)
+    table = torch.zeros((n, m, sp, d), dtype=acc, device=dev)
+    pad_start = []
+    for (h, w, start), size, off in zip(levels, padded, [sum(padded[:i]) for i in range(nl)]):
+        dst = table[:, :, off : off + size].view(n, m, h + 3, w + 3, d)
+        dst[:, :, 1 : h + 1, 1 : w + 1] = value[:, start : start + h * w].view(n, h, w, m, d).permute(0, 3, 1, 2, 4)
+        pad_start.append(off)
 
-    loc = sampling_locations.to(acc)
-    size = shapes.flip(1).to(acc).view(nl, 1, 2)  # (W_l, H_l) per level, matching (x, y)
-    pix = ((2 * loc - 1) + 1) * size - 1  # grid_sample's unnormalisation (align_corners=False), times 2
-    pix = pix / 2
+    def per_level(rows: list[list[float]], dtype: torch.dtype) -> Tensor:  # (L, 1, k), broadcast over points
+        return torch.tensor(rows, dtype=dtype, device=dev).view(nl, 1, -1)
+
+    sizes = per_level([[w, h] for h, w, _ in levels], acc)
+    pix = torch.addcmul(torch.tensor(0.5, dtype=acc, device=dev), sampling_locations.to(acc), sizes)
+    pix = torch.clamp(pix, torch.zeros((), dtype=acc, device=dev), sizes + 1)
     pix0 = pix.floor()
-    frac1 = pix - pix0
-    frac0 = 1 - frac1
-    i0 = pix0.to(torch.int64)
-    x0, y0 = i0[..., 0], i0[..., 1]
-    aw = attention_weights.to(acc)
+    frac = pix - pix0
+    # row of the top-left corner in the padded level (exact in fp32: < 2^24), then in the whole table
+    idx_t = torch.int32 if n * m * sp < 2**31 else torch.int64
+    row = (pix0 * per_level([[1, w + 3] for _, w, _ in levels], acc)).sum(-1).to(idx_t)  # (N, Lq, M, L, P)
+    row += per_level([[s] for s in pad_start], idx_t).view(nl, 1)
+    row += (torch.arange(n * m, device=dev, dtype=idx_t) * sp).view(n, 1, m, 1, 1)
+    w_pad = per_level([[w + 3] for _, w, _ in levels], idx_t).view(nl, 1)
+    rows = torch.empty((n, lq, m, nl, p, 4), dtype=idx_t, device=dev)
+    rows[..., 0] = row
+    rows[..., 1] = row + 1
+    torch.add(row, w_pad, out=rows[..., 2])
+    rows[..., 3] = rows[..., 2] + 1
 
-    # base row of (n, m) in value viewed as (N·S·M, D): (n·S + start + y·W + x)·M + m
-    nm_base = (torch.arange(n, device=dev).view(n, 1, 1, 1, 1) * s * m) + torch.arange(m, device=dev).view(1, 1, m, 1, 1)
-    rows, wts = [], []
-    for dy in (0, 1):
-        y = y0 + dy
-        y_ok = (y >= 0) & (y < hl)
-        wy = (frac1 if dy else frac0)[..., 1] * aw
-        for dx in (0, 1):
-            x = x0 + dx
-            ok = y_ok & (x >= 0) & (x < wl)
-            wt = wy * (frac1 if dx else frac0)[..., 0]
-            r = start + y.clamp(0, None).minimum(hl - 1) * wl + x.clamp(0, None).minimum(wl - 1)
-            rows.append(r * m + nm_base)
-            wts.append(torch.where(ok, wt, torch.zeros((), dtype=acc, device=dev)))
-    rows_t = torch.stack(rows, dim=-1).reshape(n * lq * m, nl * p * 4)
-    wts_t = torch.stack(wts, dim=-1).reshape(n * lq * m, nl * p * 4)
-    table = value.reshape(n * s * m, d).to(acc)
-    out = F.embedding_bag(rows_t, table, mode="sum", per_sample_weights=wts_t)  # (N·Lq·M, D)
+    aw = attention_weights.to(acc)
+    fx1 = frac[..., 0]
+    wy1 = frac[..., 1] * aw
+    wy0 = aw - wy1
+    wts = torch.empty((n, lq, m, nl, p, 4), dtype=acc, device=dev)
+    torch.mul(wy0, fx1, out=wts[..., 1])
+    torch.sub(wy0, wts[..., 1], out=wts[..., 0])
+    torch.mul(wy1, fx1, out=wts[..., 3])
+    torch.sub(wy1, wts[..., 3], out=wts[..., 2])
+    out = F.embedding_bag(
+        rows.view(n * lq * m, nl * p * 4), table.view(n * m * sp, d), mode="sum",
+        per_sample_weights=wts.view(n * lq * m, nl * p * 4),
+    )  # fmt: skip
     return out.view(n, lq, m * d).to(value.dtype)
 
 
