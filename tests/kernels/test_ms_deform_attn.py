@@ -204,6 +204,30 @@ def test_cpu_without_interpreter_raises():
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
 
 
+def test_without_triton_refs_work_and_kernel_raises():
+    code = """
+        import sys, importlib.util
+        _fs = importlib.util.find_spec
+        importlib.util.find_spec = lambda name, *a, **k: None if name.split(".")[0] == "triton" else _fs(name, *a, **k)
+        sys.modules["triton"] = None
+        import torch
+        from semask_deploy.kernels.ms_deform_attn import ms_deform_attn, ms_deform_attn_fast_cpu, ms_deform_attn_ref
+        v = torch.randn(1, 15, 2, 4); ss = torch.tensor([[3, 5]]); st = torch.tensor([0])
+        loc = torch.rand(1, 3, 2, 1, 2, 2); aw = torch.rand(1, 3, 2, 1, 2)
+        assert (ms_deform_attn_fast_cpu(v, ss, st, loc, aw) - ms_deform_attn_ref(v, ss, st, loc, aw)).abs().max() < 1e-5
+        try:
+            ms_deform_attn(v, ss, st, loc, aw)
+        except RuntimeError as e:
+            assert "pip install" in str(e), str(e)
+        else:
+            raise AssertionError("no error without triton")
+        print("OK")
+        """
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
+
+
 def test_compiles_for_nvidia_targets(aot_compile):
     """The interpreter accepts code a GPU compiler rejects: compile for sm_80/sm_90 (no GPU needed)."""
     jobs = []
