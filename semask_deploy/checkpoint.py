@@ -169,6 +169,11 @@ def infer_config(data: CheckpointData) -> SeMaskConfig:
         return SeMaskConfig.from_dict(saved)
     sd = data.state_dict
     where = data.path or "checkpoint"
+    if any(k.startswith("sem_seg_head.") for k in sd):
+        raise CheckpointError(
+            f"{where} is a detectron2 mask-classification checkpoint (Mask2Former/MaskFormer/FaPN), not "
+            "SeMask-FPN: load it with semask_deploy.load_model"
+        )
     if not any(".semantic_layer." in k for k in sd):
         hint = "a Swin/other backbone without semantic layers" if any("blocks" in k for k in sd) else "another model"
         raise CheckpointError(
@@ -262,7 +267,9 @@ def _dtype_kind(t: torch.Tensor) -> str:
     return "float" if t.is_floating_point() else str(t.dtype)
 
 
-def load_state_dict_strict(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], where: str = "checkpoint") -> None:
+def load_state_dict_strict(
+    model: torch.nn.Module, sd: Mapping[str, torch.Tensor], where: str = "checkpoint", arch: str = "SeMask-FPN"
+) -> None:
     """Load ``sd`` into ``model`` with exactly matching keys, shapes and dtype kinds.
 
     Float tensors are cast to the model's dtype (fp16 checkpoints load into an fp32 model).
@@ -273,7 +280,7 @@ def load_state_dict_strict(model: torch.nn.Module, sd: Mapping[str, torch.Tensor
     expected = model.state_dict()
     report = key_report(expected, sd)
     if report:
-        raise CheckpointError(f"{where} does not match the SeMask-FPN architecture inferred from it: {report}")
+        raise CheckpointError(f"{where} does not match the {arch} architecture inferred from it: {report}")
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in sd.items()}, strict=True)
 
 
@@ -297,6 +304,8 @@ def save_checkpoint(
     cfg = getattr(model, "config", None)
     if isinstance(cfg, SeMaskConfig):
         full_meta["semask_config"] = cfg.to_dict()
+    elif hasattr(cfg, "pixel_decoder"):  # MaskFormerConfig
+        full_meta["semask_maskformer_config"] = cfg.to_dict()
     if getattr(model, "class_names", None):
         full_meta["CLASSES"] = tuple(model.class_names)
     if getattr(model, "palette", None):
