@@ -281,7 +281,23 @@ def load_state_dict_strict(
     report = key_report(expected, sd)
     if report:
         raise CheckpointError(f"{where} does not match the {arch} architecture inferred from it: {report}")
+    _check_tied(expected, sd, where)
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in sd.items()}, strict=True)
+
+
+def _check_tied(expected: Mapping[str, torch.Tensor], sd: Mapping[str, torch.Tensor], where: str) -> None:
+    """Keys that name one shared tensor in the model (FaPN's tied GroupNorm) must hold equal values."""
+    first: dict[tuple, str] = {}
+    for k, v in expected.items():
+        if v.device.type == "meta" or v.numel() == 0:
+            continue
+        ident = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), tuple(v.stride()))
+        if ident in first and not torch.equal(sd[first[ident]], sd[k]):
+            raise CheckpointError(
+                f"{where}: {k!r} and {first[ident]!r} are one shared tensor in this architecture but hold "
+                "different values in the checkpoint"
+            )
+        first.setdefault(ident, k)
 
 
 # ------------------------------------------------------------------------------------------- writing

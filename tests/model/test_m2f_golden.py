@@ -110,3 +110,26 @@ def test_cityscapes_batch_and_padded_scores():
         for i, (x, suf) in enumerate(((a, ""), (b, "_odd"))):
             out = postprocess(sem[i], tuple(x.shape[2:]), tuple(int(v) for v in z["out_hw" + suf]))
             _close("batch2_sem_seg" + suf, out, z["batch2_sem_seg" + suf])
+
+
+@pytest.mark.slow
+def test_triton_backend_matches_golden():
+    """The ``triton`` backend (Swin + semantic + deformable-attention kernels; the interpreter on the CPU)."""
+    import os
+
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("needs CUDA or TRITON_INTERPRET=1")
+    pytest.importorskip("triton")
+    z = np.load(DATA / "golden_mask2former_ade20k_small.npz")
+    sd = {k[3:]: torch.from_numpy(z[k]) for k in z.files if k.startswith("sd/")}
+    from semask_deploy.checkpoint_maskformer import infer_maskformer_config
+
+    model = MaskFormerSegmentor(infer_maskformer_config(sd, {}, "golden"), attention_backend="triton").eval()
+    model.load_state_dict(sd, strict=True)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device)
+    x = torch.from_numpy(z["input_odd"]).to(device)
+    with torch.no_grad():
+        scores = model(x).cpu()
+    out_hw = tuple(int(v) for v in z["out_hw_odd"])
+    _close("sem_seg_odd (triton)", postprocess(scores[0], tuple(x.shape[2:]), out_hw), z["sem_seg_odd"])

@@ -98,3 +98,17 @@ def test_wrong_files(m2f_sd, tmp_path):
 
     with pytest.raises(CheckpointError, match="mask-classification"):
         infer_config(CheckpointData(m2f_sd))
+
+
+def test_tied_keys_must_agree(tmp_path):
+    z = np.load(DATA / "golden_mask2former_fapn_ade20k_small.npz")
+    sd = {k[3:]: torch.from_numpy(z[k]) for k in z.files if k.startswith("sd/")}
+    a, b = "sem_seg_head.pixel_decoder.layer_1.norm.weight", "sem_seg_head.pixel_decoder.align_1.offset.norm.weight"
+    assert torch.equal(sd[a], sd[b])
+    torch.save({"model": sd}, tmp_path / "ok.pth")
+    model = load_model(tmp_path / "ok.pth")
+    assert model.sem_seg_head.pixel_decoder.layer_1.norm is model.sem_seg_head.pixel_decoder.align_1.offset.norm
+    sd[b] = sd[b] + 1
+    torch.save({"model": sd}, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointError, match="shared tensor"):
+        load_model(tmp_path / "bad.pth")
