@@ -11,12 +11,17 @@ from .checkpoint import CheckpointData, infer_config, load_state_dict_strict, re
 from .checkpoint_maskformer import infer_maskformer_config, is_maskformer_state_dict
 from .config import SeMaskConfig
 from .errors import ConfigError
-from .model import SeMaskSegmentor
+from .maskformer_config import MaskFormerConfig
+from .model import MaskFormerSegmentor, SeMaskSegmentor
 
 
-def build_model(config: SeMaskConfig, *, attention_backend: str = "sdpa") -> SeMaskSegmentor:
-    """A freshly initialised model with the standard class names and palette for its class count."""
-    model = SeMaskSegmentor(config, attention_backend=attention_backend)
+def build_model(config: SeMaskConfig | MaskFormerConfig, *, attention_backend: str = "sdpa") -> SeMaskSegmentor:
+    """A freshly initialised model (SeMask-FPN, or the mask-classification family for a
+    :class:`MaskFormerConfig`) with the standard class names and palette for its class count."""
+    if isinstance(config, MaskFormerConfig):
+        model = MaskFormerSegmentor(config, attention_backend=attention_backend)
+    else:
+        model = SeMaskSegmentor(config, attention_backend=attention_backend)
     set_class_info(model, {})
     return model
 
@@ -49,8 +54,6 @@ def model_from_checkpoint(
     """Like :func:`load_model`, from an already read :class:`CheckpointData`."""
     where = str(data.path or "checkpoint")
     if is_maskformer_state_dict(data.state_dict):  # detectron2 Mask2Former / MaskFormer / FaPN / MSFaPN
-        from .model.mask_former import MaskFormerSegmentor
-
         mf_config = infer_maskformer_config(data.state_dict, data.meta, where)
         model = MaskFormerSegmentor(mf_config, attention_backend=attention_backend)
         load_state_dict_strict(model, data.state_dict, where=where, arch=mf_config.name)

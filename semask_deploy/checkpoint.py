@@ -332,6 +332,11 @@ def save_checkpoint(
         if path.suffix == ".safetensors":
             from safetensors.torch import save_file
 
+            seen: set[int] = set()
+            for k, v in sd.items():  # safetensors refuses shared tensors (FaPN's tied GroupNorm): copy them
+                if v.numel() and v.untyped_storage().data_ptr() in seen:
+                    sd[k] = v.clone()
+                seen.add(v.untyped_storage().data_ptr())
             save_file(sd, str(tmp), metadata={k: json.dumps(v) for k, v in full_meta.items()})
         else:
             torch.save({"meta": full_meta, "state_dict": sd, **dict(extra or {})}, str(tmp))

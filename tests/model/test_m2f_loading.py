@@ -112,3 +112,28 @@ def test_tied_keys_must_agree(tmp_path):
     torch.save({"model": sd}, tmp_path / "bad.pth")
     with pytest.raises(CheckpointError, match="shared tensor"):
         load_model(tmp_path / "bad.pth")
+
+
+@pytest.mark.parametrize("arch,pixdec", [("mask2former", "msdeform"), ("mask2former", "msdeform_fapn")])
+def test_build_save_load_roundtrip(arch, pixdec, tmp_path):
+    """A custom config: build_model, batch of 2, predict == argmax, save (.pth / .safetensors) and reload."""
+    import semask_deploy as sdp
+    from semask_deploy.checkpoint import save_checkpoint
+
+    cfg = sdp.MaskFormerConfig(
+        arch=arch, pixel_decoder=pixdec, embed_dim=32, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8), window_size=4,
+        sem_window_size=4, sem_modes=("window",) * 3 + ("global",), num_classes=5, conv_dim=32, mask_dim=32,
+        enc_layers=1, hidden_dim=32, dec_layers=3, dec_ffn=64, num_queries=4,
+    )
+    model = sdp.build_model(cfg).eval()
+    x = torch.randn(2, 3, 37, 45)
+    with torch.no_grad():
+        y = model(x)
+        assert y.shape == (2, 5, 37, 45)
+        assert torch.equal(model.predict(x), y.argmax(1))
+    for f in ("m.pth", "m.safetensors"):
+        save_checkpoint(model, tmp_path / f)
+        back = load_model(tmp_path / f)
+        assert back.config == cfg
+        with torch.no_grad():
+            assert torch.equal(back(x), y)
