@@ -41,7 +41,7 @@ def ms_deform_attn_core(
     """
     n, _, m, d = value.shape
     _, lq, _, num_levels, p, _ = sampling_locations.shape
-    shapes = [(int(h), int(w)) for h, w in spatial_shapes]
+    shapes = [(h, w) for h, w in spatial_shapes] if isinstance(spatial_shapes, list) else spatial_shapes.tolist()
     value_list = value.split([h * w for h, w in shapes], dim=1)
     grids = 2 * sampling_locations - 1
     sampled = []
@@ -61,9 +61,11 @@ def encoder_reference_points(spatial_shapes: list[tuple[int, int]], device: torc
     """
     refs = []
     for h, w in spatial_shapes:
+        # = torch.linspace(0.5, h − 0.5, h) of the official code, bit for bit (its step is exactly 1), but
+        # traceable with symbolic sizes
         ref_y, ref_x = torch.meshgrid(
-            torch.linspace(0.5, h - 0.5, h, dtype=torch.float32, device=device),
-            torch.linspace(0.5, w - 0.5, w, dtype=torch.float32, device=device),
+            torch.arange(h, dtype=torch.float32, device=device) + 0.5,
+            torch.arange(w, dtype=torch.float32, device=device) + 0.5,
             indexing="ij",
         )
         refs.append(torch.stack((ref_x.reshape(-1)[None] / w, ref_y.reshape(-1)[None] / h), -1))
@@ -96,11 +98,12 @@ class MSDeformAttn(nn.Module):
         offsets = self.sampling_offsets(query).view(n, lq, m, num_levels, p, 2)
         weights = self.attention_weights(query).view(n, lq, m, num_levels * p)
         weights = F.softmax(weights, -1).view(n, lq, m, num_levels, p)
-        shapes = torch.tensor(spatial_shapes, dtype=torch.long, device=query.device)
-        normalizer = torch.stack([shapes[..., 1], shapes[..., 0]], -1)
+        one = query.new_ones(())  # (W_l, H_l) as a tensor built from (possibly symbolic) sizes
+        normalizer = torch.stack([torch.stack([one * w, one * h]) for h, w in spatial_shapes])
         locations = reference_points[:, :, None, None, None, :] + offsets / normalizer[None, None, None, :, None, :]
         out = None
         if self.backend != "eager" and not is_tracing():
+            shapes = torch.tensor(spatial_shapes, dtype=torch.long, device=query.device)
             starts = torch.cat([shapes.new_zeros(1), (shapes[:, 0] * shapes[:, 1]).cumsum(0)[:-1]])
             if self.backend == "triton":
                 from ..kernels.ms_deform_attn import ms_deform_attn
