@@ -8,11 +8,12 @@ from __future__ import annotations
 from .api import build_model, load_model
 from .config import VARIANTS, SeMaskConfig
 from .errors import SemaskError
-from .model import SeMaskSegmentor
+from .maskformer_config import MaskFormerConfig
+from .model import MaskFormerSegmentor, SeMaskSegmentor
 
 __version__ = "0.1.0"
 
-__all__ = ["SeMaskConfig", "SeMaskSegmentor", "SemaskError", "Segmenter", "VARIANTS", "build_model", "load_model"]
+__all__ = ["MaskFormerConfig", "MaskFormerSegmentor", "SeMaskConfig", "SeMaskSegmentor", "SemaskError", "Segmenter", "VARIANTS", "build_model", "load_model"]
 
 
 def __getattr__(name: str):

@@ -8,14 +8,20 @@ from typing import Any, Mapping
 import torch
 
 from .checkpoint import CheckpointData, infer_config, load_state_dict_strict, read_checkpoint
+from .checkpoint_maskformer import infer_maskformer_config, is_maskformer_state_dict
 from .config import SeMaskConfig
 from .errors import ConfigError
-from .model import SeMaskSegmentor
+from .maskformer_config import MaskFormerConfig
+from .model import MaskFormerSegmentor, SeMaskSegmentor
 
 
-def build_model(config: SeMaskConfig, *, attention_backend: str = "sdpa") -> SeMaskSegmentor:
-    """A freshly initialised model with the standard class names and palette for its class count."""
-    model = SeMaskSegmentor(config, attention_backend=attention_backend)
+def build_model(config: SeMaskConfig | MaskFormerConfig, *, attention_backend: str = "sdpa") -> SeMaskSegmentor:
+    """A freshly initialised model (SeMask-FPN, or the mask-classification family for a
+    :class:`MaskFormerConfig`) with the standard class names and palette for its class count."""
+    if isinstance(config, MaskFormerConfig):
+        model = MaskFormerSegmentor(config, attention_backend=attention_backend)
+    else:
+        model = SeMaskSegmentor(config, attention_backend=attention_backend)
     set_class_info(model, {})
     return model
 
@@ -26,9 +32,12 @@ def load_model(
     attention_backend: str = "sdpa",
     device: str | torch.device = "cpu",
 ) -> SeMaskSegmentor:
-    """Load a SeMask-FPN checkpoint (official mmseg ``.pth``, plain state dict or ``.safetensors``).
+    """Load a SeMask checkpoint: SeMask-FPN (official mmseg ``.pth``) or a mask-classification model
+    (official detectron2 Mask2Former / MaskFormer / FaPN / MSFaPN ``{"model": ...}``), a plain state dict
+    or ``.safetensors``.
 
-    The variant is inferred from tensor shapes; weights load strictly. Returns the model in eval mode
+    The architecture and variant are inferred from keys and tensor shapes; weights load strictly. A
+    mask-classification checkpoint gives a :class:`~semask_deploy.model.mask_former.MaskFormerSegmentor`. Returns the model in eval mode
     with ``class_names`` and ``palette`` from the checkpoint's ``meta`` (else the standard ones for
     150 / 19 / 171 classes).
 
@@ -43,9 +52,15 @@ def model_from_checkpoint(
     data: CheckpointData, *, attention_backend: str = "sdpa", device: str | torch.device = "cpu"
 ) -> SeMaskSegmentor:
     """Like :func:`load_model`, from an already read :class:`CheckpointData`."""
-    config = infer_config(data)
-    model = SeMaskSegmentor(config, attention_backend=attention_backend)
-    load_state_dict_strict(model, data.state_dict, where=str(data.path or "checkpoint"))
+    where = str(data.path or "checkpoint")
+    if is_maskformer_state_dict(data.state_dict):  # detectron2 Mask2Former / MaskFormer / FaPN / MSFaPN
+        mf_config = infer_maskformer_config(data.state_dict, data.meta, where)
+        model = MaskFormerSegmentor(mf_config, attention_backend=attention_backend)
+        load_state_dict_strict(model, data.state_dict, where=where, arch=mf_config.name)
+    else:
+        config = infer_config(data)
+        model = SeMaskSegmentor(config, attention_backend=attention_backend)
+        load_state_dict_strict(model, data.state_dict, where=where)
     set_class_info(model, data.meta)
     try:
         device = torch.device(device)

@@ -169,6 +169,11 @@ def infer_config(data: CheckpointData) -> SeMaskConfig:
         return SeMaskConfig.from_dict(saved)
     sd = data.state_dict
     where = data.path or "checkpoint"
+    if any(k.startswith("sem_seg_head.") for k in sd):
+        raise CheckpointError(
+            f"{where} is a detectron2 mask-classification checkpoint (Mask2Former/MaskFormer/FaPN), not "
+            "SeMask-FPN: load it with semask_deploy.load_model"
+        )
     if not any(".semantic_layer." in k for k in sd):
         hint = "a Swin/other backbone without semantic layers" if any("blocks" in k for k in sd) else "another model"
         raise CheckpointError(
@@ -262,7 +267,9 @@ def _dtype_kind(t: torch.Tensor) -> str:
     return "float" if t.is_floating_point() else str(t.dtype)
 
 
-def load_state_dict_strict(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], where: str = "checkpoint") -> None:
+def load_state_dict_strict(
+    model: torch.nn.Module, sd: Mapping[str, torch.Tensor], where: str = "checkpoint", arch: str = "SeMask-FPN"
+) -> None:
     """Load ``sd`` into ``model`` with exactly matching keys, shapes and dtype kinds.
 
     Float tensors are cast to the model's dtype (fp16 checkpoints load into an fp32 model).
@@ -273,8 +280,24 @@ def load_state_dict_strict(model: torch.nn.Module, sd: Mapping[str, torch.Tensor
     expected = model.state_dict()
     report = key_report(expected, sd)
     if report:
-        raise CheckpointError(f"{where} does not match the SeMask-FPN architecture inferred from it: {report}")
+        raise CheckpointError(f"{where} does not match the {arch} architecture inferred from it: {report}")
+    _check_tied(expected, sd, where)
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in sd.items()}, strict=True)
+
+
+def _check_tied(expected: Mapping[str, torch.Tensor], sd: Mapping[str, torch.Tensor], where: str) -> None:
+    """Keys that name one shared tensor in the model (FaPN's tied GroupNorm) must hold equal values."""
+    first: dict[tuple, str] = {}
+    for k, v in expected.items():
+        if v.device.type == "meta" or v.numel() == 0:
+            continue
+        ident = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), tuple(v.stride()))
+        if ident in first and not torch.equal(sd[first[ident]], sd[k]):
+            raise CheckpointError(
+                f"{where}: {k!r} and {first[ident]!r} are one shared tensor in this architecture but hold "
+                "different values in the checkpoint"
+            )
+        first.setdefault(ident, k)
 
 
 # ------------------------------------------------------------------------------------------- writing
@@ -297,6 +320,8 @@ def save_checkpoint(
     cfg = getattr(model, "config", None)
     if isinstance(cfg, SeMaskConfig):
         full_meta["semask_config"] = cfg.to_dict()
+    elif hasattr(cfg, "pixel_decoder"):  # MaskFormerConfig
+        full_meta["semask_maskformer_config"] = cfg.to_dict()
     if getattr(model, "class_names", None):
         full_meta["CLASSES"] = tuple(model.class_names)
     if getattr(model, "palette", None):
@@ -307,6 +332,11 @@ def save_checkpoint(
         if path.suffix == ".safetensors":
             from safetensors.torch import save_file
 
+            seen: set[int] = set()
+            for k, v in sd.items():  # safetensors refuses shared tensors (FaPN's tied GroupNorm): copy them
+                if v.numel() and v.untyped_storage().data_ptr() in seen:
+                    sd[k] = v.clone()
+                seen.add(v.untyped_storage().data_ptr())
             save_file(sd, str(tmp), metadata={k: json.dumps(v) for k, v in full_meta.items()})
         else:
             torch.save({"meta": full_meta, "state_dict": sd, **dict(extra or {})}, str(tmp))

@@ -472,3 +472,31 @@ class TrainAugment:
             return np.ascontiguousarray(hwc.transpose(2, 0, 1)), label
         img, label = pad(img, label, self.crop_size, 0, self.ignore_index)
         return img, label
+
+
+def shortest_edge_size(h: int, w: int, min_size: int, max_size: int) -> tuple[int, int]:
+    """detectron2 ``ResizeShortestEdge.get_output_shape``: the short side to ``min_size``, capped so the long
+    side is ≤ ``max_size``; each side rounded as ``int(x + 0.5)``.
+
+    Returns:
+        (new_h, new_w).
+    """
+    size = min_size * 1.0
+    scale = size / min(h, w)
+    newh, neww = (size, scale * w) if h < w else (scale * h, size)
+    if max(newh, neww) > max_size:
+        scale = max_size * 1.0 / max(newh, neww)
+        newh, neww = newh * scale, neww * scale
+    return int(newh + 0.5), int(neww + 0.5)
+
+
+def resize_shortest_edge(img: np.ndarray, min_size: int, max_size: int) -> np.ndarray:
+    """detectron2's test-time ``ResizeShortestEdge`` on a uint8 ``(H, W, 3)`` image: PIL bilinear
+    (``ResizeTransform.apply_image``) to :func:`shortest_edge_size`."""
+    from PIL import Image
+
+    h, w = img.shape[:2]
+    new_h, new_w = shortest_edge_size(h, w, min_size, max_size)
+    if (new_h, new_w) == (h, w):
+        return img
+    return np.array(Image.fromarray(img).resize((new_w, new_h), Image.BILINEAR))

@@ -1,5 +1,7 @@
-"""SeMask-FPN in PyTorch: Swin parts, semantic attention, Semantic-FPN head, segmentor."""
+"""SeMask in PyTorch: Swin parts, semantic attention, Semantic-FPN head and segmentor; the mask-classification
+family (Mask2Former, MaskFormer, FaPN, MSFaPN) in ``mask_former`` and its parts."""
 
+from .mask_former import MaskFormerSegmentor
 from .segmentor import SeMaskSegmentor
 
-__all__ = ["SeMaskSegmentor"]
+__all__ = ["MaskFormerSegmentor", "SeMaskSegmentor"]

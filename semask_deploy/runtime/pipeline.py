@@ -10,13 +10,14 @@ nearest-neighbour resize of the labels; :class:`~semask_deploy.runtime.Segmenter
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.transforms import normalize, rescale_image, resize_image, slide_windows
+from ..config import IMAGENET_MEAN, IMAGENET_STD
+from ..data.transforms import normalize, rescale_image, resize_image, resize_shortest_edge, slide_windows
 from ..errors import ConfigError
 from ..model.fast import resize_argmax
 
@@ -35,6 +36,24 @@ def prepare(
     else:
         img = rescale_image(image_rgb, scale) if scale is not None else image_rgb
     return normalize(img)[None]
+
+
+def prepare_with_rule(image_rgb: np.ndarray, rule: Mapping[str, Any]) -> np.ndarray:
+    """uint8 (H, W, 3) RGB → normalised float32 (1, 3, h, w) with a model's own test resize rule.
+
+    ``rule["kind"] == "shortest_edge"`` (the detectron2 mask-classification models): ResizeShortestEdge
+    (``min_size``, ``max_size``; PIL bilinear on uint8), then ``(x − mean) / std`` in float32 as detectron2
+    normalises. The model pads to its size divisibility itself.
+    """
+    if image_rgb.dtype != np.uint8 or image_rgb.ndim != 3 or image_rgb.shape[2] != 3:
+        raise ConfigError(f"expected a uint8 (H, W, 3) RGB image, got {image_rgb.dtype} {image_rgb.shape}")
+    if rule.get("kind") != "shortest_edge":
+        raise ConfigError(f"unknown test resize rule {rule.get('kind')!r}")
+    img = resize_shortest_edge(image_rgb, int(rule["min_size"]), int(rule["max_size"]))
+    x = img.astype(np.float32).transpose(2, 0, 1)
+    mean = np.asarray(IMAGENET_MEAN, np.float32).reshape(3, 1, 1)
+    std = np.asarray(IMAGENET_STD, np.float32).reshape(3, 1, 1)
+    return np.ascontiguousarray(((x - mean) / std)[None])
 
 
 def slide_logits(

@@ -8,7 +8,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import ConfigError
-from .pipeline import labels_from_logits, labels_to_size, prepare, slide_logits
+from .pipeline import labels_from_logits, labels_to_size, prepare, prepare_with_rule, slide_logits
 
 TORCH_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors")
 
@@ -20,7 +20,8 @@ class Segmenter:
         path: ``.pth``/``.safetensors`` (PyTorch), ``.onnx`` (ONNX Runtime) or ``.engine`` (TensorRT).
         device: ``"cpu"`` or ``"cuda"``.
         mode: ``"whole"`` or ``"slide"`` (sliding windows, logits averaged as mmseg does).
-        scale: keep-ratio test resize ``(long, short)``; default the model's (sidecar's) test scale;
+        scale: keep-ratio test resize ``(long, short)``; default the model's (sidecar's) test scale, or
+            its own resize rule when it has one (Mask2Former & co: detectron2 ResizeShortestEdge);
             ``"none"`` keeps the input size.
         crop, stride: sliding-window size and step (default: the training crop and 2/3 of it).
         attention_backend: PyTorch only: ``eager`` | ``sdpa`` | ``triton``.
@@ -76,6 +77,8 @@ class Segmenter:
         else:
             self.scale = tuple(scale) if scale is not None else tuple(self.backend.test_scale)
         self.crop = tuple(crop) if crop is not None else tuple(self.backend.crop_size)
+        # the model's own test resize (detectron2 models: ResizeShortestEdge), used unless a scale is given
+        self.resize_rule = getattr(self.backend, "resize_rule", None) if scale is None else None
         # A static export takes exactly one input size (and batch): whole images are resized to it (the
         # aspect ratio is not kept), slide windows must be that size.
         self.input_hw = getattr(self.backend, "input_hw", None)
@@ -114,6 +117,8 @@ class Segmenter:
         size = (int(image_rgb.shape[0]), int(image_rgb.shape[1]))
         if self.input_hw is not None and self.mode == "whole":
             x = prepare(image_rgb, None, exact_size=self.input_hw)
+        elif self.resize_rule:
+            x = prepare_with_rule(image_rgb, self.resize_rule)
         else:
             x = prepare(image_rgb, self.scale)
         if self.mode == "slide":

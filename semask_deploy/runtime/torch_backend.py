@@ -38,6 +38,7 @@ class TorchBackend:
         self.palette = self.model.palette
         self.test_scale = cfg.test_scale
         self.crop_size = cfg.crop_size
+        self.resize_rule = getattr(cfg, "resize_rule", None)  # detectron2 models: ResizeShortestEdge
 
     @torch.inference_mode()
     def logits(self, x: np.ndarray) -> torch.Tensor:
