@@ -154,15 +154,21 @@ def start(o: ServeOptions, seg=None):
 
 def serve(o: ServeOptions, on_ready: Callable[[], None] | None = None) -> int:
     """Serve until SIGINT/SIGTERM; in-flight requests are answered before the server exits. Returns 0."""
-    seg = build_segmenter(o)
-    triton = start(o, seg)
     stop = threading.Event()
 
     def handler(signum, _frame):  # noqa: ANN001
         LOG.info("signal %s: finishing in-flight requests, then stopping", signum)
         stop.set()
 
+    # installed first: a signal during start-up stops the server as soon as it is up
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        seg = build_segmenter(o)
+        triton = start(o, seg)
+    except BaseException:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        raise
     try:
         print(f"semask-serve: model '{o.name}' ({seg.path.name}, {seg.backend.kind}, {o.device}) "
               f"ready: HTTP {o.host}:{o.http_port}, gRPC {o.host}:{o.grpc_port}, metrics "
