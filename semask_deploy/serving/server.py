@@ -14,7 +14,8 @@ Model ``<name>`` (default ``semask``):
 
 Triton's dynamic batcher merges concurrent requests whose images have the same shape (waiting at most
 ``queue_delay_us``) up to ``max_batch`` images; in each execution the images are bucketed by network
-input size (:mod:`semask_deploy.serving.batching`). Shutdown on SIGINT/SIGTERM: the server stops
+input size (:mod:`semask_deploy.serving.batching`). PyTriton cannot declare ``allow_ragged_batch``, so
+requests of different image sizes are never merged by Triton: they run as separate executions. Shutdown on SIGINT/SIGTERM: the server stops
 accepting work, answers the requests already in flight (up to ``exit_timeout_s``), then exits.
 """
 
@@ -102,13 +103,10 @@ def make_infer_fn(seg, max_batch: int, limits: Limits) -> Callable[[list], list[
     with the error; Triton only batches requests of one shape and dtype together, so the others of the
     execution are copies of the same mistake.
     """
-    lock = threading.Lock()  # one forward at a time per Segmenter (instances share it)
-
     def infer(requests: list) -> list[dict[str, np.ndarray]]:
         batches = [check_images(req["image"], limits) for req in requests]
         images = [img for b in batches for img in b]
-        with lock:
-            labels = predict_batch(seg, images, max_batch=max_batch)
+        labels = predict_batch(seg, images, max_batch=max_batch)  # instances share seg (thread-safe inference)
         out, k = [], 0
         for b in batches:
             out.append({"labels": np.stack(labels[k:k + len(b)]).astype(np.int32)})

@@ -8,7 +8,6 @@ checked against the schema here but not loaded.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
