@@ -45,7 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=4, help="largest batch of images per execution (default: 4)")
     p.add_argument("--queue-delay-us", type=int, default=2000,
                    help="dynamic batcher: longest wait for more requests of the same size (default: 2000)")
-    p.add_argument("--instances", type=int, default=1, help="model instances (default: 1)")
+    p.add_argument("--instances", type=int, default=1,
+                   help="model instances; > 1 runs executions of different image sizes concurrently and merges "
+                   "images of equal network input size into one forward (bucketing); PyTriton 0.7's 1 s instance "
+                   "handshake can time out on an overloaded machine (default: 1)")
     p.add_argument("--max-pixels", type=int, default=4096 * 4096,
                    help="largest H*W accepted per image; larger requests get an error (default: 4096*4096)")
     p.add_argument("--exit-timeout", type=int, default=30,

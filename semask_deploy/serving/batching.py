@@ -105,3 +105,73 @@ def predict_batch(seg, images: Sequence[np.ndarray], max_batch: int = 8) -> list
                 size = (int(images[i].shape[0]), int(images[i].shape[1]))
                 out[i] = labels_from_logits(logits[j:j + 1], size).astype(np.int32)
     return out  # type: ignore[return-value]
+
+
+class Bucketer:
+    """Cross-request bucketing: network inputs of equal size from concurrent callers run as one forward.
+
+    Triton only merges requests of one image size; with several model instances (``semask-serve
+    --instances N``) executions of different image sizes run concurrently, and this merges the images
+    whose keep-ratio resize gives the same network size (e.g. 480×640 and 240×320 → 192×256 for the demo
+    model) within ``window_s``, at most ``max_batch`` per forward.
+
+    Args:
+        seg: a batchable :class:`~semask_deploy.runtime.Segmenter` (whole mode, logits, dynamic batch).
+        max_batch: most images per forward.
+        window_s: how long the first image of a bucket waits for others.
+    """
+
+    def __init__(self, seg, max_batch: int = 8, window_s: float = 0.005) -> None:
+        import threading
+
+        if not _batchable(seg):
+            raise ValueError("cross-request bucketing needs whole mode, logits and a dynamic batch")
+        self.seg, self.max_batch, self.window_s = seg, max(1, max_batch), window_s
+        self._cv = threading.Condition()
+        self._queue: list[tuple[np.ndarray, dict]] = []
+        self.forwards = 0
+        self._worker = threading.Thread(target=self._run, name="semask-bucketer", daemon=True)
+        self._worker.start()
+
+    def predict(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Same contract as :func:`predict_batch`; blocks until this caller's images are done."""
+        from ..runtime.pipeline import labels_from_logits, prepare
+
+        slots = []
+        with self._cv:
+            for img in images:
+                x = prepare(img, None, exact_size=self.seg.input_hw) if self.seg.input_hw is not None \
+                    else prepare(img, self.seg.scale)
+                slot: dict = {}
+                self._queue.append((x, slot))
+                slots.append(slot)
+            self._cv.notify_all()
+            self._cv.wait_for(lambda: all("out" in s for s in slots))
+        out = []
+        for img, slot in zip(images, slots):
+            if isinstance(slot["out"], BaseException):
+                raise slot["out"]
+            out.append(labels_from_logits(slot["out"], (int(img.shape[0]), int(img.shape[1]))).astype(np.int32))
+        return out
+
+    def _run(self) -> None:
+        import time
+
+        while True:
+            with self._cv:
+                self._cv.wait_for(lambda: bool(self._queue))
+            time.sleep(self.window_s)  # let concurrent callers add to the buckets
+            with self._cv:
+                shape = self._queue[0][0].shape[2:]
+                take = [q for q in self._queue if q[0].shape[2:] == shape][: self.max_batch]
+                self._queue = [q for q in self._queue if not any(q is t for t in take)]
+            try:
+                logits = self.seg.backend.logits(np.concatenate([x for x, _ in take]))
+                results = [logits[i:i + 1] for i in range(len(take))]
+            except BaseException as exc:  # noqa: BLE001 - handed to the callers
+                results = [exc] * len(take)
+            with self._cv:
+                self.forwards += 1
+                for (_, slot), r in zip(take, results):
+                    slot["out"] = r
+                self._cv.notify_all()

@@ -15,7 +15,9 @@ Model ``<name>`` (default ``semask``):
 Triton's dynamic batcher merges concurrent requests whose images have the same shape (waiting at most
 ``queue_delay_us``) up to ``max_batch`` images; in each execution the images are bucketed by network
 input size (:mod:`semask_deploy.serving.batching`). PyTriton cannot declare ``allow_ragged_batch``, so
-requests of different image sizes are never merged by Triton: they run as separate executions. Shutdown on SIGINT/SIGTERM: the server stops
+requests of different image sizes are never merged by Triton; with ``instances`` > 1 such executions run
+concurrently and a :class:`~semask_deploy.serving.batching.Bucketer` merges the images whose network
+input sizes are equal into one forward pass. Shutdown on SIGINT/SIGTERM: the server stops
 accepting work, answers the requests already in flight (up to ``exit_timeout_s``), then exits.
 """
 
@@ -96,7 +98,7 @@ def build_segmenter(o: ServeOptions):
     return Segmenter(model_path(o), device=o.device, mode=o.mode, scale=o.scale, attention_backend=o.attention)
 
 
-def make_infer_fn(seg, max_batch: int, limits: Limits) -> Callable[[list], list[dict[str, np.ndarray]]]:
+def make_infer_fn(seg, max_batch: int, limits: Limits, bucketer=None) -> Callable[[list], list[dict[str, np.ndarray]]]:
     """The PyTriton callable: a list of requests (each ``{"image": (n, H, W, 3) uint8}``) → their labels.
 
     A request that fails :func:`check_images` raises, and PyTriton answers the requests of that execution
@@ -106,7 +108,10 @@ def make_infer_fn(seg, max_batch: int, limits: Limits) -> Callable[[list], list[
     def infer(requests: list) -> list[dict[str, np.ndarray]]:
         batches = [check_images(req["image"], limits) for req in requests]
         images = [img for b in batches for img in b]
-        labels = predict_batch(seg, images, max_batch=max_batch)  # instances share seg (thread-safe inference)
+        if bucketer is not None:  # merges equal network sizes across concurrent instances
+            labels = bucketer.predict(images)
+        else:  # instances share seg (thread-safe inference)
+            labels = predict_batch(seg, images, max_batch=max_batch)
         out, k = [], 0
         for b in batches:
             out.append({"labels": np.stack(labels[k:k + len(b)]).astype(np.int32)})
@@ -135,11 +140,17 @@ def start(o: ServeOptions, seg=None):
     from pytriton.triton import Triton
 
     seg = seg if seg is not None else build_segmenter(o)
-    infer = make_infer_fn(seg, o.max_batch, Limits(max_pixels=o.max_pixels))
+    bucketer = None
+    if o.instances > 1 and seg.mode == "whole" and seg.backend.has_logits and seg.input_batch is None:
+        from .batching import Bucketer
+
+        bucketer = Bucketer(seg, max_batch=o.max_batch, window_s=o.queue_delay_us / 1e6)
+    # one callable per instance (PyTriton keys its proxies by callable)
+    infers = [make_infer_fn(seg, o.max_batch, Limits(max_pixels=o.max_pixels), bucketer) for _ in range(o.instances)]
     triton = Triton(config=_triton_config(o))
     triton.bind(
         model_name=o.name,
-        infer_func=[infer] * o.instances,
+        infer_func=infers,
         inputs=[Tensor(name="image", dtype=np.uint8, shape=(-1, -1, 3))],
         outputs=[Tensor(name="labels", dtype=np.int32, shape=(-1, -1))],
         config=ModelConfig(max_batch_size=o.max_batch,

@@ -71,3 +71,24 @@ def test_predict_batch_buckets_mixed_sizes_and_equals_predict():
     for img, lab in zip(images, got):
         assert lab.dtype == np.int32 and lab.shape == img.shape[:2]
         np.testing.assert_array_equal(lab, seg.predict(img))
+
+
+def test_bucketer_merges_concurrent_callers_of_equal_network_size():
+    import threading
+
+    from semask_deploy.serving.batching import Bucketer
+
+    seg = Segmenter(demo_checkpoint(), scale=(64, 64))
+    sizes = [(24, 32), (48, 64), (30, 40), (32, 24)]  # the first three → 48x64 network input, the last → 64x48
+    images = [SyntheticScenes(num_classes=10, size=hw, seed=i, length=1)[0][0] for i, hw in enumerate(sizes)]
+    bucketer = Bucketer(seg, max_batch=8, window_s=0.5)
+    results: dict[int, np.ndarray] = {}
+    threads = [threading.Thread(target=lambda i=i: results.update({i: bucketer.predict([images[i]])[0]}))
+               for i in range(len(images))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert bucketer.forwards == 2  # one forward per network size, not one per caller
+    for i, img in enumerate(images):
+        np.testing.assert_array_equal(results[i], seg.predict(img))

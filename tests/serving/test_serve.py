@@ -268,3 +268,4 @@ def test_client_example_matches_semask_infer_and_sigterm_drains(tmp_path):
         assert "stopped" in srv.log()
     finally:
         srv.close()
+
