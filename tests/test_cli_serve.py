@@ -28,3 +28,13 @@ def test_bad_options_are_one_line_errors(tmp_path, capsys):
 @pytest.mark.skipif(importlib.util.find_spec("pytriton") is not None, reason="PyTriton is installed here")
 def test_without_pytriton_the_error_names_the_serve_extra(capsys):
     assert "semask-deploy[serve]" in _err(["--demo", "--http-port", "1"], capsys)
+
+
+def test_export_fmt_triton_option_errors(tmp_path, capsys):
+    from semask_deploy.cli.export import main as export_main
+
+    for extra, what in ((["--batch", "2"], "--max-batch"), (["--preprocess"], "--preprocess")):
+        assert export_main(["--demo", "--fmt", "triton", "--out", str(tmp_path), *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and what in err
+    assert not any(tmp_path.iterdir())  # nothing written
