@@ -61,7 +61,7 @@ def test_fresh_install_imports_all_four(tmp_path, editable):
         assert location.is_relative_to(src)
     else:
         assert "site-packages" in str(location)
-    for script in ("semask-infer", "semask-export", "semask-bench", "semask-eval", "semask-train"):
+    for script in ("semask-infer", "semask-export", "semask-bench", "semask-eval", "semask-train", "semask-serve"):
         assert (py.parent / script).exists(), script
 
 

@@ -16,6 +16,7 @@ EPILOG = """examples:
   semask-export --ckpt semask_swin_tiny_ade20k.pth --fmt trt --precision fp16 --opt-shape 512x683 --max-batch 4
   semask-export --ckpt model.pth --static 512x512 --batch 1 --preprocess     # fixed size, uint8 NHWC input
   semask-export --check-trt exported/semask_swin_tiny_ade20k_fp32.onnx
+  semask-export --demo --fmt triton --out repo/       # Triton model repository (see README "Serving")
 
 Writes <out>/<name>.onnx (+ <name>_trt.engine with --fmt trt|all), each with a <stem>.json metadata sidecar
 (I/O, shapes, normalisation, resize rule, classes, palette, precision, checkpoint SHA-256, versions,
@@ -50,8 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--demo", action="store_true", help="export the built-in demo model")
     src.add_argument("--check-trt", type=Path, metavar="MODEL.onnx",
                      help="only check an ONNX file offline for the TensorRT ONNX parser (ops and dtypes)")
-    p.add_argument("--fmt", choices=("onnx", "trt", "all"), default="onnx",
-                   help="onnx: ONNX only; trt/all: ONNX and a TensorRT engine (needs TensorRT + GPU) (default: onnx)")
+    p.add_argument("--fmt", choices=("onnx", "trt", "all", "triton", "triton-trt"), default="onnx",
+                   help="onnx: ONNX only; trt/all: ONNX and a TensorRT engine (needs TensorRT + GPU); triton / "
+                   "triton-trt: a Triton Inference Server model repository in --out with the ONNX / the engine "
+                   "(+ Python-backend pre/post-processing and an ensemble) (default: onnx)")
+    p.add_argument("--triton-gpu", action="store_true",
+                   help="--fmt triton: run the ONNX model's instances on the GPU (KIND_GPU; TensorRT always is)")
+    p.add_argument("--triton-python-runtime", action="store_true",
+                   help="--fmt triton: run the ONNX with ONNX Runtime inside Triton's Python backend (for servers "
+                   "without the onnxruntime backend, e.g. PyTriton's bundled tritonserver)")
     p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32", help="(default: fp32)")
     p.add_argument("--calib-images", type=Path, metavar="DIR",
                    help="int8 calibration images (also used to verify); default: built-in synthetic scenes")
@@ -116,6 +124,11 @@ def _run(args: argparse.Namespace) -> int:
         verify=not args.no_verify, opset=args.opset, int8_activations=args.int8_activations,
         workspace_gb=args.workspace_gb, quiet=args.quiet,
     )
+    if args.fmt.startswith("triton"):
+        from semask_deploy.export.triton import run_export_triton
+
+        run_export_triton(opts, gpu=args.triton_gpu, python_runtime=args.triton_python_runtime)
+        return 0
     result = run_export(opts)
     if not args.quiet:
         written = [p for p in (result.onnx_path, result.onnx_sidecar, result.engine_path, result.engine_sidecar) if p]

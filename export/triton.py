@@ -1,0 +1,52 @@
+"""``semask-export --fmt triton|triton-trt``: a Triton Inference Server model repository.
+
+Runs the ordinary export (verified ONNX, or ONNX + TensorRT engine) with logits into a temporary
+folder inside ``--out``, then lays out ``<out>/<name>/`` (+ ``_pre``, ``_post``, ``_ensemble``) with
+:func:`semask_deploy.serving.triton_repo.write_repository`. The batch dimension is dynamic up to
+``--max-batch`` (default 4), which becomes every model's ``max_batch_size``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from semask_deploy.errors import ConfigError
+
+
+def run_export_triton(o, gpu: bool = False, python_runtime: bool = False) -> list[Path]:
+    """Export for Triton; ``o`` is an :class:`~semask_deploy.export.pipeline.ExportOptions` with
+    ``fmt`` ``"triton"`` (ONNX Runtime) or ``"triton-trt"`` (TensorRT); ``python_runtime``: the ONNX runs in
+    ONNX Runtime inside the Python backend (servers without the onnxruntime backend). Returns the files written."""
+    from semask_deploy.export.metadata import read_sidecar
+    from semask_deploy.export.pipeline import run_export
+    from semask_deploy.serving.triton_repo import spec_from_metadata, write_repository
+
+    if o.batch is not None:
+        raise ConfigError("a Triton model batches dynamically: use --max-batch N instead of --batch")
+    if o.preprocess:
+        raise ConfigError("--fmt triton normalises in the repository's pre-processing model: drop --preprocess")
+    engine = o.fmt == "triton-trt"
+    max_batch = o.max_batch or 4
+    out = Path(o.out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".triton.", suffix=".tmp", dir=out))
+    try:
+        inner = dataclasses.replace(o, fmt="trt" if engine else "onnx", with_logits=True, max_batch=max_batch,
+                                    out=work, force=True)
+        res = run_export(inner)
+        artifact = res.engine_path if engine else res.onnx_path
+        meta = read_sidecar(artifact)
+        name = o.name or artifact.stem.removesuffix("_trt")
+        spec = spec_from_metadata(meta, name, max_batch=max_batch, gpu=gpu or engine,
+                                  python_runtime=python_runtime and not engine)
+        written = write_repository(out, spec, artifact, sidecar=artifact.with_suffix(".json"), force=o.force)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if not o.quiet:
+        print(f"Triton model repository in {out}: {name} ({spec.kind}), {name}_pre, {name}_post, {name}_ensemble "
+              f"(send uint8 images to {name}_ensemble)", file=sys.stderr)
+    return written

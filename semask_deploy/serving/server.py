@@ -1,0 +1,207 @@
+"""``semask-serve``: a :class:`~semask_deploy.runtime.Segmenter` behind Triton Inference Server (PyTriton).
+
+PyTriton (``pip install "semask-deploy[serve]"``) starts the ``tritonserver`` binary it bundles and
+binds one Python callable as a Triton model, so the server speaks Triton's protocol:
+
+    HTTP/REST  :8000  /v2/health/live, /v2/health/ready, /v2/models/<name>/infer (KServe v2)
+    gRPC       :8001  the same API (tritonclient.grpc)
+    metrics    :8002  /metrics (Prometheus: request counts, queue and compute time, batch sizes)
+
+Model ``<name>`` (default ``semask``):
+
+    input  image   uint8 (N, H, W, 3) RGB 0-255  (N ≤ max batch; one image = N 1)
+    output labels  int32 (N, H, W) at the image's own size  (= Segmenter.predict, image by image)
+
+Triton's dynamic batcher merges concurrent requests whose images have the same shape (waiting at most
+``queue_delay_us``) up to ``max_batch`` images; in each execution the images are bucketed by network
+input size (:mod:`semask_deploy.serving.batching`). PyTriton cannot declare ``allow_ragged_batch``, so
+requests of different image sizes are never merged by Triton; with ``instances`` > 1 such executions run
+concurrently and a :class:`~semask_deploy.serving.batching.Bucketer` merges the images whose network
+input sizes are equal into one forward pass. Shutdown on SIGINT/SIGTERM: the server stops
+accepting work, answers the requests already in flight (up to ``exit_timeout_s``), then exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..errors import ConfigError, require
+from .batching import DEFAULT_MAX_PIXELS, Limits, check_images, predict_batch
+
+LOG = logging.getLogger("semask_deploy.serving")
+BACKENDS = {"torch": (".pth", ".pt", ".ckpt", ".bin", ".safetensors"), "onnxruntime": (".onnx",),
+            "tensorrt": (".engine", ".plan", ".trt")}
+
+
+@dataclass
+class ServeOptions:
+    """Everything ``semask-serve`` accepts (see ``semask-serve --help``)."""
+
+    model: Path | None = None
+    demo: bool = False
+    name: str = "semask"
+    backend: str = "auto"
+    device: str = "cpu"
+    attention: str = "sdpa"
+    mode: str = "whole"
+    scale: Any = None
+    host: str = "0.0.0.0"
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    max_batch: int = 4
+    queue_delay_us: int = 2000
+    instances: int = 1
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    exit_timeout_s: int = 30
+    verbose: int = 0
+
+
+def model_path(o: ServeOptions) -> Path:
+    """The artifact to serve (the demo checkpoint with ``demo``), checked against ``backend``."""
+    if o.demo == (o.model is not None):
+        raise ConfigError("give exactly one of --model PATH and --demo")
+    if o.demo:
+        from ..assets import demo_checkpoint
+
+        path = demo_checkpoint()
+    else:
+        path = Path(o.model)
+        if not path.is_file():
+            raise ConfigError(f"--model {path} does not exist")
+    if o.backend != "auto":
+        if o.backend not in BACKENDS:
+            raise ConfigError(f"--backend must be auto, {', '.join(BACKENDS)}; got {o.backend!r}")
+        if path.suffix.lower() not in BACKENDS[o.backend]:
+            raise ConfigError(f"--backend {o.backend} runs {'/'.join(BACKENDS[o.backend])} files, not {path.name}; "
+                              "export the model to that format first (semask-export)")
+    return path
+
+
+def build_segmenter(o: ServeOptions):
+    """The :class:`Segmenter` that the server runs."""
+    from ..runtime import Segmenter
+
+    for flag, value in (("--max-batch", o.max_batch), ("--instances", o.instances), ("--max-pixels", o.max_pixels)):
+        if int(value) < 1:
+            raise ConfigError(f"{flag} must be at least 1, got {value}")
+    if o.queue_delay_us < 0:
+        raise ConfigError(f"--queue-delay-us must be >= 0, got {o.queue_delay_us}")
+    return Segmenter(model_path(o), device=o.device, mode=o.mode, scale=o.scale, attention_backend=o.attention)
+
+
+def make_infer_fn(seg, max_batch: int, limits: Limits, bucketer=None) -> Callable[[list], list[dict[str, np.ndarray]]]:
+    """The PyTriton callable: a list of requests (each ``{"image": (n, H, W, 3) uint8}``) → their labels.
+
+    A request that fails :func:`check_images` raises, and PyTriton answers the requests of that execution
+    with the error; Triton only batches requests of one shape and dtype together, so the others of the
+    execution are copies of the same mistake.
+    """
+    def infer(requests: list) -> list[dict[str, np.ndarray]]:
+        batches = [check_images(req["image"], limits) for req in requests]
+        images = [img for b in batches for img in b]
+        if bucketer is not None:  # merges equal network sizes across concurrent instances
+            labels = bucketer.predict(images)
+        else:  # instances share seg (thread-safe inference)
+            labels = predict_batch(seg, images, max_batch=max_batch)
+        out, k = [], 0
+        for b in batches:
+            out.append({"labels": np.stack(labels[k:k + len(b)]).astype(np.int32)})
+            k += len(b)
+        return out
+
+    return infer
+
+
+def _triton_config(o: ServeOptions):
+    from pytriton.triton import TritonConfig
+
+    return TritonConfig(http_address=o.host, http_port=o.http_port, grpc_address=o.host, grpc_port=o.grpc_port,
+                        metrics_address=o.host, metrics_port=o.metrics_port, allow_metrics=True,
+                        exit_timeout_secs=o.exit_timeout_s, log_verbose=o.verbose, strict_readiness=True)
+
+
+def start(o: ServeOptions, seg=None):
+    """Start the server in this process and return the running ``pytriton.triton.Triton`` (call ``.stop()``).
+
+    Raises:
+        MissingDependencyError: PyTriton is not installed (``pip install "semask-deploy[serve]"``).
+    """
+    require("pytriton", "serve")
+    from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+    from pytriton.triton import Triton
+
+    seg = seg if seg is not None else build_segmenter(o)
+    bucketer = None
+    if o.instances > 1 and seg.mode == "whole" and seg.backend.has_logits and seg.input_batch is None:
+        from .batching import Bucketer
+
+        bucketer = Bucketer(seg, max_batch=o.max_batch, window_s=o.queue_delay_us / 1e6)
+    # one callable per instance (PyTriton keys its proxies by callable)
+    infers = [make_infer_fn(seg, o.max_batch, Limits(max_pixels=o.max_pixels), bucketer) for _ in range(o.instances)]
+    triton = Triton(config=_triton_config(o))
+    triton.bind(
+        model_name=o.name,
+        infer_func=infers,
+        inputs=[Tensor(name="image", dtype=np.uint8, shape=(-1, -1, 3))],
+        outputs=[Tensor(name="labels", dtype=np.int32, shape=(-1, -1))],
+        config=ModelConfig(max_batch_size=o.max_batch,
+                           batcher=DynamicBatcher(max_queue_delay_microseconds=o.queue_delay_us)),
+        strict=True,
+    )
+    triton.run()
+    return triton
+
+
+def serve(o: ServeOptions, on_ready: Callable[[], None] | None = None) -> int:
+    """Serve until SIGINT/SIGTERM; in-flight requests are answered before the server exits. Returns 0."""
+    stop = threading.Event()
+
+    def handler(signum, _frame):  # noqa: ANN001
+        LOG.info("signal %s: finishing in-flight requests, then stopping", signum)
+        stop.set()
+
+    # installed first: a signal during start-up stops the server as soon as it is up
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        seg = build_segmenter(o)
+        triton = start(o, seg)
+    except BaseException:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        raise
+    try:
+        print(f"semask-serve: model '{o.name}' ({seg.path.name}, {seg.backend.kind}, {o.device}) "
+              f"ready: HTTP {o.host}:{o.http_port}, gRPC {o.host}:{o.grpc_port}, metrics "
+              f"http://{o.host}:{o.metrics_port}/metrics; max batch {o.max_batch}", file=sys.stderr, flush=True)
+        if on_ready is not None:
+            on_ready()
+        while not stop.wait(0.5):
+            if not triton.is_alive():
+                print("error: the Triton server stopped unexpectedly", file=sys.stderr)
+                return 2
+    finally:
+        triton.stop()  # SIGINT to tritonserver: it drains in-flight requests (exit_timeout_s) and exits
+        for s, h in previous.items():
+            signal.signal(s, h)
+    print("semask-serve: stopped", file=sys.stderr, flush=True)
+    return 0
+
+
+def parse_scale(text: str | None) -> Sequence[int] | str | None:
+    """``--scale LONGxSHORT`` or ``none``."""
+    if text is None:
+        return None
+    if text.lower() == "none":
+        return "none"
+    from ..cli._common import parse_hw
+
+    return parse_hw(text, "--scale")
