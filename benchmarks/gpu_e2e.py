@@ -3,7 +3,8 @@
 One process measures one model case at one input size over attention backends × dtypes (or, with
 ``--compile``, ``torch.compile`` of the sdpa model over dtypes): per cell the latency of one batch-1
 ``predict`` (p50/p90/p99 over ``runs`` calls, CUDA events; :func:`benchmarks.harness.time_fn`), the peak
-memory of the first call + warm-up (:class:`benchmarks.harness.MemoryMonitor`), and parity against the
+memory of the first call + warm-up (:class:`benchmarks.harness.MemoryMonitor`: torch's peak allocation and
+its rise over what was allocated before the call; host RSS rise in a dry run), and parity against the
 fp32 ``eager`` model of the same weights: max abs and relative L2 error of the logits at the input size, and
 pixel agreement of the labels. After every cell the results so far are written to ``--json`` (temp + rename),
 so a timeout in a later cell keeps the earlier ones.
@@ -139,7 +140,10 @@ def _cell(torch: Any, model: Any, x: Any, mode: str, device: str, runs: int, war
         stats = time_fn(labels_fn, runs=runs, warmup=0, cuda_events=device == "cuda")
         logits = logits_fn().float()
     row.update(p50_ms=stats.p50, p90_ms=stats.p90, p99_ms=stats.p99, runs=stats.runs, timer=stats.timer)
-    row["peak_mb"] = mem.to_dict()["device_peak_mb" if device == "cuda" else "host_peak_delta_mb"]
+    memory = mem.to_dict()
+    # on the GPU: torch's peak (weights + the kept fp32 reference included) and the rise during the call
+    row["peak_mb"] = memory["device_peak_mb"] if device == "cuda" else None
+    row["peak_delta_mb"] = memory["device_peak_delta_mb" if device == "cuda" else "host_peak_delta_mb"]
     if ref is not None:
         row.update(_errors(torch, ref[0], ref[1], logits, labels))
     return row, (logits, labels)

@@ -52,7 +52,7 @@ def _e2e_section(step: dict[str, Any]) -> list[str]:
         lines += [f"error: {_cell(res['error'])}", ""]
     lines += ["Random weights (official config); parity against the fp32 `eager` model of the same weights on one "
               "random input: logits at the input size, labels = argmax.", "",
-              "| backend | dtype | p50 ms | p99 ms | first call ms | peak MB | max abs | rel L2 | label agreement |",
+              "| backend | dtype | p50 ms | p99 ms | first call ms | peak MB (rise) | max abs | rel L2 | label agreement |",
               "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in res["rows"]:
         if "error" in r:
@@ -61,7 +61,8 @@ def _e2e_section(step: dict[str, Any]) -> list[str]:
         agree = r.get("label_agreement")
         lines.append(
             f"| {r['backend']} | {r['dtype']} | {_f(r.get('p50_ms'), '.2f')} | {_f(r.get('p99_ms'), '.2f')} | "
-            f"{_f(r.get('first_call_ms'), '.0f')} | {_f(r.get('peak_mb'), '.0f')} | {_f(r.get('max_abs'), '.2e')} | "
+            f"{_f(r.get('first_call_ms'), '.0f')} | {_f(r.get('peak_mb'), '.0f')} ({_f(r.get('peak_delta_mb'), '.0f')}) | "
+            f"{_f(r.get('max_abs'), '.2e')} | "
             f"{_f(r.get('rel_l2'), '.2e')} | {_f(None if agree is None else 100 * agree, '.3f')}{'%' if agree is not None else ''} |"
         )
     return lines + [""]

@@ -65,7 +65,7 @@ def test_steps_are_time_boxed_and_failures_do_not_stop_the_run(tmp_path):
 
 def test_markdown_of_partial_results():
     rows = [{"backend": "triton", "dtype": "bf16", "p50_ms": 12.5, "p99_ms": 13.0, "first_call_ms": 900.0,
-             "peak_mb": 2048.0, "max_abs": 0.03, "rel_l2": 0.004, "label_agreement": 0.9991},
+             "peak_mb": 2048.0, "peak_delta_mb": 512.0, "max_abs": 0.03, "rel_l2": 0.004, "label_agreement": 0.9991},
             {"backend": "eager", "dtype": "fp16", "error": "OutOfMemoryError: CUDA out of memory"}]
     report = {
         "env": {"gpu": "NVIDIA H200", "torch": "2.13.0", "triton": "3.7.1", "capability": "9.0"},
@@ -85,7 +85,7 @@ def test_markdown_of_partial_results():
     md = render_markdown(report)
     assert md.startswith("# GPU check — NVIDIA H200")
     assert "Cut short after 80 s" in md
-    assert "| triton | bf16 | 12.50 | 13.00 | 900 | 2048 | 3.00e-02 | 4.00e-03 | 99.910% |" in md
+    assert "| triton | bf16 | 12.50 | 13.00 | 900 | 2048 (512) | 3.00e-02 | 4.00e-03 | 99.910% |" in md
     assert "error: OutOfMemoryError" in md
     assert "passed 5, failed 1, skipped 2" in md and "FAILED `t::x`: boom" in md
     assert "Partial: 3/10 cases" in md and "| window_attention | L s0 | fp16 | 0.1000 | 0.5000 | error |" in md
