@@ -290,7 +290,20 @@ def run_kernel_benchmarks(
     dev_name = torch.cuda.get_device_name()
     peaks = peaks or device_peaks(dev_name)
     cases = build_cases(kernels, variants, resolutions, dtypes)
+    meta = {
+        "device": dev_name,
+        "capability": list(torch.cuda.get_device_capability()),
+        "peaks_half_tflops_fp32_tflops_gbps": peaks,
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "warmup_ms": warmup_ms,
+        "rep_ms": rep_ms,
+    }
     for i, case in enumerate(cases):
+        if i:  # the finished cases so far, so that a run cut short (a time-boxed GPU check) keeps them
+            write_reports(out_dir, {**meta, "partial": f"{i}/{len(cases)} cases"}, cases[:i])
         log(f"[{i + 1}/{len(cases)}] {case.kernel} {case.dtype} {case.name}")
         try:
             provs, err_of, keep = _providers(torch, case)
@@ -319,17 +332,6 @@ def run_kernel_benchmarks(
             case.results[prov] = res
         del provs, keep
         torch.cuda.empty_cache()
-    meta = {
-        "device": dev_name,
-        "capability": list(torch.cuda.get_device_capability()),
-        "peaks_half_tflops_fp32_tflops_gbps": peaks,
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "cuda": torch.version.cuda,
-        "python": platform.python_version(),
-        "warmup_ms": warmup_ms,
-        "rep_ms": rep_ms,
-    }
     write_reports(out_dir, meta, cases)
     return cases
 

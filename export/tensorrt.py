@@ -29,7 +29,6 @@ with what to do, never a bare traceback.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import threading
@@ -37,77 +36,26 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from semask_deploy.errors import ExportError, MissingDependencyError, require
+from semask_deploy.errors import ExportError, require
 from semask_deploy.fileio import atomic_path, write_bytes_atomic
+from semask_deploy.trt_common import gpu_compute_capability, import_tensorrt, load_plugins, tensorrt_version
+
+__all__ = ["PRECISIONS", "build_engine", "choose_build_mode", "gpu_compute_capability", "inspect_onnx_precision",
+           "tensorrt_version", "validate_profiles"]
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "fp16", "int8")
-_INSTALL_HINT = (
-    "TensorRT is not installed or cannot be loaded ({why}). Install it with: pip install 'semask-deploy[trt]' "
-    "on a machine with an NVIDIA GPU and driver (TensorRT cannot build or run engines without one). Without a "
-    "GPU you can still check the ONNX offline: semask_deploy.export.trt_check.check_onnx_for_tensorrt()."
-)
+_NO_TRT_HINT = ("Without a GPU you can still check the ONNX offline: "
+                "semask_deploy.export.trt_check.check_onnx_for_tensorrt().")
 
 
 # ----------------------------------------------------------------------------------------------------
-# environment probes
+# environment probes (shared with the runner: semask_deploy/trt_common.py)
 # ----------------------------------------------------------------------------------------------------
 def _import_tensorrt() -> Any:
     """Import tensorrt lazily, turning every import failure into a :class:`MissingDependencyError`."""
-    try:
-        return require("tensorrt", "trt")
-    except MissingDependencyError as exc:
-        raise MissingDependencyError(_INSTALL_HINT.format(why=exc.__cause__ or exc)) from exc
-    except Exception as exc:  # noqa: BLE001 - e.g. OSError: libnvinfer.so not found
-        raise MissingDependencyError(_INSTALL_HINT.format(why=exc)) from exc
-
-
-def tensorrt_version() -> str | None:
-    """Version string of the importable ``tensorrt`` module (e.g. ``"10.15.1.29"``), else None."""
-    try:
-        return str(importlib.import_module("tensorrt").__version__)
-    except Exception:  # noqa: BLE001 - not installed, or its libraries are missing
-        return None
-
-
-def _cudart() -> Any | None:
-    """cuda-python's runtime module (``cuda.bindings.runtime``, or ``cuda.cudart`` before 12.6), else None."""
-    for name in ("cuda.bindings.runtime", "cuda.cudart"):
-        try:
-            return importlib.import_module(name)
-        except Exception:  # noqa: BLE001
-            continue
-    return None
-
-
-def gpu_compute_capability(device: int = 0) -> str | None:
-    """Compute capability of CUDA device ``device`` as ``"major.minor"`` (e.g. ``"9.0"``), else None.
-
-    Uses cuda-python when importable, else ``torch.cuda``; returns None without a GPU or driver.
-    """
-    cudart = _cudart()
-    if cudart is not None:
-        try:
-            ok = cudart.cudaError_t.cudaSuccess
-            err, count = cudart.cudaGetDeviceCount()
-            if err == ok and count and device < count:
-                attr = cudart.cudaDeviceAttr
-                e1, major = cudart.cudaDeviceGetAttribute(attr.cudaDevAttrComputeCapabilityMajor, device)
-                e2, minor = cudart.cudaDeviceGetAttribute(attr.cudaDevAttrComputeCapabilityMinor, device)
-                if e1 == ok and e2 == ok:
-                    return f"{int(major)}.{int(minor)}"
-        except Exception:  # noqa: BLE001 - fall through to torch
-            pass
-    try:
-        import torch
-
-        if torch.cuda.is_available() and device < torch.cuda.device_count():
-            major, minor = torch.cuda.get_device_capability(device)
-            return f"{major}.{minor}"
-    except Exception:  # noqa: BLE001
-        pass
-    return None
+    return import_tensorrt(_NO_TRT_HINT)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -416,7 +364,8 @@ def build_engine(
     Returns:
         Build info for the sidecar: ``engine_path``, ``onnx_path``, ``tensorrt_version``,
         ``gpu_compute_capability``, ``precision``, ``strongly_typed``, ``builder_flags``, ``profiles``,
-        ``inputs``/``outputs`` (name, dtype, shape), ``timing_cache`` (+ ``timing_cache_loaded``),
+        ``inputs``/``outputs`` (name, dtype, shape), ``timing_cache`` (+ ``timing_cache_loaded``: an existing
+        cache was accepted, ``timing_cache_saved``), ``plugins_loaded`` (libnvinfer_plugin registered),
         ``workspace_gb``, ``build_seconds``, ``engine_bytes``.
 
     Raises:
@@ -456,6 +405,7 @@ def build_engine(
     network_flags = 0
     if strongly_typed and trt_major < 11:  # on 11 the flag is deprecated and ignored: every network is strongly typed
         network_flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    plugins_loaded = load_plugins(trt, logger)  # DeformConv is parsed into the ModulatedDeformConv2d plugin
     network = builder.create_network(network_flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
@@ -475,7 +425,13 @@ def build_engine(
     for index, group in enumerate(groups):
         profile = builder.create_optimization_profile()
         for name, r in group.items():
-            profile.set_shape(name, r["min"], r["opt"], r["max"])
+            try:  # the Python API raises RuntimeError where the C++ API returns false
+                accepted = profile.set_shape(name, r["min"], r["opt"], r["max"])
+            except RuntimeError as exc:
+                raise ExportError(f"TensorRT rejected the shape range {r} of input {name!r} in optimisation profile "
+                                  f"{index}: {exc}") from exc
+            if accepted is False:
+                raise ExportError(f"TensorRT rejected the shape range {r} of input {name!r} in optimisation profile {index}")
         if config.add_optimization_profile(profile) < 0:
             raise ExportError(f"TensorRT rejected optimisation profile {index}: {group}")
 
@@ -490,8 +446,14 @@ def build_engine(
         if cache is None and data:
             log.warning("timing cache %s is unreadable; starting an empty one", cache_path)
             cache = config.create_timing_cache(b"")
-        config.set_timing_cache(cache, ignore_mismatch=False)
-        cache_loaded = bool(data) and cache is not None
+        # False when the cache was made on another device/TensorRT (ignore_mismatch=False refuses it)
+        if config.set_timing_cache(cache, ignore_mismatch=False):
+            cache_loaded = bool(data)
+        else:
+            log.warning("timing cache %s was made for another GPU or TensorRT version; starting an empty one "
+                        "(it is overwritten after the build)", cache_path)
+            if not config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False):
+                raise ExportError(f"TensorRT refused even an empty timing cache; build without timing_cache={cache_path}")
 
     monitor = None
     if progress and hasattr(trt, "IProgressMonitor"):
@@ -512,11 +474,16 @@ def build_engine(
             raise ExportError("engine build cancelled")
         raise ExportError("TensorRT failed to build the engine:\n  - " + "\n  - ".join(logger.messages[-10:] or ["(no message)"]))
 
-    if cache_path is not None:
-        write_bytes_atomic(cache_path, memoryview(config.get_timing_cache().serialize()).tobytes())
-    with atomic_path(engine_path) as tmp:
+    with atomic_path(engine_path) as tmp:  # the engine first: a failure saving the cache must not lose it
         with open(tmp, "wb") as f:
             f.write(memoryview(serialized))
+    cache_saved = False
+    if cache_path is not None:
+        try:
+            write_bytes_atomic(cache_path, memoryview(config.get_timing_cache().serialize()).tobytes())
+            cache_saved = True
+        except Exception as exc:  # noqa: BLE001 - the engine is written; the cache is only an optimisation
+            log.warning("engine written, but the timing cache could not be saved to %s: %s", cache_path, exc)
     inputs, outputs = _io_info(trt, network)
     info = {
         "engine_path": str(engine_path),
@@ -531,6 +498,8 @@ def build_engine(
         "outputs": outputs,
         "timing_cache": str(cache_path) if cache_path is not None else None,
         "timing_cache_loaded": cache_loaded,
+        "timing_cache_saved": cache_saved,
+        "plugins_loaded": plugins_loaded,
         "workspace_gb": float(workspace_gb),
         "build_seconds": round(seconds, 3),
         "engine_bytes": engine_path.stat().st_size,

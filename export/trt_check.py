@@ -29,10 +29,15 @@ Data-type rules applied (stated here because the published list is terse):
    input must be cast before anything else touches it.
 5. Quantized types (INT8, INT4, FP8, FP4) are valid where the list gives them, plus as a ``Constant``
    or ``Identity`` whose only consumers are ``DequantizeLinear`` nodes (quantized weights).
-6. Q/DQ: the quantized type must be INT8, INT4 or FP8 (signed; UINT8 is rejected — use symmetric S8S8
-   quantization), the zero point must be a constant of zeros, the scale a positive constant that is a
-   scalar (per-tensor) or a 1-D vector along ``axis`` (per-channel); INT8 block quantization is
-   rejected. A scale computed at run time is reported as a warning.
+6. Q/DQ: the quantized type must be INT8, INT4, FP8 or FP4 (signed; UINT8 is rejected — use symmetric
+   S8S8 quantization); without a zero point the parser quantizes to INT8 (ONNX shape inference says
+   UINT8 there, which is not TensorRT's reading). The zero point must be a constant of zeros, the scale a
+   positive constant that is a scalar (per-tensor) or a 1-D vector along ``axis`` (per-channel — for
+   weights only: a per-channel scale on an activation is rejected). Block quantization (``block_size``)
+   is accepted for INT4, FP4 and FP8, rejected for INT8. A scale computed at run time is a warning.
+8. Ops the parser builds through a TensorRT plugin (``DeformConv`` → ``ModulatedDeformConv2d``) are
+   supported when the builder and runtime register ``libnvinfer_plugin`` (ours do); they are noted
+   as a warning so that apps running the engine know to load it too.
 7. A tensor whose type shape inference cannot determine is skipped (and counted in a warning).
 """
 
@@ -65,6 +70,8 @@ _TYPE_PARAM_OVERRIDES: dict[str, tuple[str, ...]] = {
     "Loop": ("V",),
     "Scan": ("V",),
 }
+# Ops the ONNX parser implements with a plugin from libnvinfer_plugin (registered by init_libnvinfer_plugins).
+_PLUGIN_OPS = {"DeformConv": "ModulatedDeformConv2d"}
 _RESIZE_COORD_MODES = {"half_pixel", "pytorch_half_pixel", "tf_half_pixel_for_nn", "asymmetric", "align_corners"}
 _RESIZE_NEAREST_MODES = {"floor", "ceil", "round_prefer_floor", "round_prefer_ceil"}
 
@@ -201,6 +208,7 @@ class _Walker:
         self.num_nodes = 0
         self.opset = next((o.version for o in model.opset_import if o.domain in _STANDARD_DOMAINS), None)
         self.functions = {(f.domain, f.name) for f in model.functions}
+        self.producers: dict[str, Any] = {}  # tensor name -> node that makes it (all graphs walked so far)
 
     # ---- type and constant lookup -------------------------------------------------------------
     def _scope_of(self, graph: Any, parent: Mapping[str, Any] | None) -> tuple[ChainMap, ChainMap]:
@@ -242,6 +250,9 @@ class _Walker:
             for name in node.input:
                 consumers.setdefault(name, []).append(node)
         graph_outputs = {o.name for o in graph.output}
+        for node in graph.node:
+            for name in node.output:
+                self.producers[name] = node
         for index, node in enumerate(graph.node):
             label = _node_label(node, index, prefix)
             self.num_nodes += 1
@@ -283,6 +294,10 @@ class _Walker:
             self._check_dtypes(node, entry, label, types, consumers)
         if op in _QDQ_OPS:
             self._check_qdq(node, label, types, consts)
+        if op in _PLUGIN_OPS:
+            self.col.warn(f"{op} is built through TensorRT's {_PLUGIN_OPS[op]} plugin: whatever loads the engine "
+                          "must register libnvinfer_plugin (Python: trt.init_libnvinfer_plugins(logger, ''); C++: "
+                          "initLibNvInferPlugins(&logger, \"\") and link nvinfer_plugin)")
         self._check_attributes(node, label, consts, consumers, graph_outputs)
 
     # ---- data types ------------------------------------------------------------------------------
@@ -322,12 +337,37 @@ class _Walker:
                 self.col.bad(node.op_type, f"{token} tensors are not supported (supported: {', '.join(allowed) or 'none'})", label)
 
     # ---- Q/DQ ------------------------------------------------------------------------------------
+    def _is_weight(self, name: str, consts: Mapping[str, Any], depth: int = 0) -> bool:
+        """Whether tensor ``name`` is a build-time constant (a weight), possibly through Q/Identity/Cast/Reshape."""
+        if name in consts:
+            return True
+        node = self.producers.get(name)
+        if node is None or depth > 8:
+            return False
+        if node.op_type == "Constant":
+            return True
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear", "Identity", "Cast", "Reshape", "Transpose",
+                            "Unsqueeze", "Squeeze", "Flatten"):
+            return bool(node.input) and self._is_weight(node.input[0], consts, depth + 1)
+        return False
+
+    @staticmethod
+    def _parser_int8_default(q_node: Any) -> bool:
+        """A QuantizeLinear with neither a zero point nor ``output_dtype``: TensorRT quantizes it to INT8."""
+        has_zero_point = len(q_node.input) > 2 and bool(q_node.input[2])
+        has_dtype = any(a.name == "output_dtype" and a.i for a in q_node.attribute)
+        return not has_zero_point and not has_dtype
+
     def _check_qdq(self, node, label, types, consts) -> None:
         op = node.op_type
         quant_name = node.output[0] if op == "QuantizeLinear" else node.input[0]
         elem = types.get(quant_name)
         if len(node.input) > 2 and node.input[2]:
             elem = elem or types.get(node.input[2])
+        else:
+            q_node = node if op == "QuantizeLinear" else self.producers.get(node.input[0])
+            if q_node is not None and q_node.op_type == "QuantizeLinear" and self._parser_int8_default(q_node):
+                elem = self.onnx.TensorProto.INT8  # ONNX shape inference says UINT8 here; the parser makes INT8
         if elem:
             token = _onnx_token(elem)
             if token == "UINT8":
@@ -352,10 +392,14 @@ class _Walker:
         if (scale.astype("float64") <= 0).any():
             self.col.bad(op, "scale must be positive", label)
         if attrs.get("block_size", 0):
-            if elem is None or _onnx_token(elem) not in ("INT4", "FP4"):
-                self.col.bad(op, "block quantization is only supported for INT4/FP4 weights; use per-tensor or per-channel INT8", label)
+            if elem is None or _onnx_token(elem) not in ("INT4", "FP4", "FP8"):
+                self.col.bad(op, "block quantization is only supported for INT4, FP4 and FP8; use per-tensor or "
+                             "per-channel INT8", label)
         elif scale.ndim > 1:
             self.col.bad(op, f"scale of rank {scale.ndim}: only per-tensor (scalar) or per-channel (1-D) scales are supported", label)
+        elif scale.size > 1 and not self._is_weight(node.input[0], consts):
+            self.col.bad(op, "per-channel quantization of an activation: TensorRT supports per-channel scales for "
+                         "weights only; quantize activations per-tensor (a scalar scale)", label)
 
     # ---- documented attribute restrictions -------------------------------------------------------
     def _check_attributes(self, node, label, consts, consumers, graph_outputs) -> None:

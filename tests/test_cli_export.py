@@ -52,6 +52,7 @@ def calib_dir(tmp_path):
     return d
 
 
+@pytest.mark.slow  # a full export + int8 calibration + verification
 def test_main_int8_end_to_end(tmp_path, calib_dir, monkeypatch, capsys):
     monkeypatch.setenv("SEMASK_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "out"

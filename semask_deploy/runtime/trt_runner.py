@@ -16,36 +16,23 @@ Example::
 
 from __future__ import annotations
 
-import importlib
+import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from semask_deploy.errors import MissingDependencyError, RuntimeBackendError
+from semask_deploy.errors import RuntimeBackendError
+from semask_deploy.trt_common import cudart as _cudart
+from semask_deploy.trt_common import gpu_compute_capability, import_tensorrt, load_plugins
 
-_INSTALL_HINT = (
-    "TensorRT is not installed or cannot be loaded ({why}). Install it with: pip install 'semask-deploy[trt]' "
-    "on a machine with an NVIDIA GPU and driver; use the onnxruntime backend elsewhere."
-)
+_NO_TRT_HINT = "Use the onnxruntime backend elsewhere."
 
 
 def _import_tensorrt() -> Any:
-    try:
-        return importlib.import_module("tensorrt")
-    except Exception as exc:  # noqa: BLE001 - ImportError, or OSError for missing libnvinfer
-        raise MissingDependencyError(_INSTALL_HINT.format(why=exc)) from exc
-
-
-def _cudart() -> Any | None:
-    for name in ("cuda.bindings.runtime", "cuda.cudart"):
-        try:
-            return importlib.import_module(name)
-        except Exception:  # noqa: BLE001
-            continue
-    return None
+    return import_tensorrt(_NO_TRT_HINT)
 
 
 class _TorchMemory:
@@ -53,10 +40,18 @@ class _TorchMemory:
 
     def __init__(self, torch: Any, device: int) -> None:
         self.torch = torch
-        self.device = torch.device("cuda", device)
-        self.stream = torch.cuda.Stream(device=self.device)
+        self.index = int(device)
+        self.device = torch.device("cuda", self.index)
+        with torch.cuda.device(self.index):
+            self.stream = torch.cuda.Stream(device=self.device)
         self.handle = int(self.stream.cuda_stream)
         self.buffers: dict[str, Any] = {}
+
+    @contextlib.contextmanager
+    def current(self) -> Iterator[None]:
+        """Make the runner's device the current CUDA device (TensorRT deserialises and runs on it)."""
+        with self.torch.cuda.device(self.index):
+            yield
 
     def upload(self, name: str, array: np.ndarray) -> int:
         flat = np.require(array, requirements=["C", "W"]).reshape(-1) if array.size else np.zeros(1, array.dtype)
@@ -88,6 +83,7 @@ class _CudaPythonMemory:
 
     def __init__(self, cudart: Any, device: int) -> None:
         self.rt = cudart
+        self.index = int(device)
         self._check(cudart.cudaSetDevice(device), "cudaSetDevice")
         self.stream = self._check(cudart.cudaStreamCreate(), "cudaStreamCreate")
         self.handle = int(self.stream)
@@ -99,6 +95,18 @@ class _CudaPythonMemory:
         if err != self.rt.cudaError_t.cudaSuccess:
             raise RuntimeBackendError(f"{what} failed: {getattr(err, 'name', err)}; is an NVIDIA GPU and driver available?")
         return rest[0] if len(rest) == 1 else (rest or None)
+
+    @contextlib.contextmanager
+    def current(self) -> Iterator[None]:
+        """Make the runner's device current (``cudaSetDevice`` is per thread), then restore the previous one."""
+        previous = self.rt.cudaGetDevice() if hasattr(self.rt, "cudaGetDevice") else None
+        before = previous[1] if isinstance(previous, tuple) and len(previous) > 1 and previous[0] == self.rt.cudaError_t.cudaSuccess else None
+        self._check(self.rt.cudaSetDevice(self.index), "cudaSetDevice")
+        try:
+            yield
+        finally:
+            if before is not None and int(before) != self.index:
+                self.rt.cudaSetDevice(int(before))
 
     def _buffer(self, name: str, nbytes: int) -> int:
         ptr, capacity = self.buffers.get(name, (0, 0))
@@ -188,23 +196,7 @@ def _check_sidecar(engine_path: Path, trt_version: str, device: int) -> None:
 
 
 def _compute_capability(device: int) -> str | None:
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            return "{}.{}".format(*torch.cuda.get_device_capability(device))
-    except Exception:  # noqa: BLE001
-        pass
-    cudart = _cudart()
-    if cudart is None:
-        return None
-    try:
-        attr, ok = cudart.cudaDeviceAttr, cudart.cudaError_t.cudaSuccess
-        e1, major = cudart.cudaDeviceGetAttribute(attr.cudaDevAttrComputeCapabilityMajor, device)
-        e2, minor = cudart.cudaDeviceGetAttribute(attr.cudaDevAttrComputeCapabilityMinor, device)
-        return f"{int(major)}.{int(minor)}" if e1 == ok and e2 == ok else None
-    except Exception:  # noqa: BLE001
-        return None
+    return gpu_compute_capability(device)
 
 
 class TensorRTRunner:
@@ -234,19 +226,24 @@ class TensorRTRunner:
             _check_sidecar(self.engine_path, self.tensorrt_version, device)
         self._mem = _memory_backend(device)
         try:
-            self._load(trt, profile_index)
+            with self._mem.current():  # deserialise on cuda:<device>, not on whatever device is current
+                self._load(trt, profile_index)
         except BaseException:
             self.close()
             raise
 
     def _load(self, trt: Any, profile_index: int) -> None:
         self._logger = trt.Logger(trt.Logger.WARNING)
+        self.plugins_loaded = load_plugins(trt, self._logger)  # engines with DeformConv need the plugin library
         self._runtime = trt.Runtime(self._logger)
         self.engine = self._runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
         if self.engine is None:
+            plugin_note = "" if self.plugins_loaded else (
+                " (TensorRT's plugin library libnvinfer_plugin could not be loaded either: an engine with plugin "
+                "layers such as DeformConv needs it)")
             raise RuntimeBackendError(
                 f"TensorRT {self.tensorrt_version} could not deserialize {self.engine_path}: engines only load with "
-                "the TensorRT version (and usually the GPU model) they were built with; rebuild it here"
+                f"the TensorRT version (and usually the GPU model) they were built with; rebuild it here{plugin_note}"
             )
         self.context = self.engine.create_execution_context()
         if self.context is None:
@@ -267,7 +264,12 @@ class TensorRTRunner:
             raise RuntimeBackendError(f"profile_index {profile_index} out of range: the engine has "
                                       f"{self.engine.num_optimization_profiles} profile(s)")
         if self.profile_index:
-            self.context.set_optimization_profile_async(self.profile_index, self._mem.handle)
+            try:  # the Python API raises RuntimeError where the C++ API returns false
+                ok = self.context.set_optimization_profile_async(self.profile_index, self._mem.handle)
+            except RuntimeError as exc:
+                raise RuntimeBackendError(f"TensorRT could not select optimisation profile {self.profile_index}: {exc}") from exc
+            if ok is False:
+                raise RuntimeBackendError(f"TensorRT could not select optimisation profile {self.profile_index}")
 
     def input_shape_range(self, name: str) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
         """``(min, opt, max)`` shape of input ``name`` in the runner's optimisation profile."""
@@ -288,6 +290,10 @@ class TensorRTRunner:
             RuntimeBackendError: missing/unknown inputs, wrong dtype, a shape outside the profile, or a
                 failed execution.
         """
+        with self._mem.current():  # buffers, stream and context all live on cuda:<device>
+            return self._run(inputs)
+
+    def _run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         missing = [n for n in self.input_names if n not in inputs]
         unknown = [n for n in inputs if n not in self.input_names]
         if missing or unknown:

@@ -23,6 +23,7 @@ def exported(tmp_path_factory):
     return small_export(tmp_path_factory)
 
 
+@pytest.mark.slow  # needs a full ONNX export (~2 CPU-minutes for the small model)
 def test_sidecar_content(exported):
     meta = json.loads(exported.onnx_sidecar.read_text())
     assert exported.onnx_sidecar == exported.onnx_path.with_suffix(".json")
@@ -60,11 +61,13 @@ def test_sidecar_content(exported):
     assert meta["export"]["onnx_nodes"] > 100 and meta["export"]["seconds"] > 0 and meta["exported_at"]
 
 
+@pytest.mark.slow  # needs a full ONNX export (~2 CPU-minutes for the small model)
 def test_sidecar_is_readable_by_others(exported):
     mode = stat.S_IMODE(exported.onnx_sidecar.stat().st_mode)
     assert mode & stat.S_IRUSR and mode & stat.S_IRGRP
 
 
+@pytest.mark.slow  # needs a full ONNX export (~2 CPU-minutes for the small model)
 def test_read_sidecar_round_trip_and_errors(tmp_path, exported):
     art = tmp_path / "m.onnx"
     art.write_bytes(b"x")

@@ -36,6 +36,7 @@ def _images(n: int, h: int, w: int, seed: int = 5) -> np.ndarray:
     return np.stack([scenes[i][0] for i in range(n)])
 
 
+@pytest.mark.slow  # needs a full ONNX export (~2 CPU-minutes for the small model)
 @pytest.mark.parametrize("shape", [(1, 96, 96), (1, 61, 83), (2, 77, 130), (1, 33, 47), (3, 160, 112)])
 def test_one_dynamic_export_matches_torch(exported, model, shape):
     n, h, w = shape
@@ -51,6 +52,7 @@ def test_one_dynamic_export_matches_torch(exported, model, shape):
     assert (labels == ref.argmax(1)).mean() >= AGREE
 
 
+@pytest.mark.slow  # needs a full ONNX export (~2 CPU-minutes for the small model)
 def test_graph_is_dynamic_clean_and_checked(exported):
     m = onnx.load(str(exported.onnx_path))
     onnx.checker.check_model(m)
@@ -92,6 +94,7 @@ def static_preprocess(tmp_path_factory):
     return run_export(ExportOptions(ckpt=SMALL_CKPT, out=out, static=(64, 96), batch=2, preprocess=True, quiet=True))
 
 
+@pytest.mark.slow  # needs a full ONNX export (~2 CPU-minutes for the small model)
 def test_static_preprocess_graph_equals_normalise_plus_model(static_preprocess, model):
     path = static_preprocess.onnx_path
     m = onnx.load(str(path))
@@ -114,6 +117,7 @@ def test_static_preprocess_graph_equals_normalise_plus_model(static_preprocess, 
     assert meta["profiles"] == [{"image_uint8": {"min": [2, 64, 96, 3], "opt": [2, 64, 96, 3], "max": [2, 64, 96, 3]}}]
 
 
+@pytest.mark.slow  # needs a full ONNX export (~2 CPU-minutes for the small model)
 def test_preprocess_backend_takes_uint8_and_normalised(static_preprocess, model):
     from semask_deploy.runtime.onnx_backend import OnnxBackend
 
@@ -125,6 +129,7 @@ def test_preprocess_backend_takes_uint8_and_normalised(static_preprocess, model)
     assert a.dtype == np.int32 and np.array_equal(a, b)
 
 
+@pytest.mark.slow  # needs a full ONNX export (~2 CPU-minutes for the small model)
 def test_segmenter_runs_a_static_fixed_batch_export_on_any_image(static_preprocess, model):
     """A --static 64x96 --batch 2 export: images of any size are resized to 64×96, repeated to batch 2, and
     the labels come back at the image's size — the same as the PyTorch model on that resized input."""

@@ -83,6 +83,7 @@ def _types(model):
     return types
 
 
+@pytest.mark.slow  # needs a full ONNX export (~2 CPU-minutes for the small model)
 def test_attention_roles_of_the_small_graph(fp32_path):
     roles = attention_roles(onnx.load(str(fp32_path)))
     # 4 stages × 2 Swin blocks (window attention) + 4 semantic layers
@@ -92,6 +93,7 @@ def test_attention_roles_of_the_small_graph(fp32_path):
     assert {n for n in roles.final} and not set(roles.window_scores) & set(roles.semantic_islands)
 
 
+@pytest.mark.slow  # needs a full ONNX export (~2 CPU-minutes for the small model)
 def test_fp16_graph_keeps_sensitive_ops_in_fp32(fp32_path, fp16_model):
     m = fp16_model
     onnx.checker.check_model(m)
@@ -113,6 +115,7 @@ def test_fp16_graph_keeps_sensitive_ops_in_fp32(fp32_path, fp16_model):
     assert any(t.data_type == F16 for t in m.graph.initializer)
 
 
+@pytest.mark.slow  # needs a full ONNX export (~2 CPU-minutes for the small model)
 def test_fp16_runs_in_onnxruntime_within_tolerance(fp16_model, reference, tmp_path):
     path = tmp_path / "small_fp16.onnx"
     onnx.save(fp16_model, str(path))
@@ -122,6 +125,7 @@ def test_fp16_runs_in_onnxruntime_within_tolerance(fp16_model, reference, tmp_pa
     assert check_onnx_for_tensorrt(path).ok
 
 
+@pytest.mark.slow  # needs a full ONNX export (~2 CPU-minutes for the small model)
 def test_int8_qdq_structure_and_tolerance(int8_path, fp32_path, reference):
     path, info, _, _ = int8_path
     m = onnx.load(str(path))
@@ -159,6 +163,7 @@ def test_int8_qdq_structure_and_tolerance(int8_path, fp32_path, reference):
     assert report.ok, report.format()
 
 
+@pytest.mark.slow  # needs a full ONNX export (~2 CPU-minutes for the small model)
 def test_int8_calibration_cache_makes_a_rerun_fast(int8_path, fp32_path, tmp_path):
     path, info, calib, _ = int8_path
     assert not info["calibration_cache_hit"] and info["calibration_cache"]
@@ -168,6 +173,7 @@ def test_int8_calibration_cache_makes_a_rerun_fast(int8_path, fp32_path, tmp_pat
     # a cache hit hands ONNX Runtime no data reader at all, so no calibration inference can have run
 
 
+@pytest.mark.slow  # needs a full ONNX export (~2 CPU-minutes for the small model)
 def test_uint8_activations_run_but_are_not_for_tensorrt(fp32_path, int8_path, tmp_path):
     _, _, calib, _ = int8_path
     out = tmp_path / "u8.onnx"

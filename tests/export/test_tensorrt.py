@@ -189,7 +189,12 @@ def _fake_tensorrt(version: str, *, parse_ok: bool = True) -> types.ModuleType:
             return Tensor("labels", (-1, -1, -1), "DataType.INT32")
 
     class Cache:
+        def __init__(self, data=b""):
+            self.data = data
+
         def serialize(self):
+            if trt.calls.get("serialize_fails"):
+                raise RuntimeError("serialize failed")
             return b"CACHE"
 
     class Config:
@@ -207,11 +212,12 @@ def _fake_tensorrt(version: str, *, parse_ok: bool = True) -> types.ModuleType:
             return 0
 
         def create_timing_cache(self, data):
-            trt.calls["cache_in"] = data
-            return Cache()
+            trt.calls["cache_in"] = bytes(data)
+            return Cache(bytes(data))
 
-        def set_timing_cache(self, cache, ignore_mismatch):
-            return True
+        def set_timing_cache(self, cache, ignore_mismatch):  # like TensorRT: false for another device's cache
+            trt.calls.setdefault("cache_set", []).append(cache.data)
+            return cache.data != b"FOREIGN"
 
         def get_timing_cache(self):
             return Cache()
@@ -220,7 +226,9 @@ def _fake_tensorrt(version: str, *, parse_ok: bool = True) -> types.ModuleType:
         def __init__(self):
             self.shapes = {}
 
-        def set_shape(self, name, mn, opt, mx):
+        def set_shape(self, name, mn, opt, mx):  # the Python API raises where C++ returns false
+            if mn[0] == 0:
+                raise RuntimeError("Error in set_shape")
             self.shapes[name] = (mn, opt, mx)
 
     class Builder:
@@ -264,12 +272,18 @@ def _fake_tensorrt(version: str, *, parse_ok: bool = True) -> types.ModuleType:
 
         def parse_from_file(self, path):
             trt.calls["parsed"] = path
+            trt.calls.setdefault("order", []).append("parse")
             return parse_ok
 
         def get_error(self, i):
             return ParserError()
 
+    def init_libnvinfer_plugins(logger, namespace):
+        trt.calls.setdefault("order", []).append(f"plugins:{namespace!r}")
+        return True
+
     trt.ILogger, trt.IProgressMonitor, trt.Builder, trt.OnnxParser = ILogger, IProgressMonitor, Builder, OnnxParser
+    trt.init_libnvinfer_plugins = init_libnvinfer_plugins
     trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=1)
     trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
     trt.BuilderFlag = types.SimpleNamespace(FP16="FP16")
@@ -303,8 +317,51 @@ def test_build_engine_with_fake_tensorrt(monkeypatch, tmp_path, version, kind, p
     assert info["inputs"] == [{"name": "image", "dtype": "float32", "shape": [-1, 3, -1, -1]}]
     assert info["engine_bytes"] == 6 and not info["timing_cache_loaded"]
     assert sorted(p.name for p in engine.parent.iterdir()) == ["m.engine"]  # no temp files left
+    assert fake.calls["order"] == ["plugins:''", "parse"] and info["plugins_loaded"]  # DeformConv's plugin
     build_engine(onnx_path, engine, precision=precision, profiles=PROFILE, timing_cache=cache, progress=False)
     assert fake.calls["cache_in"] == b"CACHE"  # the saved cache is loaded next time
+
+
+def _build_with_cache(monkeypatch, tmp_path, cache_bytes, **calls):
+    fake = _fake_tensorrt("10.15.1")
+    fake_calls = dict(calls)
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    onnx_path, engine, cache = tmp_path / "m.onnx", tmp_path / "m.engine", tmp_path / "timing.cache"
+    onnx.save(_seg_model(), str(onnx_path))
+    cache.write_bytes(cache_bytes)
+    original = fake.Builder.create_builder_config
+
+    def config(self):
+        made = original(self)
+        fake.calls.update(fake_calls)
+        return made
+
+    monkeypatch.setattr(fake.Builder, "create_builder_config", config)
+    info = build_engine(onnx_path, engine, profiles=PROFILE, timing_cache=cache, progress=False)
+    return fake, info, engine, cache
+
+
+def test_timing_cache_from_another_device_is_not_reported_loaded(monkeypatch, tmp_path):
+    fake, info, engine, cache = _build_with_cache(monkeypatch, tmp_path, b"FOREIGN")
+    assert fake.calls["cache_set"] == [b"FOREIGN", b""]  # refused, then an empty cache
+    assert not info["timing_cache_loaded"] and info["timing_cache_saved"]
+    assert engine.read_bytes() == b"ENGINE" and cache.read_bytes() == b"CACHE"  # rewritten for this device
+    fake, info, engine, cache = _build_with_cache(monkeypatch, tmp_path, b"MINE")
+    assert fake.calls["cache_set"] == [b"MINE"] and info["timing_cache_loaded"]
+
+
+def test_engine_is_written_before_the_timing_cache(monkeypatch, tmp_path):
+    fake, info, engine, cache = _build_with_cache(monkeypatch, tmp_path, b"OLD", serialize_fails=True)
+    assert engine.read_bytes() == b"ENGINE"  # a failure saving the cache does not lose the finished engine
+    assert not info["timing_cache_saved"] and cache.read_bytes() == b"OLD"
+
+
+def test_profile_set_shape_runtime_error_becomes_export_error(monkeypatch, tmp_path, onnx_file):
+    monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt("11.2.0"))
+    bad = [dict(PROFILE[0], min=(0, 3, 32, 32))]
+    with pytest.raises(ExportError, match="rejected the shape range"):
+        build_engine(onnx_file, tmp_path / "m.engine", profiles=bad, progress=False)
+    assert not (tmp_path / "m.engine").exists()
 
 
 def test_build_engine_parser_errors_and_profiles(monkeypatch, tmp_path, onnx_file):
@@ -365,11 +422,21 @@ def test_build_and_run_real_engine(tmp_path, kind, precision):
 
 
 # ---------------------------------------------------------------------------------------------- runner, faked
-def _fake_runtime_modules():
-    """A fake tensorrt (engine: labels = round(2 * x) as int32) and a host-memory fake of cuda-python."""
+def _fake_runtime_modules(num_profiles: int = 1):
+    """A fake tensorrt (engine: labels = round(2 * x) as int32) and a host-memory fake of cuda-python.
+
+    ``trt.events`` records, in order, plugin registration and the CUDA device that is current (per the fake
+    cudart or the fake torch, which share ``trt.state``) when the engine is deserialised and executed.
+    """
     import ctypes
 
     keep = {}
+    state = {"current": 0}
+    events = []
+
+    def set_device(d):
+        state["current"] = d
+        return (0,)
 
     def malloc(n):
         buf = ctypes.create_string_buffer(n)
@@ -379,7 +446,7 @@ def _fake_runtime_modules():
     cudart = types.SimpleNamespace(
         cudaError_t=types.SimpleNamespace(cudaSuccess=0),
         cudaMemcpyKind=types.SimpleNamespace(cudaMemcpyHostToDevice=1, cudaMemcpyDeviceToHost=2),
-        cudaSetDevice=lambda d: (0,), cudaStreamCreate=lambda: (0, 7), cudaStreamSynchronize=lambda s: (0,),
+        cudaSetDevice=set_device, cudaGetDevice=lambda: (0, state["current"]), cudaStreamCreate=lambda: (0, 7), cudaStreamSynchronize=lambda s: (0,),
         cudaStreamDestroy=lambda s: (0,), cudaMalloc=malloc, cudaFree=lambda p: (keep.pop(p, None), 0)[1:],
         cudaMemcpyAsync=lambda dst, src, n, kind, stream: (ctypes.memmove(dst, src, n), 0)[1:],
     )
@@ -388,6 +455,8 @@ def _fake_runtime_modules():
     trt.TensorIOMode = types.SimpleNamespace(INPUT="in", OUTPUT="out")
     trt.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, level: None})
     trt.nptype = lambda t: {"f32": np.float32, "i32": np.int32}[t]
+    trt.state, trt.events = state, events
+    trt.init_libnvinfer_plugins = lambda logger, namespace: events.append(f"plugins:{namespace!r}") or True
 
     class Context:
         def __init__(self):
@@ -404,7 +473,13 @@ def _fake_runtime_modules():
         def set_tensor_address(self, name, ptr):
             self.addr[name] = ptr
 
+        def set_optimization_profile_async(self, index, stream):  # the Python API raises, never returns false
+            if index >= num_profiles:
+                raise RuntimeError("Error in set optimization profile.")
+            return True
+
         def execute_async_v3(self, stream):
+            events.append(f"execute on cuda:{state['current']}")
             n = int(np.prod(self.shape))
             x = np.ctypeslib.as_array(ctypes.cast(self.addr["image"], ctypes.POINTER(ctypes.c_float)), (n,))
             y = np.ctypeslib.as_array(ctypes.cast(self.addr["labels"], ctypes.POINTER(ctypes.c_int32)), (n,))
@@ -412,7 +487,7 @@ def _fake_runtime_modules():
             return stream == 7
 
     class Engine:
-        num_io_tensors, num_optimization_profiles = 2, 1
+        num_io_tensors, num_optimization_profiles = 2, max(num_profiles, 1)
 
         def get_tensor_name(self, i):
             return ["image", "labels"][i]
@@ -434,6 +509,7 @@ def _fake_runtime_modules():
             pass
 
         def deserialize_cuda_engine(self, data):
+            events.append(f"deserialize on cuda:{state['current']}")
             return Engine() if data == b"ENGINE" else None
 
     trt.Runtime = Runtime
@@ -468,3 +544,60 @@ def test_runner_with_fake_tensorrt_and_cuda_python(monkeypatch, tmp_path):
     engine.write_bytes(b"garbage")
     with pytest.raises(RuntimeBackendError, match="could not deserialize"):
         TensorRTRunner(engine)
+
+
+def _fake_torch(state):
+    """torch with CPU tensors standing in for device memory; ``cuda.device(i)`` sets ``state['current']``."""
+    import contextlib
+
+    import torch
+
+    @contextlib.contextmanager
+    def device(index):
+        previous, state["current"] = state["current"], int(index)
+        try:
+            yield
+        finally:
+            state["current"] = previous
+
+    stream = types.SimpleNamespace(cuda_stream=7, synchronize=lambda: None)
+    cuda = types.SimpleNamespace(device=device, Stream=lambda device=None: stream, stream=lambda s: contextlib.nullcontext())
+    return types.SimpleNamespace(cuda=cuda, from_numpy=torch.from_numpy, device=lambda kind, index: torch.device("cpu"),
+                                 empty=lambda n, dtype, device: torch.empty(n, dtype=dtype))
+
+
+@pytest.mark.parametrize("memory", ["torch", "cuda-python"])
+def test_runner_makes_its_device_current_for_load_and_run(monkeypatch, tmp_path, memory):
+    from semask_deploy.runtime import trt_runner
+
+    trt, cudart = _fake_runtime_modules()
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    if memory == "torch":
+        backend = lambda device: trt_runner._TorchMemory(_fake_torch(trt.state), device)  # noqa: E731
+    else:
+        backend = lambda device: trt_runner._CudaPythonMemory(cudart, device)  # noqa: E731
+    monkeypatch.setattr(trt_runner, "_memory_backend", backend)
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"ENGINE")
+    with TensorRTRunner(engine, device=1) as runner:
+        trt.state["current"] = 0  # e.g. torch or another runner switched devices in between
+        x = np.array([[0.5, 1.0, -2.0]], np.float32)
+        np.testing.assert_array_equal(runner.run({"image": x})["labels"], [[1, 2, -4]])
+    assert trt.events == ["plugins:''", "deserialize on cuda:1", "execute on cuda:1"]
+    assert trt.state["current"] == 0  # the caller's device is restored
+
+
+def test_runner_profile_selection_error_is_a_backend_error(monkeypatch, tmp_path):
+    from semask_deploy.runtime import trt_runner
+
+    trt, cudart = _fake_runtime_modules(num_profiles=2)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setattr(trt_runner, "_memory_backend", lambda device: trt_runner._CudaPythonMemory(cudart, device))
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"ENGINE")
+    with TensorRTRunner(engine, profile_index=1) as runner:  # a profile the engine has
+        assert runner.profile_index == 1
+    engine_cls = type(trt.Runtime(None).deserialize_cuda_engine(b"ENGINE"))
+    monkeypatch.setattr(engine_cls, "num_optimization_profiles", 3)  # claims 3, the context raises for index 2
+    with pytest.raises(RuntimeBackendError, match="optimisation profile 2"):
+        TensorRTRunner(engine, profile_index=2)

@@ -164,11 +164,74 @@ def _qdq_model(zero_point=0, zp_type=TensorProto.INT8, scale=(0.02,), axis=None)
 
 
 def test_qdq_symmetric_int8_ok():
-    report = check_onnx_for_tensorrt(_qdq_model())
+    report = check_onnx_for_tensorrt(_qdq_model())  # per-tensor activation, per-channel int8 weight (dq_w)
     assert report.ok, report.format()
     assert report.op_counts["DequantizeLinear"] == 2
+
+
+def test_per_channel_qdq_only_for_weights():
+    # TensorRT: per-channel scales are for weights only; an activation must be quantized per-tensor
     per_channel = check_onnx_for_tensorrt(_qdq_model(scale=(0.1, 0.2, 0.3), axis=1))
-    assert per_channel.ok, per_channel.format()
+    assert not per_channel.ok
+    bad = {(op, tuple(names)) for op, _, names in per_channel.unsupported}
+    assert ("QuantizeLinear", ("q_x",)) in bad and ("DequantizeLinear", ("dq_x",)) in bad
+    assert not any("dq_w" in names for _, _, names in per_channel.unsupported)  # the int8 weight stays fine
+    assert any("weights only" in r for r in _reasons(per_channel, "QuantizeLinear"))
+    # a float weight quantized per channel through Q -> DQ is a weight, too
+    inits = [numpy_helper.from_array(np.random.rand(4, 3, 3, 3).astype(np.float32), "w_f"),
+             numpy_helper.from_array(np.full(4, 0.01, np.float32), "w_s"),
+             numpy_helper.from_array(np.zeros(4, np.int8), "w_z")]
+    nodes = [helper.make_node("QuantizeLinear", ["w_f", "w_s", "w_z"], ["w_q"], axis=0, name="q_w"),
+             helper.make_node("DequantizeLinear", ["w_q", "w_s", "w_z"], ["w"], axis=0, name="dq_w"),
+             helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])]
+    model = _model(nodes, [_vi("x", TensorProto.FLOAT, [1, 3, 8, 8])], [_vi("y", TensorProto.FLOAT, None)], inits)
+    assert check_onnx_for_tensorrt(model).ok
+
+
+def test_qdq_without_zero_point_is_int8():
+    # ONNX infers UINT8 for a QuantizeLinear without a zero point; the TensorRT parser makes it INT8
+    inits = [numpy_helper.from_array(np.array(0.02, np.float32), "s")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s"], ["xq"], name="q"),
+             helper.make_node("DequantizeLinear", ["xq", "s"], ["y"], name="dq")]
+    model = _model(nodes, [_vi("x", TensorProto.FLOAT, [1, 4])], [_vi("y", TensorProto.FLOAT, None)], inits)
+    report = check_onnx_for_tensorrt(model)
+    assert report.ok, report.format()
+    # an explicit uint8 zero point is still UINT8, and refused
+    zp = numpy_helper.from_array(np.array(0, np.uint8), "zp")
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["xq"], name="q"),
+             helper.make_node("DequantizeLinear", ["xq", "s", "zp"], ["y"], name="dq")]
+    model = _model(nodes, [_vi("x", TensorProto.FLOAT, [1, 4])], [_vi("y", TensorProto.FLOAT, None)], inits + [zp])
+    assert any("UINT8" in r for r in _reasons(check_onnx_for_tensorrt(model), "QuantizeLinear"))
+
+
+@pytest.mark.parametrize("qtype, ok", [(TensorProto.FLOAT8E4M3FN, True), (TensorProto.INT4, True),
+                                       (TensorProto.INT8, False)])
+def test_block_quantization(qtype, ok):
+    # weight (4, 8) quantized in blocks of 4 along axis 1: scale (4, 2)
+    zp_np = {TensorProto.INT8: np.int8}.get(qtype)
+    zp = (numpy_helper.from_array(np.zeros((4, 2), zp_np), "zp") if zp_np is not None
+          else helper.make_tensor("zp", qtype, [4, 2], [0] * 8))
+    inits = [numpy_helper.from_array(np.random.rand(4, 8).astype(np.float32), "w_f"),
+             numpy_helper.from_array(np.full((4, 2), 0.01, np.float32), "w_s"), zp]
+    nodes = [helper.make_node("QuantizeLinear", ["w_f", "w_s", "zp"], ["w_q"], axis=1, block_size=4, name="q_w"),
+             helper.make_node("DequantizeLinear", ["w_q", "w_s", "zp"], ["w"], axis=1, block_size=4, name="dq_w"),
+             helper.make_node("MatMul", ["x", "w"], ["y"])]
+    model = _model(nodes, [_vi("x", TensorProto.FLOAT, [2, 4])], [_vi("y", TensorProto.FLOAT, None)], inits, opset=21)
+    report = check_onnx_for_tensorrt(model)
+    assert report.ok is ok, report.format()
+    if not ok:
+        assert any("block quantization" in r for r in _reasons(report, "DequantizeLinear"))
+
+
+def test_deform_conv_supported_through_the_plugin():
+    inits = [numpy_helper.from_array(np.random.rand(4, 3, 3, 3).astype(np.float32), "w")]
+    nodes = [helper.make_node("DeformConv", ["x", "w", "offset", "", "mask"], ["y"], name="dcn",
+                              kernel_shape=[3, 3], pads=[1, 1, 1, 1])]
+    inputs = [_vi("x", TensorProto.FLOAT, [1, 3, 8, 8]), _vi("offset", TensorProto.FLOAT, [1, 18, 8, 8]),
+              _vi("mask", TensorProto.FLOAT, [1, 9, 8, 8])]
+    report = check_onnx_for_tensorrt(_model(nodes, inputs, [_vi("y", TensorProto.FLOAT, None)], inits, opset=19))
+    assert report.ok, report.format()
+    assert any("ModulatedDeformConv2d" in w and "init_libnvinfer_plugins" in w for w in report.warnings)
 
 
 def test_qdq_constraints_reported():

@@ -172,6 +172,7 @@ def test_custom_ops_opcheck_and_compile(device):
     _close(compiled4(q4, k4, v4, 7, kb, vb), ref4, torch.float32)
 
 
+@pytest.mark.slow  # ptxas for several targets: minutes on a small CPU
 def test_compiles_for_nvidia_targets(aot_compile):
     """Compile the GPU configurations the launcher picks, for sm_80/sm_90 (no GPU needed)."""
     tdt = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

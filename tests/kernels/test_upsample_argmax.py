@@ -115,6 +115,7 @@ def test_custom_op_opcheck_and_compile(device):
     assert torch.equal(compiled(logits, (9, 13)), ref)
 
 
+@pytest.mark.slow  # ptxas for several targets: minutes on a small CPU
 def test_compiles_for_nvidia_targets(aot_compile):
     jobs = [
         dict(
