@@ -208,7 +208,8 @@ class WindowAttention(nn.Module):
         attn = q @ k.transpose(-2, -1) + self.relative_bias().unsqueeze(0)
         if mask is not None:
             nw = mask.shape[0]
-            attn = attn.view(bw // nw, nw, self.num_heads, n, n) + mask.unsqueeze(1).unsqueeze(0)
+            # the region mask is built in float32; a half-precision model keeps its own dtype
+            attn = attn.view(bw // nw, nw, self.num_heads, n, n) + mask.to(attn.dtype).unsqueeze(1).unsqueeze(0)
             attn = attn.view(-1, self.num_heads, n, n)
         attn = attn.softmax(dim=-1)
         out = (attn @ v).transpose(1, 2).reshape(bw, n, c)
