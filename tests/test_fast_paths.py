@@ -144,3 +144,21 @@ def test_fused_linear_without_biases_runs_the_layers():
     with torch.inference_mode():
         for got, layer in zip(fast.fused_linear(layers, x), layers):
             torch.testing.assert_close(got, layer(x))
+
+
+def test_eager_runs_in_bfloat16():
+    """A bf16 eager model: the float32 shift mask must follow the attention's dtype (attn @ v failed)."""
+    import semask_deploy as sd
+    from semask_deploy.config import SeMaskConfig
+
+    cfg = SeMaskConfig(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=7, sem_window_size=7,
+                       num_classes=5, sem_num_classes=5, sem_modes=("window", "window", "global", "global"),
+                       head_channels=16)
+    torch.manual_seed(0)
+    model = sd.build_model(cfg, attention_backend="eager").eval()
+    x = torch.randn(1, 3, 70, 90)
+    with torch.no_grad():
+        ref = model(x)
+        out = model.to(torch.bfloat16)(x.bfloat16())
+    assert out.dtype == torch.bfloat16
+    assert (out.float() - ref).abs().max() < 0.1 * ref.abs().max()
