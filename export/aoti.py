@@ -1,0 +1,236 @@
+"""PyTorch → AOTInductor package (``.pt2``): the model compiled ahead of time for LibTorch and Python.
+
+The package holds the same graph as the ONNX export (:func:`semask_deploy.export.onnx._wrapper`)::
+
+    image    float32 (N, 3, H, W), normalised RGB
+      → labels  int32   (N, H, W)                 always
+      → logits  float32 (N, K, H, W)              with ``with_logits``
+
+traced with ``torch.export`` (dynamic N, H, W unless fixed) in the ``sdpa`` attention backend and compiled
+by ``torch._inductor.aoti_compile_and_package``: on the CPU into C++ kernels built with the system C++
+compiler, on a GPU (``device="cuda"``) into CUDA/Triton kernels. It loads in Python with
+``torch._inductor.aoti_load_package`` and in C++ with ``torch::inductor::AOTIModelPackageLoader``
+(``examples/cpp/semask_aoti.cpp``).
+
+Compile time on a 2-core CPU for the demo model is a few minutes (the C++ compile of the generated kernels
+dominates); a full-size SeMask takes longer. Progress is reported per phase.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from semask_deploy.errors import ConfigError, ExportError, require
+
+#: the package suffix (``Segmenter`` picks the AOTInductor backend from it)
+SUFFIX = ".pt2"
+#: dynamic H/W range of the compiled graph (inputs outside it are rejected by the package)
+MIN_HW, MAX_HW = 32, 4096
+
+
+@dataclass
+class AotiExportInfo:
+    """What :func:`export_aoti` produced (for the metadata sidecar)."""
+
+    path: Path
+    device: str
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+    dynamic: dict[str, bool]
+    trace_shape: list[int]
+    seconds_export: float
+    seconds_compile: float
+    inductor_configs: dict[str, Any] = field(default_factory=dict)
+
+
+def inductor_configs() -> dict[str, Any]:
+    """Inductor options used for the package (recorded in the sidecar).
+
+    Autotuning is off (the default; it would benchmark kernels at compile time). On the CPU the C++
+    compile is one g++ process per package, so its time is what it is; see the README for numbers.
+    """
+    return {"max_autotune": False}
+
+
+def export_aoti(
+    model: Any,
+    path: str | Path,
+    *,
+    with_logits: bool = False,
+    static_hw: tuple[int, int] | None = None,
+    static_batch: int | None = None,
+    device: str = "cpu",
+    progress: Callable[[str], None] | None = None,
+) -> AotiExportInfo:
+    """Export a :class:`~semask_deploy.model.SeMaskSegmentor` to an AOTInductor package.
+
+    Args:
+        model: the segmentor (fp32; traced in the ``sdpa`` backend, restored afterwards).
+        path: destination ``.pt2`` (written as is: callers write to a temporary path and rename).
+        with_logits: also output ``logits`` float32 (N, K, H, W).
+        static_hw: fixed (H, W); default: dynamic H and W in [32, 4096].
+        static_batch: fixed batch size; default: dynamic N.
+        device: ``"cpu"`` (C++ kernels) or ``"cuda"`` (CUDA/Triton kernels; needs a GPU).
+        progress: called with one line per phase.
+
+    Returns:
+        :class:`AotiExportInfo`.
+
+    Raises:
+        ConfigError: a bad device or size.
+        ExportError: tracing or compilation failed (with the first error line).
+    """
+    torch = require("torch", "dev")
+    from semask_deploy.export.onnx import INPUT_FLOAT, _first_line, _quiet_exporter, _wrapper, trace_size
+
+    say = progress or (lambda _t: None)
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ConfigError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda needs a CUDA GPU and a CUDA build of torch; use --device cpu here")
+    if next(model.parameters()).dtype != torch.float32:
+        raise ExportError("export needs the fp32 model")
+    if static_batch is not None and static_batch < 1:
+        raise ConfigError(f"batch must be positive, got {static_batch}")
+    path = Path(path)
+    cfg = model.config
+    if static_hw is not None:
+        h, w = (int(v) for v in static_hw)
+    else:
+        h, w = trace_size(cfg.window_size, cfg.sem_window_size, cfg.patch_size)
+    n = static_batch if static_batch is not None else 2
+    example = torch.randn(n, 3, h, w, device=device)
+    dims: dict[int, Any] = {}
+    if static_batch is None:
+        dims[0] = torch.export.Dim.DYNAMIC
+    if static_hw is None:
+        dims[2] = dims[3] = torch.export.Dim.DYNAMIC
+    wrapper = _wrapper(model, with_logits, preprocess=False).to(device)
+    previous, was_training = model.attention_backend, model.training
+    model.set_attention_backend("sdpa").eval()
+    t0 = time.perf_counter()
+    try:
+        say(f"torch.export at {n}x3x{h}x{w} ({'dynamic' if dims else 'static'} shapes)")
+        with _quiet_exporter(), torch.no_grad():
+            try:
+                ep = torch.export.export(wrapper, (example,), dynamic_shapes={"image": dims} if dims else None,
+                                         strict=False)
+            except Exception as exc:  # noqa: BLE001 - torch.export raises many types
+                raise ExportError(f"torch.export could not trace the model: {_first_line(exc)}") from exc
+        t_export = time.perf_counter() - t0
+        say(f"traced in {t_export:.0f} s; compiling with AOTInductor for {device} (the C++/Triton compile takes "
+            "minutes)")
+        t1 = time.perf_counter()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        configs = inductor_configs()
+        with _quiet_exporter(), _heartbeat(say, t1):
+            try:
+                out = torch._inductor.aoti_compile_and_package(ep, package_path=str(path),
+                                                               inductor_configs=configs)
+            except Exception as exc:  # noqa: BLE001
+                raise ExportError(f"AOTInductor compilation failed: {_first_line(exc)}") from exc
+        t_compile = time.perf_counter() - t1
+    finally:
+        model.set_attention_backend(previous)
+        model.train(was_training)
+    if Path(out) != path or not path.is_file():
+        raise ExportError(f"AOTInductor did not write {path} (got {out})")
+    dyn = {"N": static_batch is None, "H": static_hw is None, "W": static_hw is None}
+    nd = "N" if dyn["N"] else n
+    hd, wd = ("H", "W") if dyn["H"] else (h, w)
+    inputs = [{"name": INPUT_FLOAT, "dtype": "float32", "shape": [nd, 3, hd, wd]}]
+    outputs = [{"name": "labels", "dtype": "int32", "shape": [nd, hd, wd]}]
+    if with_logits:
+        outputs.append({"name": "logits", "dtype": "float32", "shape": [nd, int(cfg.num_classes), hd, wd]})
+    return AotiExportInfo(path=path, device=device, inputs=inputs, outputs=outputs, dynamic=dyn,
+                          trace_shape=list(example.shape), seconds_export=round(t_export, 1),
+                          seconds_compile=round(t_compile, 1), inductor_configs=configs)
+
+
+@contextlib.contextmanager
+def _heartbeat(say: Callable[[str], None], t0: float, every: float = 30.0):
+    """Print "still compiling (N s)" every ``every`` seconds from a daemon thread while the body runs."""
+    import threading
+
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(every):
+            say(f"still compiling ({time.perf_counter() - t0:.0f} s)")
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=1.0)
+
+
+def load_package(path: str | Path, device: str | None = None) -> Any:
+    """Load a ``.pt2`` package for Python (``torch._inductor.aoti_load_package``).
+
+    Returns:
+        A callable: float32 (N, 3, H, W) tensor → labels (and logits) as the package was exported.
+
+    Raises:
+        ExportError: the package cannot be loaded (another torch version, a GPU package on a CPU, …).
+    """
+    torch = require("torch", "dev")
+    try:
+        if device is None:
+            return torch._inductor.aoti_load_package(str(path))
+        return torch._inductor.aoti_load_package(str(path), device_index=_device_index(device))
+    except Exception as exc:  # noqa: BLE001
+        from semask_deploy.export.onnx import _first_line
+
+        raise ExportError(f"cannot load the AOTInductor package {path}: {_first_line(exc)} (it must be loaded by "
+                          "the torch version and device kind it was compiled for)") from exc
+
+
+def _device_index(device: str) -> int:
+    return int(device.split(":", 1)[1]) if ":" in device else -1
+
+
+def verify_aoti(path: str | Path, model: Any, images: list[Any], *, device: str = "cpu") -> dict[str, Any]:
+    """Run the package and the fp32 PyTorch model on the same normalised inputs; compare labels (and logits).
+
+    Args:
+        path: the ``.pt2``.
+        model: the fp32 segmentor.
+        images: uint8 RGB (H, W, 3) images (one per checked size).
+
+    Returns:
+        ``{"ok": bool, "cases": [{"hw", "label_agreement", "max_abs_logit_err"?}], "tolerance": ...}``;
+        ok when every case has ≥ 99.9 % equal labels (fp32: measured 100 %).
+    """
+    torch = require("torch", "dev")
+    from semask_deploy.data.transforms import normalize
+
+    runner = load_package(path, device if device != "cpu" else None)
+    cases = []
+    ok = True
+    previous = model.attention_backend
+    model.set_attention_backend("sdpa")
+    try:
+        for img in images:
+            x = torch.from_numpy(normalize(img)[None]).to(device)
+            with torch.no_grad():
+                got = runner(x)
+                ref_logits = model(x)
+            got_labels, got_logits = (got[0], got[1]) if isinstance(got, (tuple, list)) and len(got) == 2 else (
+                got[0] if isinstance(got, (tuple, list)) else got, None)
+            ref_labels = ref_logits.argmax(1).to(torch.int32)
+            agree = float((got_labels.cpu() == ref_labels.cpu()).float().mean())
+            case: dict[str, Any] = {"hw": list(img.shape[:2]), "label_agreement": agree}
+            if got_logits is not None:
+                case["max_abs_logit_err"] = float((got_logits - ref_logits).abs().max())
+            ok = ok and agree >= 0.999
+            cases.append(case)
+    finally:
+        model.set_attention_backend(previous)
+    return {"ok": ok, "cases": cases, "tolerance": {"min_label_agreement": 0.999}}
