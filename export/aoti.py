@@ -65,6 +65,7 @@ def export_aoti(
     static_batch: int | None = None,
     device: str = "cpu",
     progress: Callable[[str], None] | None = None,
+    metadata: dict[str, str] | None = None,
 ) -> AotiExportInfo:
     """Export a :class:`~semask_deploy.model.SeMaskSegmentor` to an AOTInductor package.
 
@@ -76,6 +77,7 @@ def export_aoti(
         static_batch: fixed batch size; default: dynamic N.
         device: ``"cpu"`` (C++ kernels) or ``"cuda"`` (CUDA/Triton kernels; needs a GPU).
         progress: called with one line per phase.
+        metadata: strings stored in the package (``AOTIModelPackageLoader::get_metadata()``).
 
     Returns:
         :class:`AotiExportInfo`.
@@ -127,6 +129,8 @@ def export_aoti(
         t1 = time.perf_counter()
         path.parent.mkdir(parents=True, exist_ok=True)
         configs = inductor_configs()
+        if metadata:
+            configs["aot_inductor.metadata"] = dict(metadata)
         with _quiet_exporter(), _heartbeat(say, t1):
             try:
                 out = torch._inductor.aoti_compile_and_package(ep, package_path=str(path),
@@ -234,3 +238,102 @@ def verify_aoti(path: str | Path, model: Any, images: list[Any], *, device: str 
     finally:
         model.set_attention_backend(previous)
     return {"ok": ok, "cases": cases, "tolerance": {"min_label_agreement": 0.999}}
+
+
+def package_metadata(model: Any, with_logits: bool) -> dict[str, str]:
+    """String metadata stored inside the package (``AOTIModelPackageLoader::get_metadata()`` in C++), so an
+    app needs no sidecar for the pre/post-processing: test scale, normalisation, classes, outputs."""
+    from semask_deploy.config import IMAGENET_MEAN, IMAGENET_STD
+
+    cfg = model.config
+    return {
+        "semask.test_scale": ",".join(str(int(v)) for v in cfg.test_scale),
+        "semask.mean": ",".join(repr(float(v)) for v in IMAGENET_MEAN),
+        "semask.std": ",".join(repr(float(v)) for v in IMAGENET_STD),
+        "semask.num_classes": str(int(cfg.num_classes)),
+        "semask.outputs": "labels,logits" if with_logits else "labels",
+    }
+
+
+def run_aoti_export(o: Any) -> Any:
+    """``semask-export --fmt aoti``: checkpoint → ``<out>/<name>_aoti.pt2`` + ``<name>_aoti.json``, verified.
+
+    Steps: load → torch.export + AOTInductor compile (minutes) → load the package and compare its labels with
+    PyTorch fp32 at two other sizes → write. Everything is staged in a temporary folder inside ``--out`` and
+    renamed into place after verification.
+
+    Args:
+        o: :class:`~semask_deploy.export.pipeline.ExportOptions` with ``fmt == "aoti"``.
+
+    Returns:
+        :class:`~semask_deploy.export.pipeline.ExportResult` with ``aoti_path`` / ``aoti_sidecar``.
+    """
+    import os
+    import shutil
+    import tempfile
+
+    from semask_deploy.export import metadata as md
+    from semask_deploy.export.pipeline import ExportResult, _load_model, _Steps, _verify_images, resolve_shapes
+    from semask_deploy.export.verify import verify_sizes
+
+    t_start = time.perf_counter()
+    steps = _Steps(4, o.quiet)
+    model, source, stem = _load_model(o)
+    cfg = model.config
+    shapes = resolve_shapes(o, cfg.crop_size)
+    base = o.name or f"{stem}_{o.precision}"
+    out = Path(o.out)
+    pkg = out / f"{base}_aoti{SUFFIX}"
+    existing = [p for p in (pkg, md.sidecar_path(pkg)) if p.exists()]
+    if existing and not o.force:
+        raise ConfigError(f"{', '.join(str(p) for p in existing)} already exist(s); use --force to overwrite or "
+                          "--name/--out to write elsewhere")
+    result = ExportResult()
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{base}.", suffix=".tmp", dir=out))
+    try:
+        t = steps.start(f"compiling {cfg.name} with AOTInductor for {o.device} "
+                        f"({'static ' + 'x'.join(map(str, shapes.static_hw)) if shapes.static_hw else 'dynamic H, W'}"
+                        f"{', + logits' if o.with_logits else ''}; this takes minutes)")
+        staged = work / pkg.name
+        info = export_aoti(model, staged, with_logits=o.with_logits, static_hw=shapes.static_hw,
+                           static_batch=shapes.static_batch, device=o.device, progress=steps.info,
+                           metadata=package_metadata(model, o.with_logits))
+        steps.info(f"done: export {info.seconds_export:.0f} s, compile {info.seconds_compile:.0f} s "
+                   f"({time.perf_counter() - t:.0f} s)")
+        verification = None
+        steps.start("verifying the package against PyTorch fp32" if o.verify else "verification skipped (--no-verify)")
+        if o.verify:
+            sizes = verify_sizes(shapes.opt_hw, shapes.min_hw, shapes.max_hw, static=shapes.static_hw is not None)
+            images, desc = _verify_images(o, sizes, cfg.num_classes, [])
+            verification = verify_aoti(staged, model, images, device=o.device)
+            verification["inputs"] = desc
+            for case in verification["cases"]:
+                steps.info(f"{case['hw'][0]}x{case['hw'][1]}: labels {case['label_agreement'] * 100:.3f} % equal"
+                           + (f", max |Δlogit| {case['max_abs_logit_err']:.2e}" if "max_abs_logit_err" in case else ""))
+            if not verification["ok"]:
+                raise ExportError("verification failed: the AOTInductor package's labels differ from PyTorch's on more "
+                                  "than 0.1 % of the pixels; nothing was written (--no-verify keeps it anyway)")
+        steps.start(f"writing {pkg}")
+        meta = md.build_metadata(
+            artifact=pkg, kind="aoti", precision="fp32", model=model, inputs=info.inputs, outputs=info.outputs,
+            dynamic=info.dynamic, profiles=[], preprocess=False, opset=None, source=source,
+            extra={"verification": verification,
+                   "aoti": {"device": info.device, "inductor_configs": info.inductor_configs,
+                            "package_metadata": package_metadata(model, o.with_logits),
+                            "loader": "torch._inductor.aoti_load_package / torch::inductor::AOTIModelPackageLoader; "
+                                      "needs the torch version it was compiled with"},
+                   "export": {"seconds": None, "seconds_trace": info.seconds_export,
+                              "seconds_compile": info.seconds_compile, "trace_shape": info.trace_shape,
+                              "attention_backend_traced": "sdpa"}},
+        )
+        meta["export"]["seconds"] = round(time.perf_counter() - t_start, 1)
+        staged_meta = md.write_sidecar(staged, meta)
+        os.replace(staged, pkg)
+        os.replace(staged_meta, md.sidecar_path(pkg))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    result.aoti_path, result.aoti_sidecar, result.metadata = pkg, md.sidecar_path(pkg), meta
+    result.verification = verification
+    result.seconds = round(time.perf_counter() - t_start, 1)
+    return result
