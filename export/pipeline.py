@@ -36,7 +36,7 @@ from semask_deploy.errors import (
     SemaskError,
 )
 
-FORMATS = ("onnx", "trt", "all")
+FORMATS = ("onnx", "trt", "all", "aoti")
 PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_MIN_HW = (256, 256)
 DEFAULT_MAX_HW = (1024, 2048)
@@ -70,6 +70,7 @@ class ExportOptions:
     int8_activations: str = "s8"
     workspace_gb: float = 4.0
     quiet: bool = False
+    device: str = "cpu"  # --fmt aoti: cpu (C++ kernels) or cuda (CUDA/Triton kernels)
     model: Any = None  # an in-memory SeMaskSegmentor instead of a checkpoint (library use)
 
     def __post_init__(self) -> None:  # library callers may pass str paths and list sizes
@@ -91,6 +92,8 @@ class ExportResult:
     onnx_sidecar: Path | None = None
     engine_path: Path | None = None
     engine_sidecar: Path | None = None
+    aoti_path: Path | None = None  # --fmt aoti: the .pt2 package and its sidecar
+    aoti_sidecar: Path | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     verification: dict[str, Any] | None = None
     trt_check: dict[str, Any] | None = None
@@ -180,6 +183,11 @@ def check_options(o: ExportOptions) -> None:
         raise ConfigError(f"--name must be a plain file name (letters, digits, . _ + -), got {o.name!r}")
     if o.timing_cache is not None and o.fmt == "onnx":
         raise ConfigError("--timing-cache is only used when building an engine (--fmt trt or all)")
+    if o.fmt == "aoti" and (o.precision != "fp32" or o.preprocess or o.timing_cache is not None):
+        raise ConfigError("--fmt aoti exports the fp32 model with a float32 normalised input: drop --precision "
+                          "fp16/int8, --preprocess and --timing-cache")
+    if o.device != "cpu" and o.fmt != "aoti":
+        raise ConfigError("--device is for --fmt aoti (ONNX and engines are device-independent or built by TensorRT)")
     if o.out.exists() and not o.out.is_dir():
         raise ConfigError(f"--out {o.out} exists and is not a folder")
 
@@ -262,6 +270,10 @@ def run_export(o: ExportOptions) -> ExportResult:
     from semask_deploy.export.verify import verify_onnx, verify_sizes
 
     check_options(o)
+    if o.fmt == "aoti":
+        from semask_deploy.export.aoti import run_aoti_export
+
+        return run_aoti_export(o)
     t_start = time.perf_counter()
     result = ExportResult()
     build = o.fmt in ("trt", "all")

@@ -10,10 +10,13 @@
 // brought back to the original size: bilinearly resized logits + argmax when the engine has "logits"
 // (what the reference pipeline does), otherwise nearest-neighbour resized labels.
 //
+// Pre/post-processing is semask_pipeline.h, shared with the AOTInductor app (and unit-tested there); the TensorRT
+// plugin library is initialised so plugin layers (DeformConv of the FaPN models) deserialise.
 // Written against the TensorRT 10 C++ API (createInferRuntime, deserializeCudaEngine, name-based tensors,
 // setInputShape/setTensorAddress/enqueueV3). Build with CMake; see README.md.
 
 #include <NvInfer.h>
+#include <NvInferPlugin.h>
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -37,6 +40,8 @@
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 #endif
+
+#include "semask_pipeline.h"  // shared with semask_aoti.cpp: PPM/PGM, keep-ratio resize, normalise, resize+argmax
 
 namespace {
 
@@ -63,10 +68,7 @@ struct Options {
     int benchIters = 0;
 };
 
-struct Image {  // 8-bit RGB, row-major H x W x 3
-    int width = 0, height = 0;
-    std::vector<uint8_t> rgb;
-};
+using semask::Image;
 
 // Device buffer freed on scope exit.
 struct DeviceBuffer {
@@ -133,62 +135,6 @@ std::vector<char> readFile(std::string const& path) {
     return std::vector<char>((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
 }
 
-#ifndef SEMASK_WITH_OPENCV
-// Binary PPM (P6, maxval 255) reader: the format every converter writes (`convert x.jpg x.ppm`).
-Image readPpm(std::string const& path) {
-    std::ifstream f(path, std::ios::binary);
-    if (!f) throw std::runtime_error("cannot open " + path);
-    auto token = [&]() {
-        std::string t;
-        while (f && t.empty()) {
-            int c = f.get();
-            if (c == std::char_traits<char>::eof()) break;
-            if (c == '#') {
-                std::string skip;
-                std::getline(f, skip);
-            } else if (!std::isspace(c)) {
-                t.push_back(static_cast<char>(c));
-                for (int p = f.peek(); p != std::char_traits<char>::eof() && !std::isspace(p); p = f.peek())
-                    t.push_back(static_cast<char>(f.get()));
-            }
-        }
-        if (t.empty()) throw std::runtime_error(path + ": truncated PPM header");
-        return t;
-    };
-    if (token() != "P6") throw std::runtime_error(path + ": not a binary PPM (P6); build with OpenCV for other formats");
-    Image img;
-    img.width = std::stoi(token());
-    img.height = std::stoi(token());
-    if (std::stoi(token()) != 255) throw std::runtime_error(path + ": only 8-bit PPM is supported");
-    f.get();  // the single whitespace after maxval
-    img.rgb.resize(static_cast<size_t>(img.width) * img.height * 3);
-    f.read(reinterpret_cast<char*>(img.rgb.data()), static_cast<std::streamsize>(img.rgb.size()));
-    if (!f) throw std::runtime_error(path + ": truncated PPM");
-    return img;
-}
-
-// Bilinear resize with half-pixel centres (cv::INTER_LINEAR's convention).
-Image resizeBilinear(Image const& src, int w, int h) {
-    Image dst{w, h, std::vector<uint8_t>(static_cast<size_t>(w) * h * 3)};
-    for (int y = 0; y < h; ++y) {
-        float sy = std::max(0.f, (y + 0.5f) * src.height / h - 0.5f);
-        int y0 = std::min(static_cast<int>(sy), src.height - 1), y1 = std::min(y0 + 1, src.height - 1);
-        float fy = sy - y0;
-        for (int x = 0; x < w; ++x) {
-            float sx = std::max(0.f, (x + 0.5f) * src.width / w - 0.5f);
-            int x0 = std::min(static_cast<int>(sx), src.width - 1), x1 = std::min(x0 + 1, src.width - 1);
-            float fx = sx - x0;
-            for (int c = 0; c < 3; ++c) {
-                auto p = [&](int yy, int xx) { return static_cast<float>(src.rgb[(static_cast<size_t>(yy) * src.width + xx) * 3 + c]); };
-                float v = (1 - fy) * ((1 - fx) * p(y0, x0) + fx * p(y0, x1)) + fy * ((1 - fx) * p(y1, x0) + fx * p(y1, x1));
-                dst.rgb[(static_cast<size_t>(y) * w + x) * 3 + c] = static_cast<uint8_t>(std::lround(std::clamp(v, 0.f, 255.f)));
-            }
-        }
-    }
-    return dst;
-}
-#endif
-
 Image readImage(std::string const& path) {
 #ifdef SEMASK_WITH_OPENCV
     cv::Mat bgr = cv::imread(path, cv::IMREAD_COLOR);
@@ -199,7 +145,7 @@ Image readImage(std::string const& path) {
     img.rgb.assign(rgb.data, rgb.data + rgb.total() * 3);  // imread + cvtColor give continuous memory
     return img;
 #else
-    return readPpm(path);
+    return semask::readPpm(path);
 #endif
 }
 
@@ -212,7 +158,7 @@ Image resizeImage(Image const& src, int w, int h) {
     dst.rgb.assign(out.data, out.data + out.total() * 3);
     return dst;
 #else
-    return resizeBilinear(src, w, h);
+    return semask::resizeLinearCv(src, w, h);  // OpenCV's INTER_LINEAR, bit for bit
 #endif
 }
 
@@ -223,10 +169,7 @@ void writeLabels(std::string const& path, std::vector<uint8_t> const& labels, in
 #else
     if (path.size() < 4 || path.substr(path.size() - 4) != ".pgm")
         std::cerr << "note: built without OpenCV, writing a PGM (P5) image to " << path << "\n";
-    std::ofstream f(path, std::ios::binary);
-    f << "P5\n" << w << " " << h << "\n255\n";
-    f.write(reinterpret_cast<char const*>(labels.data()), static_cast<std::streamsize>(labels.size()));
-    if (!f) throw std::runtime_error("cannot write " + path);
+    semask::writePgm(path, labels, w, h);
 #endif
 }
 
@@ -253,12 +196,6 @@ int64_t volume(nvinfer1::Dims const& d) {
     return v;
 }
 
-// mmseg keep-ratio rescale: the largest scale with long edge <= longEdge and short edge <= shortEdge.
-std::pair<int, int> keepRatioSize(int w, int h, int longEdge, int shortEdge) {
-    double s = std::min(static_cast<double>(longEdge) / std::max(w, h), static_cast<double>(shortEdge) / std::min(w, h));
-    return {static_cast<int>(w * s + 0.5), static_cast<int>(h * s + 0.5)};
-}
-
 struct TensorInfo {
     std::string name;
     nvinfer1::DataType type;
@@ -266,6 +203,8 @@ struct TensorInfo {
 
 int run(Options const& opt) {
     Logger logger;
+    if (!initLibNvInferPlugins(&logger, ""))  // plugin layers, e.g. ModulatedDeformConv2d (FaPN)
+        throw std::runtime_error("initLibNvInferPlugins failed");
     std::vector<char> blob = readFile(opt.engine);
     std::unique_ptr<nvinfer1::IRuntime> runtime{nvinfer1::createInferRuntime(logger)};
     if (!runtime) throw std::runtime_error("createInferRuntime failed");
@@ -301,7 +240,7 @@ int run(Options const& opt) {
         runH = static_cast<int>(declared.d[hAxis]);
         runW = static_cast<int>(declared.d[wAxis]);
     } else {
-        if (opt.resize) std::tie(runW, runH) = keepRatioSize(original.width, original.height, opt.longEdge, opt.shortEdge);
+        if (opt.resize) std::tie(runW, runH) = semask::keepRatioSize(original.width, original.height, opt.longEdge, opt.shortEdge);
         nvinfer1::Dims const mx = engine->getProfileShape(in.name.c_str(), 0, nvinfer1::OptProfileSelector::kMAX);
         nvinfer1::Dims const mn = engine->getProfileShape(in.name.c_str(), 0, nvinfer1::OptProfileSelector::kMIN);
         if (runH > mx.d[hAxis] || runW > mx.d[wAxis]) {  // shrink (keeping the ratio) into the profile
@@ -314,7 +253,6 @@ int run(Options const& opt) {
                                      std::to_string(mn.d[wAxis]) + ")");
     }
     Image const img = resizeImage(original, runW, runH);
-    size_t const plane = static_cast<size_t>(runW) * runH;
 
     nvinfer1::Dims shape{};
     shape.nbDims = 4;
@@ -331,9 +269,7 @@ int run(Options const& opt) {
     void const* hostIn = img.rgb.data();
     size_t inBytes = img.rgb.size();
     if (!uint8Input) {
-        chw.resize(3 * plane);
-        for (size_t p = 0; p < plane; ++p)
-            for (int c = 0; c < 3; ++c) chw[c * plane + p] = (img.rgb[p * 3 + c] - opt.mean[c]) / opt.stdev[c];
+        chw = semask::normalizeChw(img, opt.mean, opt.stdev);
         hostIn = chw.data();
         inBytes = chw.size() * sizeof(float);
     }
@@ -367,34 +303,16 @@ int run(Options const& opt) {
 
     // ---- back to the original size
     int const W = original.width, H = original.height;
-    std::vector<uint8_t> labels(static_cast<size_t>(W) * H);
+    std::vector<uint8_t> labels;
     auto index = [&](TensorInfo const* t) { return static_cast<size_t>(t - outputs.data()); };
-    if (logitsOut) {  // bilinear (align_corners=False) per class, argmax on the fly: no K x H x W buffer
+    if (logitsOut) {  // bilinear (align_corners=False, PyTorch's rule) and argmax, two rows at a time
         nvinfer1::Dims const& d = outShapes[index(logitsOut)];
         int const K = static_cast<int>(d.d[1]), h = static_cast<int>(d.d[2]), w = static_cast<int>(d.d[3]);
         std::vector<float> logits(static_cast<size_t>(K) * h * w);
         CUDA_CHECK(cudaMemcpyAsync(logits.data(), dOut[index(logitsOut)]->ptr, logits.size() * sizeof(float),
                                    cudaMemcpyDeviceToHost, stream));
         CUDA_CHECK(cudaStreamSynchronize(stream));
-        for (int y = 0; y < H; ++y) {
-            float sy = std::max(0.f, (y + 0.5f) * h / H - 0.5f);
-            int y0 = std::min(static_cast<int>(sy), h - 1), y1 = std::min(y0 + 1, h - 1);
-            float fy = sy - y0;
-            for (int x = 0; x < W; ++x) {
-                float sx = std::max(0.f, (x + 0.5f) * w / W - 0.5f);
-                int x0 = std::min(static_cast<int>(sx), w - 1), x1 = std::min(x0 + 1, w - 1);
-                float fx = sx - x0;
-                int best = 0;
-                float bestValue = -INFINITY;
-                for (int k = 0; k < K; ++k) {
-                    float const* l = logits.data() + static_cast<size_t>(k) * h * w;
-                    float v = (1 - fy) * ((1 - fx) * l[y0 * w + x0] + fx * l[y0 * w + x1]) +
-                              fy * ((1 - fx) * l[y1 * w + x0] + fx * l[y1 * w + x1]);
-                    if (v > bestValue) bestValue = v, best = k;
-                }
-                labels[static_cast<size_t>(y) * W + x] = static_cast<uint8_t>(std::min(best, 255));
-            }
-        }
+        labels = semask::labelsToBytes(semask::resizeArgmax(logits.data(), K, h, w, H, W));
     } else {  // nearest-neighbour resize of the int32 labels
         nvinfer1::Dims const& d = outShapes[index(labelsOut)];
         int const h = static_cast<int>(d.d[1]), w = static_cast<int>(d.d[2]);
@@ -402,11 +320,7 @@ int run(Options const& opt) {
         CUDA_CHECK(cudaMemcpyAsync(small.data(), dOut[index(labelsOut)]->ptr, small.size() * sizeof(int32_t),
                                    cudaMemcpyDeviceToHost, stream));
         CUDA_CHECK(cudaStreamSynchronize(stream));
-        for (int y = 0; y < H; ++y)
-            for (int x = 0; x < W; ++x) {
-                int32_t v = small[static_cast<size_t>(std::min(y * h / H, h - 1)) * w + std::min(x * w / W, w - 1)];
-                labels[static_cast<size_t>(y) * W + x] = static_cast<uint8_t>(std::clamp<int32_t>(v, 0, 255));
-            }
+        labels = semask::labelsToBytes(semask::resizeLabelsNearest(small.data(), h, w, H, W));
     }
     CUDA_CHECK(cudaStreamDestroy(stream));
     writeLabels(opt.output, labels, W, H);

@@ -17,6 +17,7 @@ EPILOG = """examples:
   semask-export --ckpt model.pth --static 512x512 --batch 1 --preprocess     # fixed size, uint8 NHWC input
   semask-export --check-trt exported/semask_swin_tiny_ade20k_fp32.onnx
   semask-export --demo --fmt triton --out repo/       # Triton model repository (see README "Serving")
+  semask-export --demo --fmt aoti --with-logits          # AOTInductor package for LibTorch/C++ (minutes)
 
 Writes <out>/<name>.onnx (+ <name>_trt.engine with --fmt trt|all), each with a <stem>.json metadata sidecar
 (I/O, shapes, normalisation, resize rule, classes, palette, precision, checkpoint SHA-256, versions,
@@ -32,6 +33,12 @@ int8: calibrated on --calib-images (first --calib-count images, resized to the o
 built-in synthetic scenes; calibration ranges are cached in $SEMASK_CACHE_DIR (default
 ~/.cache/semask-deploy). --int8-activations s8 (default) gives symmetric int8 Q/DQ that TensorRT accepts;
 u8 is faster with ONNX Runtime on x86 CPUs but not accepted by TensorRT.
+
+--fmt aoti writes <out>/<name>_aoti.pt2 (+ <name>_aoti.json): an AOTInductor package
+(torch._inductor.aoti_compile_and_package) of the fp32 model, same input and outputs, for
+torch._inductor.aoti_load_package, Segmenter("x.pt2") and the C++ app examples/cpp/semask_aoti.cpp. On the CPU
+it holds C++ kernels; with --device cuda (on a GPU) CUDA/Triton kernels. Compiling takes minutes: ~4 min for the
+demo model on 2 CPU cores, longer for full-size models. It loads only with the torch version that compiled it.
 
 exit status: 0 ok; 2 on any error (message on stderr), including a failed verification or an engine that
 cannot be built here (the ONNX is still written then).
@@ -51,15 +58,17 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--demo", action="store_true", help="export the built-in demo model")
     src.add_argument("--check-trt", type=Path, metavar="MODEL.onnx",
                      help="only check an ONNX file offline for the TensorRT ONNX parser (ops and dtypes)")
-    p.add_argument("--fmt", choices=("onnx", "trt", "all", "triton", "triton-trt"), default="onnx",
+    p.add_argument("--fmt", choices=("onnx", "trt", "all", "triton", "triton-trt", "aoti"), default="onnx",
                    help="onnx: ONNX only; trt/all: ONNX and a TensorRT engine (needs TensorRT + GPU); triton / "
                    "triton-trt: a Triton Inference Server model repository in --out with the ONNX / the engine "
-                   "(+ Python-backend pre/post-processing and an ensemble) (default: onnx)")
+                   "(+ Python-backend pre/post-processing and an ensemble); aoti: an AOTInductor package .pt2 "
+                   "(compiles for minutes) (default: onnx)")
     p.add_argument("--triton-gpu", action="store_true",
                    help="--fmt triton: run the ONNX model's instances on the GPU (KIND_GPU; TensorRT always is)")
     p.add_argument("--triton-python-runtime", action="store_true",
                    help="--fmt triton: run the ONNX with ONNX Runtime inside Triton's Python backend (for servers "
                    "without the onnxruntime backend, e.g. PyTriton's bundled tritonserver)")
+    p.add_argument("--device", default="cpu", help="--fmt aoti: cpu or cuda, the kernels compiled (default: cpu)")
     p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32", help="(default: fp32)")
     p.add_argument("--calib-images", type=Path, metavar="DIR",
                    help="int8 calibration images (also used to verify); default: built-in synthetic scenes")
@@ -122,7 +131,7 @@ def _run(args: argparse.Namespace) -> int:
         with_logits=args.with_logits,
         preprocess=args.preprocess, timing_cache=args.timing_cache, out=args.out, name=args.name, force=args.force,
         verify=not args.no_verify, opset=args.opset, int8_activations=args.int8_activations,
-        workspace_gb=args.workspace_gb, quiet=args.quiet,
+        workspace_gb=args.workspace_gb, quiet=args.quiet, device=args.device,
     )
     if args.fmt.startswith("triton"):
         from semask_deploy.export.triton import run_export_triton
@@ -131,7 +140,8 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     result = run_export(opts)
     if not args.quiet:
-        written = [p for p in (result.onnx_path, result.onnx_sidecar, result.engine_path, result.engine_sidecar) if p]
+        written = [p for p in (result.onnx_path, result.onnx_sidecar, result.engine_path, result.engine_sidecar,
+                                result.aoti_path, result.aoti_sidecar) if p]
         print(f"wrote {', '.join(str(p) for p in written)} in {result.seconds:.0f} s", file=sys.stderr)
     return 0
 

@@ -17,7 +17,8 @@ class Segmenter:
     """Segment RGB images with any exported SeMask artifact, with the official test pipeline.
 
     Args:
-        path: ``.pth``/``.safetensors`` (PyTorch), ``.onnx`` (ONNX Runtime) or ``.engine`` (TensorRT).
+        path: ``.pth``/``.safetensors`` (PyTorch), ``.onnx`` (ONNX Runtime), ``.engine`` (TensorRT) or ``.pt2``
+            (AOTInductor package).
         device: ``"cpu"`` or ``"cuda"``.
         mode: ``"whole"`` or ``"slide"`` (sliding windows, logits averaged as mmseg does).
         scale: keep-ratio test resize ``(long, short)``; default the model's (sidecar's) test scale, or
@@ -59,14 +60,18 @@ class Segmenter:
             from .onnx_backend import OnnxBackend
 
             self.backend = OnnxBackend(path, device=device, providers=providers, allow_cpu_fallback=allow_cpu_fallback)
+        elif suffix == ".pt2":
+            from .aoti_backend import AotiBackend
+
+            self.backend = AotiBackend(path, device=device)
         elif suffix in (".engine", ".plan", ".trt"):
             from .trt_backend import TensorRTBackend
 
             self.backend = TensorRTBackend(path)
         else:
             raise ConfigError(
-                f"cannot tell the format of {path}: use a .pth/.safetensors checkpoint, an .onnx file or a "
-                ".engine file"
+                f"cannot tell the format of {path}: use a .pth/.safetensors checkpoint, an .onnx file, a "
+                ".engine file or a .pt2 AOTInductor package"
             )
         self.path = path
         self.mode = mode

@@ -1,0 +1,60 @@
+"""``--fmt aoti`` option checks and package metadata (fast; the compile itself is in tests/examples/test_cpp_aoti.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from semask_deploy.cli.export import main as export_main
+from semask_deploy.errors import ConfigError, RuntimeBackendError
+from semask_deploy.export.pipeline import ExportOptions, check_options
+
+
+@pytest.mark.parametrize("kwargs", [dict(precision="fp16"), dict(precision="int8"), dict(preprocess=True)])
+def test_aoti_refuses_what_it_does_not_export(kwargs):
+    with pytest.raises(ConfigError, match="--fmt aoti"):
+        check_options(ExportOptions(demo=True, fmt="aoti", **kwargs))
+
+
+def test_device_only_for_aoti():
+    with pytest.raises(ConfigError, match="--device is for --fmt aoti"):
+        check_options(ExportOptions(demo=True, fmt="onnx", device="cuda"))
+    check_options(ExportOptions(demo=True, fmt="aoti", device="cuda"))  # checked when compiling
+
+
+def test_cli_error_is_one_line(capsys, tmp_path):
+    assert export_main(["--demo", "--fmt", "aoti", "--precision", "fp16", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "--fmt aoti" in err[0]
+
+
+def test_cuda_export_needs_a_gpu(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    from semask_deploy.export.aoti import export_aoti
+
+
+    with pytest.raises(ConfigError, match="CUDA GPU"):
+        export_aoti(torch.nn.Linear(1, 1), tmp_path / "x.pt2", device="cuda")
+
+
+def test_package_metadata_strings():
+    from semask_deploy.api import model_from_checkpoint
+    from semask_deploy.assets import demo_checkpoint
+    from semask_deploy.checkpoint import read_checkpoint
+    from semask_deploy.export.aoti import package_metadata
+
+    model = model_from_checkpoint(read_checkpoint(demo_checkpoint()))
+    meta = package_metadata(model, with_logits=True)
+    assert all(isinstance(v, str) for v in meta.values())
+    assert meta["semask.test_scale"] == ",".join(map(str, model.config.test_scale))
+    assert meta["semask.outputs"] == "labels,logits"
+    assert meta["semask.num_classes"] == str(model.config.num_classes)
+
+
+def test_segmenter_pt2_without_file(tmp_path):
+    from semask_deploy.runtime import Segmenter
+
+    with pytest.raises(RuntimeBackendError, match="not found"):
+        Segmenter(tmp_path / "missing_aoti.pt2")
