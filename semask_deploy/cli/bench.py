@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--ckpt", type=Path, help=".pth/.safetensors SeMask-FPN checkpoint")
     src.add_argument("--demo", action="store_true", help="the built-in demo model (the default)")
     p.add_argument("--backends", default=None, help=f"comma list from {','.join(BACKEND_NAMES)} (default: all)")
-    p.add_argument("--precisions", default=None, help="comma list from fp32,fp16,int8 (default: all)")
+    p.add_argument("--precisions", default=None, help="comma list from fp32,fp16,int8,bf16 (default: all but bf16, which is torch autocast "
+                   "on CPUs with native bf16 and runs when named)")
     p.add_argument("--sizes", default=None, help="comma list of HxW input sizes (default: 256x256,512x512)")
     p.add_argument("--batch", default=None, help="comma list of batch sizes (default: 1,4)")
     p.add_argument("--runs", default="20", help="timed runs per cell (default: 20; fewer makes p99 meaningless)")
