@@ -47,6 +47,13 @@ ALWAYS_FP32 = ("LayerNormalization", "Softmax")
 _TYPE_AGNOSTIC = ("Shape", "Size")  # read only the shape: never cast their input
 _CHAIN_OPS = ("Add", "Sub", "Mul", "Div", "Cast", "Where")
 INT8_ACTIVATIONS = ("s8", "u8")
+# activation range estimators (ONNX Runtime calibrators): name -> (CalibrationMethod member, extra options)
+CALIBRATIONS: dict[str, tuple[str, dict[str, Any]]] = {
+    "minmax": ("MinMax", {}),
+    "percentile": ("Percentile", {"CalibPercentile": 99.999}),
+    "entropy": ("Entropy", {}),
+}
+DEFAULT_CALIBRATION = "percentile"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -431,6 +438,8 @@ def quantize_int8(
     use_cache: bool = True,
     progress: bool = True,
     quantize_outputs: bool = False,
+    calibration: str = DEFAULT_CALIBRATION,
+    extra_exclude: Iterable[str] = (),
 ) -> dict[str, Any]:
     """Static int8 QDQ quantization of an fp32 ONNX file with ONNX Runtime.
 
@@ -445,6 +454,9 @@ def quantize_int8(
         use_cache: reuse/store the calibration ranges in :func:`cache_dir`.
         progress: show a calibration progress bar.
         quantize_outputs: also Q/DQ the MatMul outputs (ORT's default; a little faster, less accurate).
+        calibration: activation ranges from ``"minmax"`` (the extremes seen), ``"percentile"`` (the
+            99.999th percentile of |x|, default: clips rare outliers) or ``"entropy"`` (KL-optimal clipping).
+        extra_exclude: node names kept in float on top of ``exclude`` (or of the default set).
 
     Returns:
         Settings and statistics for the sidecar (``activations``, ``weights``, ``calibration`` …).
@@ -460,14 +472,16 @@ def quantize_int8(
 
     if activations not in INT8_ACTIVATIONS:
         raise ConfigError(f"int8 activations must be one of {', '.join(INT8_ACTIVATIONS)}, got {activations!r}")
+    if calibration not in CALIBRATIONS:
+        raise ConfigError(f"int8 calibration must be one of {', '.join(CALIBRATIONS)}, got {calibration!r}")
     if not inputs:
         raise ExportError("int8 calibration needs at least one input")
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     model_bytes = fp32_path.read_bytes()
     model = onnx.load_from_string(model_bytes)
     roles = attention_roles(model)
-    excluded = sorted(set(exclude) if exclude is not None
-                      else roles.keep_fp32() | set(roles.final) | set(roles.classifier))
+    excluded = sorted((set(exclude) if exclude is not None
+                       else roles.keep_fp32() | set(roles.final) | set(roles.classifier)) | set(extra_exclude))
     input_name = model.graph.input[0].name
     op_types = ["Conv", "MatMul"]
     symmetric = activations == "s8"
@@ -479,9 +493,12 @@ def quantize_int8(
         # LayerNorm inputs through int8. Conv outputs (FPN head) are quantized: only then does ONNX Runtime
         # run the convs in int8 (QLinearConv; 4.5x faster than the fp32 conv it otherwise keeps).
         "OpTypesToExcludeOutputQuantization": ["MatMul"] if not quantize_outputs else [],
+        "CalibTensorRangeSymmetric": symmetric,
+        **CALIBRATIONS[calibration][1],
     }
+    method_name = CALIBRATIONS[calibration][0]
     settings = {"activations": activations, "per_channel": per_channel, "op_types": op_types,
-                "method": "MinMax", "extra": extra, "exclude": excluded}
+                "method": method_name, "extra": extra, "exclude": excluded}
     key = calibration_key(model_bytes, inputs, {k: v for k, v in settings.items() if k != "activations"} |
                           {"symmetric": symmetric})
     cache_file = cache_dir() / f"{key}.json" if use_cache else None
@@ -504,7 +521,7 @@ def quantize_int8(
             activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             nodes_to_exclude=excluded,
-            calibrate_method=CalibrationMethod.MinMax,
+            calibrate_method=getattr(CalibrationMethod, method_name),
             extra_options=extra,
             calibration_cache_path=str(cache_file if cache_hit else tmp_cache) if cache_file is not None else None,
         )
@@ -523,7 +540,9 @@ def quantize_int8(
     quantized = onnx.load(str(out_path), load_external_data=False)
     qdq = sum(1 for n in quantized.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear"))
     return {
-        "method": "onnxruntime.quantization.quantize_static (QDQ, MinMax)",
+        "method": f"onnxruntime.quantization.quantize_static (QDQ, {method_name})",
+        "calibration": calibration + (f" {CALIBRATIONS[calibration][1]['CalibPercentile']}"
+                                      if calibration == "percentile" else ""),
         "activations": "int8 symmetric" if symmetric else "uint8 asymmetric",
         "weights": "int8 symmetric " + ("per-channel" if per_channel else "per-tensor"),
         "op_types_quantized": op_types,
@@ -533,4 +552,46 @@ def quantize_int8(
         "calibration_cache": str(cache_file) if cache_file is not None else None,
         "calibration_cache_hit": cache_hit,
         "roles": roles.summary(),
+        "float_layers": float_layers(quantized, roles),
     }
+
+
+def _module_name(node: Any) -> str:
+    """The PyTorch module a node came from (the exporter's last name scope), else the node name."""
+    for p in node.metadata_props:
+        if p.key == "pkg.torch.onnx.name_scopes":
+            try:
+                scopes = json.loads(p.value)
+            except ValueError:
+                scopes = p.value.strip("[]").replace("'", "").split(", ")
+            if scopes and scopes[-1]:
+                return str(scopes[-1])
+    return node.name
+
+
+def float_layers(quantized: Any, roles: AttentionRoles | None = None) -> list[dict[str, str]]:
+    """Conv/MatMul nodes of a Q/DQ model that still compute in float (no DequantizeLinear feeds them).
+
+    Returns:
+        One ``{"node", "op", "module", "role"}`` per such node; ``role`` is ``classifier``,
+        ``semantic scores`` (q/k projections, q·kᵀ, softmax·v of the semantic attention),
+        ``window scores`` or ``other``.
+    """
+    producer = {o: n for n in quantized.graph.node for o in n.output}
+    island = set(roles.semantic_islands) if roles else set()
+    out = []
+    for n in quantized.graph.node:
+        if n.op_type not in ("Conv", "MatMul"):
+            continue
+        if any(producer.get(i) is not None and producer[i].op_type == "DequantizeLinear" for i in n.input):
+            continue
+        role = "other"
+        if roles is not None:
+            if n.name in roles.classifier:
+                role = "classifier"
+            elif n.name in island or n.name in roles.semantic_scores:
+                role = "semantic scores"
+            elif n.name in roles.window_scores:
+                role = "window scores"
+        out.append({"node": n.name, "op": n.op_type, "module": _module_name(n), "role": role})
+    return out
