@@ -15,8 +15,8 @@ inputs (Resize scales, shapes, axes) are never touched. ONNX Runtime's CPU EP ru
 its own casts around ops that lack fp16 kernels); TensorRT builds it strongly typed.
 
 **int8** (:func:`quantize_int8`): ONNX Runtime ``quantize_static`` in QDQ format on the fp32 graph (no
-``quant_pre_process``: it fails on dynamic H/W graphs, DESIGN §7), MinMax calibration, weights symmetric int8
-per output channel, activations int8 symmetric (``s8``, the default: TensorRT needs a zero point of 0) or
+``quant_pre_process``: it fails on dynamic H/W graphs, DESIGN §7), activation ranges from a histogram
+percentile (default; or KL entropy, or MinMax: :data:`CALIBRATIONS`), weights symmetric int8 per output channel, activations int8 symmetric (``s8``, the default: TensorRT needs a zero point of 0) or
 uint8 asymmetric (``u8``: ONNX Runtime's preferred kind on x86; TensorRT rejects it). Only Conv and MatMul
 are quantized: their inputs always, the Conv outputs too (ONNX Runtime then runs the FPN-head convs as int8
 QLinearConv instead of fp32 convs on dequantized weights), the MatMul outputs not (that would send the
@@ -24,7 +24,8 @@ attention scores, the residual stream and the LayerNorm inputs through int8; mea
 Kept in float: LayerNorm, Softmax, the semantic-score islands (as for fp16), the classifier conv producing
 the logits and the final Resize/ArgMax. Biases stay float (``QuantizeBias=False``: TensorRT takes no int32
 Q/DQ). Calibration ranges are cached per hash of (model, calibration tensors, settings) in
-:func:`cache_dir`, so a rerun skips calibration.
+:func:`cache_dir`, so a rerun skips calibration. The Conv/MatMul nodes left in float are listed by
+:func:`float_layers` (with their PyTorch module and role) in the result, hence in the sidecar.
 """
 
 from __future__ import annotations
@@ -557,23 +558,28 @@ def quantize_int8(
 
 
 def _module_name(node: Any) -> str:
-    """The PyTorch module a node came from (the exporter's last name scope), else the node name."""
+    """The PyTorch module a node came from (the exporter's innermost module scope), else the node name."""
     for p in node.metadata_props:
         if p.key == "pkg.torch.onnx.name_scopes":
             try:
                 scopes = json.loads(p.value)
             except ValueError:
                 scopes = p.value.strip("[]").replace("'", "").split(", ")
-            if scopes and scopes[-1]:
-                return str(scopes[-1])
+            scopes = [str(x) for x in scopes if x]
+            if len(scopes) >= 2:  # [..., module path, aten op name]
+                path = scopes[-2]
+                return path[len("model."):] if path.startswith("model.") else path
     return node.name
 
 
 def float_layers(quantized: Any, roles: AttentionRoles | None = None) -> list[dict[str, str]]:
-    """Conv/MatMul nodes of a Q/DQ model that still compute in float (no DequantizeLinear feeds them).
+    """Conv/MatMul nodes of a Q/DQ model that still compute in float (their second operand — the weight,
+    or k for an attention q·kᵀ — is not dequantized int8).
 
     Returns:
-        One ``{"node", "op", "module", "role"}`` per such node; ``role`` is ``classifier``,
+        One ``{"node", "op", "module", "role", "input_fake_quantized"}`` per such node;
+        ``input_fake_quantized`` says that its activation input arrives through a Q/DQ pair (a tensor it
+        shares with a quantized consumer), so it computes in float on int8-rounded values; ``role`` is ``classifier``,
         ``semantic scores`` (q/k projections, q·kᵀ, softmax·v of the semantic attention),
         ``window scores`` or ``other``.
     """
@@ -583,7 +589,10 @@ def float_layers(quantized: Any, roles: AttentionRoles | None = None) -> list[di
     for n in quantized.graph.node:
         if n.op_type not in ("Conv", "MatMul"):
             continue
-        if any(producer.get(i) is not None and producer[i].op_type == "DequantizeLinear" for i in n.input):
+        def dq(name: str) -> bool:
+            return producer.get(name) is not None and producer[name].op_type == "DequantizeLinear"
+
+        if len(n.input) > 1 and dq(n.input[1]):
             continue
         role = "other"
         if roles is not None:
@@ -593,5 +602,6 @@ def float_layers(quantized: Any, roles: AttentionRoles | None = None) -> list[di
                 role = "semantic scores"
             elif n.name in roles.window_scores:
                 role = "window scores"
-        out.append({"node": n.name, "op": n.op_type, "module": _module_name(n), "role": role})
+        out.append({"node": n.name, "op": n.op_type, "module": _module_name(n), "role": role,
+                    "input_fake_quantized": dq(n.input[0])})
     return out
