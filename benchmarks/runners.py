@@ -28,6 +28,7 @@ from semask_deploy.errors import MissingDependencyError, SemaskError
 
 BACKENDS = ("torch-eager", "torch-sdpa", "torch-triton", "torch-compile", "onnxruntime", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8", "bf16")
+DEFAULT_PRECISIONS = ("fp32", "fp16", "int8")  # bf16 (torch autocast) runs when named
 TORCH_ATTENTION = {"torch-eager": "eager", "torch-sdpa": "sdpa", "torch-triton": "triton", "torch-compile": "sdpa"}
 COMPILE_CPU_SKIP = (
     "torch.compile (inductor) takes minutes per input shape on a small CPU (236 s for the first 256x256 "

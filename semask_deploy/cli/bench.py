@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace, argv: Sequence[str] | None = None) -> BenchConfig:
     """Validate the arguments and build a :class:`~semask_deploy.benchmarks.suite.BenchConfig`."""
     from ..benchmarks.suite import DEFAULT_BATCHES, DEFAULT_SIZES, BenchConfig
-    from ..benchmarks.runners import BACKENDS, PRECISIONS
+    from ..benchmarks.runners import BACKENDS, DEFAULT_PRECISIONS
 
     if args.ckpt is not None:
         if not args.ckpt.is_file():
@@ -116,7 +116,7 @@ def config_from_args(args: argparse.Namespace, argv: Sequence[str] | None = None
 
         ckpt, label = demo_checkpoint(), "the built-in demo model"
     backends = tuple(csv_list(args.backends)) if args.backends is not None else BACKENDS
-    precisions = tuple(csv_list(args.precisions)) if args.precisions is not None else PRECISIONS
+    precisions = tuple(csv_list(args.precisions)) if args.precisions is not None else DEFAULT_PRECISIONS
     sizes = tuple(_sizes(args.sizes)) if args.sizes is not None else DEFAULT_SIZES
     batches = tuple(_ints(args.batch, "--batch")) if args.batch is not None else DEFAULT_BATCHES
     runs, warmup = _int(args.runs, "--runs"), _int(args.warmup, "--warmup")
