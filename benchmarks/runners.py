@@ -27,7 +27,8 @@ import numpy as np
 from semask_deploy.errors import MissingDependencyError, SemaskError
 
 BACKENDS = ("torch-eager", "torch-sdpa", "torch-triton", "torch-compile", "onnxruntime", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "bf16")
+DEFAULT_PRECISIONS = ("fp32", "fp16", "int8")  # bf16 (torch autocast) runs when named
 TORCH_ATTENTION = {"torch-eager": "eager", "torch-sdpa": "sdpa", "torch-triton": "triton", "torch-compile": "sdpa"}
 COMPILE_CPU_SKIP = (
     "torch.compile (inductor) takes minutes per input shape on a small CPU (236 s for the first 256x256 "
@@ -60,6 +61,16 @@ def availability(backend: str, precision: str, device: str, *, explicit_backend:
     import torch
 
     cuda = device == "cuda"
+    if precision == "bf16":
+        if not backend.startswith("torch-"):
+            return "bf16 is a PyTorch autocast precision here (torch-* backends)"
+        if not explicit_precision:
+            return "bf16 (torch autocast) runs when --precisions names it"
+        if not cuda:
+            from semask_deploy.runtime.cpu_info import has_native_bf16
+
+            if not has_native_bf16():
+                return "this CPU has no native bf16 (avx512_bf16 or AMX): it would be emulated"
     if backend.startswith("torch-"):
         if precision == "int8":
             return "int8 is an ONNX Q/DQ precision (DESIGN §4); measured on onnxruntime/tensorrt"
@@ -253,13 +264,15 @@ class TorchRunner(Runner):
         super().__init__(precision, device)
         self.backend = backend
         self.cuda_events = device == "cuda"
-        self.dtype = {"fp32": torch.float32, "fp16": torch.float16}[precision]
+        self.dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.float32}[precision]
         m = copy.deepcopy(model).to(device=device, dtype=self.dtype).eval()
         m.set_attention_backend(TORCH_ATTENTION[backend])
         # the FLOPs model: torch.compile traces the sdpa model, computing what an exported graph does
         self.attention = "export" if backend == "torch-compile" else TORCH_ATTENTION[backend]
         self.model = m
         self._lowres = m.forward_lowres
+        if precision == "bf16":
+            self.flags.append("bf16 = torch.autocast; LayerNorm and semantic attention fp32")
         if precision == "fp16" and device == "cpu":
             self.flags.append("fp16 on the CPU torch path (emulated, not a deployment target)")
         if backend == "torch-compile":
@@ -274,11 +287,20 @@ class TorchRunner(Runner):
 
         return torch.from_numpy(np.ascontiguousarray(x)).to(self.device, self.dtype)
 
+    def _autocast(self) -> Any:
+        import contextlib
+
+        if self.precision != "bf16":
+            return contextlib.nullcontext()
+        from semask_deploy.runtime.torch_backend import bf16_autocast
+
+        return bf16_autocast(self.model)
+
     def run(self, prepared: Any) -> Any:
         import torch
         import torch.nn.functional as F
 
-        with torch.inference_mode():
+        with torch.inference_mode(), self._autocast():
             if self.backend != "torch-compile":
                 return self.model.predict(prepared)
             logits = self._lowres(prepared)
@@ -290,7 +312,7 @@ class TorchRunner(Runner):
         import torch
         import torch.nn.functional as F
 
-        with torch.inference_mode():
+        with torch.inference_mode(), self._autocast():
             t = self.prepare(x)
             logits = F.interpolate(self._lowres(t), size=tuple(t.shape[2:]), mode="bilinear", align_corners=False)
             logits = logits.float().cpu().numpy()

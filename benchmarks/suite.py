@@ -33,7 +33,9 @@ from semask_deploy.benchmarks.harness import (
     MIN_RECOMMENDED_RUNS, MemoryMonitor, machine_info, measure_device_peak, time_interleaved,
 )
 from semask_deploy.benchmarks.parity import compare, delta_miou, evaluate, open_eval_dataset
-from semask_deploy.benchmarks.runners import BACKENDS, PRECISIONS, Skip, availability, make_runner
+from semask_deploy.benchmarks.runners import (
+    BACKENDS, DEFAULT_PRECISIONS, PRECISIONS, Skip, availability, make_runner,
+)
 from semask_deploy.errors import ConfigError
 
 DEFAULT_SIZES = ((256, 256), (512, 512))
@@ -50,7 +52,7 @@ class BenchConfig:
     checkpoint: Path
     out: Path
     backends: tuple[str, ...] = BACKENDS
-    precisions: tuple[str, ...] = PRECISIONS
+    precisions: tuple[str, ...] = DEFAULT_PRECISIONS
     sizes: tuple[tuple[int, int], ...] = DEFAULT_SIZES
     batches: tuple[int, ...] = DEFAULT_BATCHES
     runs: int = DEFAULT_RUNS

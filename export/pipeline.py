@@ -68,6 +68,7 @@ class ExportOptions:
     verify: bool = True
     opset: int = 18
     int8_activations: str = "s8"
+    int8_calibration: str = "percentile"
     workspace_gb: float = 4.0
     quiet: bool = False
     device: str = "cpu"  # --fmt aoti: cpu (C++ kernels) or cuda (CUDA/Triton kernels)
@@ -175,6 +176,10 @@ def check_options(o: ExportOptions) -> None:
                           "opset 18; onnx cannot lower its Pad ops to 17)")
     if o.calib_count < 1:
         raise ConfigError(f"--calib-count must be at least 1, got {o.calib_count}")
+    from semask_deploy.export.precision import CALIBRATIONS
+
+    if o.int8_calibration not in CALIBRATIONS:
+        raise ConfigError(f"--int8-calibration must be one of {', '.join(CALIBRATIONS)}, got {o.int8_calibration!r}")
     if o.int8_activations not in ("s8", "u8"):
         raise ConfigError(f"--int8-activations must be s8 or u8, got {o.int8_activations!r}")
     if o.precision == "int8" and o.int8_activations == "u8" and o.fmt != "onnx":
@@ -315,6 +320,12 @@ def run_export(o: ExportOptions) -> ExportResult:
 
         t = steps.start(f"precision {o.precision}")
         model_path, details = _apply_precision(o, fp32_path, work, calib, shapes, calib_desc)
+        if details.get("float_layers") is not None:
+            roles: dict[str, int] = {}
+            for layer in details["float_layers"]:
+                roles[layer["role"]] = roles.get(layer["role"], 0) + 1
+            steps.info(f"{details['calibration']} calibration; Conv/MatMul kept float: "
+                       + (", ".join(f"{n} {r}" for r, n in sorted(roles.items())) or "none"))
         steps.info(f"done ({time.perf_counter() - t:.0f} s)")
 
         verification = None
@@ -331,8 +342,7 @@ def run_export(o: ExportOptions) -> ExportResult:
             if not res.ok:
                 cases = "; ".join(line.strip() for line in res.format().splitlines())
                 raise ExportError(f"verification failed: the {o.precision} ONNX is outside its tolerance vs PyTorch "
-                                  f"({_tolerance_text(res)}): {cases}; nothing was written (use --no-verify to keep "
-                                  "such an export anyway)")
+                                  f"({_tolerance_text(res)}): {cases}; nothing was written. {_what_to_try(o)}")
         result.verification = verification
 
         t = steps.start("offline TensorRT parser check")
@@ -372,6 +382,19 @@ def run_export(o: ExportOptions) -> ExportResult:
         result.engine_path, result.engine_sidecar = _build_engine(o, onnx_path, engine_path, meta, profile)
     result.seconds = round(time.perf_counter() - t_start, 1)
     return result
+
+
+def _what_to_try(o: ExportOptions) -> str:
+    """The failure message's advice: what to change for a precision that passes."""
+    if o.precision == "int8":
+        first = ("calibrate on images like those you will segment: --calib-images DIR" if o.calib_images is None
+                 else f"calibrate on more images (--calib-count, now {o.calib_count}) like those you will segment")
+        other = [c for c in ("percentile", "entropy", "minmax") if c != o.int8_calibration]
+        return (f"Try: {first}; another --int8-calibration ({' or '.join(other)}); or another precision "
+                "(--precision fp16, or fp32). --no-verify keeps such an export anyway.")
+    if o.precision == "fp16":
+        return "Try --precision fp32 (or int8 with --calib-images). --no-verify keeps such an export anyway."
+    return "The fp32 export should match exactly: please report this. --no-verify keeps such an export anyway."
 
 
 def _tolerance_text(res: Any) -> str:
@@ -422,7 +445,8 @@ def _apply_precision(o: ExportOptions, fp32_path: Path, work: Path, calib: list[
         return out, {"kind": "mixed fp16", "kept_fp32": kept,
                      "roles": roles.summary(), **precision_summary(half)}
     inputs = _model_inputs(calib, shapes.static_batch or 1, o.preprocess)
-    info = quantize_int8(fp32_path, out, inputs, activations=o.int8_activations, progress=not o.quiet)
+    info = quantize_int8(fp32_path, out, inputs, activations=o.int8_activations, progress=not o.quiet,
+                         calibration=o.int8_calibration)
     info["calibration_source"] = "calib-images" if o.calib_images is not None else "synthetic scenes"
     info["calibration_images"] = calib_desc
     return out, {"kind": "int8 QDQ", **info}

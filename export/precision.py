@@ -15,8 +15,8 @@ inputs (Resize scales, shapes, axes) are never touched. ONNX Runtime's CPU EP ru
 its own casts around ops that lack fp16 kernels); TensorRT builds it strongly typed.
 
 **int8** (:func:`quantize_int8`): ONNX Runtime ``quantize_static`` in QDQ format on the fp32 graph (no
-``quant_pre_process``: it fails on dynamic H/W graphs, DESIGN §7), MinMax calibration, weights symmetric int8
-per output channel, activations int8 symmetric (``s8``, the default: TensorRT needs a zero point of 0) or
+``quant_pre_process``: it fails on dynamic H/W graphs, DESIGN §7), activation ranges from a histogram
+percentile (default; or KL entropy, or MinMax: :data:`CALIBRATIONS`), weights symmetric int8 per output channel, activations int8 symmetric (``s8``, the default: TensorRT needs a zero point of 0) or
 uint8 asymmetric (``u8``: ONNX Runtime's preferred kind on x86; TensorRT rejects it). Only Conv and MatMul
 are quantized: their inputs always, the Conv outputs too (ONNX Runtime then runs the FPN-head convs as int8
 QLinearConv instead of fp32 convs on dequantized weights), the MatMul outputs not (that would send the
@@ -24,7 +24,8 @@ attention scores, the residual stream and the LayerNorm inputs through int8; mea
 Kept in float: LayerNorm, Softmax, the semantic-score islands (as for fp16), the classifier conv producing
 the logits and the final Resize/ArgMax. Biases stay float (``QuantizeBias=False``: TensorRT takes no int32
 Q/DQ). Calibration ranges are cached per hash of (model, calibration tensors, settings) in
-:func:`cache_dir`, so a rerun skips calibration.
+:func:`cache_dir`, so a rerun skips calibration. The Conv/MatMul nodes left in float are listed by
+:func:`float_layers` (with their PyTorch module and role) in the result, hence in the sidecar.
 """
 
 from __future__ import annotations
@@ -47,6 +48,13 @@ ALWAYS_FP32 = ("LayerNormalization", "Softmax")
 _TYPE_AGNOSTIC = ("Shape", "Size")  # read only the shape: never cast their input
 _CHAIN_OPS = ("Add", "Sub", "Mul", "Div", "Cast", "Where")
 INT8_ACTIVATIONS = ("s8", "u8")
+# activation range estimators (ONNX Runtime calibrators): name -> (CalibrationMethod member, extra options)
+CALIBRATIONS: dict[str, tuple[str, dict[str, Any]]] = {
+    "minmax": ("MinMax", {}),
+    "percentile": ("Percentile", {"CalibPercentile": 99.999}),
+    "entropy": ("Entropy", {}),
+}
+DEFAULT_CALIBRATION = "percentile"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -431,6 +439,8 @@ def quantize_int8(
     use_cache: bool = True,
     progress: bool = True,
     quantize_outputs: bool = False,
+    calibration: str = DEFAULT_CALIBRATION,
+    extra_exclude: Iterable[str] = (),
 ) -> dict[str, Any]:
     """Static int8 QDQ quantization of an fp32 ONNX file with ONNX Runtime.
 
@@ -445,6 +455,9 @@ def quantize_int8(
         use_cache: reuse/store the calibration ranges in :func:`cache_dir`.
         progress: show a calibration progress bar.
         quantize_outputs: also Q/DQ the MatMul outputs (ORT's default; a little faster, less accurate).
+        calibration: activation ranges from ``"minmax"`` (the extremes seen), ``"percentile"`` (the
+            99.999th percentile of |x|, default: clips rare outliers) or ``"entropy"`` (KL-optimal clipping).
+        extra_exclude: node names kept in float on top of ``exclude`` (or of the default set).
 
     Returns:
         Settings and statistics for the sidecar (``activations``, ``weights``, ``calibration`` …).
@@ -460,14 +473,16 @@ def quantize_int8(
 
     if activations not in INT8_ACTIVATIONS:
         raise ConfigError(f"int8 activations must be one of {', '.join(INT8_ACTIVATIONS)}, got {activations!r}")
+    if calibration not in CALIBRATIONS:
+        raise ConfigError(f"int8 calibration must be one of {', '.join(CALIBRATIONS)}, got {calibration!r}")
     if not inputs:
         raise ExportError("int8 calibration needs at least one input")
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     model_bytes = fp32_path.read_bytes()
     model = onnx.load_from_string(model_bytes)
     roles = attention_roles(model)
-    excluded = sorted(set(exclude) if exclude is not None
-                      else roles.keep_fp32() | set(roles.final) | set(roles.classifier))
+    excluded = sorted((set(exclude) if exclude is not None
+                       else roles.keep_fp32() | set(roles.final) | set(roles.classifier)) | set(extra_exclude))
     input_name = model.graph.input[0].name
     op_types = ["Conv", "MatMul"]
     symmetric = activations == "s8"
@@ -479,9 +494,12 @@ def quantize_int8(
         # LayerNorm inputs through int8. Conv outputs (FPN head) are quantized: only then does ONNX Runtime
         # run the convs in int8 (QLinearConv; 4.5x faster than the fp32 conv it otherwise keeps).
         "OpTypesToExcludeOutputQuantization": ["MatMul"] if not quantize_outputs else [],
+        "CalibTensorRangeSymmetric": symmetric,
+        **CALIBRATIONS[calibration][1],
     }
+    method_name = CALIBRATIONS[calibration][0]
     settings = {"activations": activations, "per_channel": per_channel, "op_types": op_types,
-                "method": "MinMax", "extra": extra, "exclude": excluded}
+                "method": method_name, "extra": extra, "exclude": excluded}
     key = calibration_key(model_bytes, inputs, {k: v for k, v in settings.items() if k != "activations"} |
                           {"symmetric": symmetric})
     cache_file = cache_dir() / f"{key}.json" if use_cache else None
@@ -504,7 +522,7 @@ def quantize_int8(
             activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             nodes_to_exclude=excluded,
-            calibrate_method=CalibrationMethod.MinMax,
+            calibrate_method=getattr(CalibrationMethod, method_name),
             extra_options=extra,
             calibration_cache_path=str(cache_file if cache_hit else tmp_cache) if cache_file is not None else None,
         )
@@ -523,7 +541,9 @@ def quantize_int8(
     quantized = onnx.load(str(out_path), load_external_data=False)
     qdq = sum(1 for n in quantized.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear"))
     return {
-        "method": "onnxruntime.quantization.quantize_static (QDQ, MinMax)",
+        "method": f"onnxruntime.quantization.quantize_static (QDQ, {method_name})",
+        "calibration": calibration + (f" {CALIBRATIONS[calibration][1]['CalibPercentile']}"
+                                      if calibration == "percentile" else ""),
         "activations": "int8 symmetric" if symmetric else "uint8 asymmetric",
         "weights": "int8 symmetric " + ("per-channel" if per_channel else "per-tensor"),
         "op_types_quantized": op_types,
@@ -533,4 +553,55 @@ def quantize_int8(
         "calibration_cache": str(cache_file) if cache_file is not None else None,
         "calibration_cache_hit": cache_hit,
         "roles": roles.summary(),
+        "float_layers": float_layers(quantized, roles),
     }
+
+
+def _module_name(node: Any) -> str:
+    """The PyTorch module a node came from (the exporter's innermost module scope), else the node name."""
+    for p in node.metadata_props:
+        if p.key == "pkg.torch.onnx.name_scopes":
+            try:
+                scopes = json.loads(p.value)
+            except ValueError:
+                scopes = p.value.strip("[]").replace("'", "").split(", ")
+            scopes = [str(x) for x in scopes if x]
+            if len(scopes) >= 2:  # [..., module path, aten op name]
+                path = scopes[-2]
+                return path[len("model."):] if path.startswith("model.") else path
+    return node.name
+
+
+def float_layers(quantized: Any, roles: AttentionRoles | None = None) -> list[dict[str, str]]:
+    """Conv/MatMul nodes of a Q/DQ model that still compute in float (their second operand — the weight,
+    or k for an attention q·kᵀ — is not dequantized int8).
+
+    Returns:
+        One ``{"node", "op", "module", "role", "input_fake_quantized"}`` per such node;
+        ``input_fake_quantized`` says that its activation input arrives through a Q/DQ pair (a tensor it
+        shares with a quantized consumer), so it computes in float on int8-rounded values; ``role`` is ``classifier``,
+        ``semantic scores`` (q/k projections, q·kᵀ, softmax·v of the semantic attention),
+        ``window scores`` or ``other``.
+    """
+    producer = {o: n for n in quantized.graph.node for o in n.output}
+    island = set(roles.semantic_islands) if roles else set()
+    out = []
+    for n in quantized.graph.node:
+        if n.op_type not in ("Conv", "MatMul"):
+            continue
+        def dq(name: str) -> bool:
+            return producer.get(name) is not None and producer[name].op_type == "DequantizeLinear"
+
+        if len(n.input) > 1 and dq(n.input[1]):
+            continue
+        role = "other"
+        if roles is not None:
+            if n.name in roles.classifier:
+                role = "classifier"
+            elif n.name in island or n.name in roles.semantic_scores:
+                role = "semantic scores"
+            elif n.name in roles.window_scores:
+                role = "window scores"
+        out.append({"node": n.name, "op": n.op_type, "module": _module_name(n), "role": role,
+                    "input_fake_quantized": dq(n.input[0])})
+    return out

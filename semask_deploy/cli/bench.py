@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--ckpt", type=Path, help=".pth/.safetensors SeMask-FPN checkpoint")
     src.add_argument("--demo", action="store_true", help="the built-in demo model (the default)")
     p.add_argument("--backends", default=None, help=f"comma list from {','.join(BACKEND_NAMES)} (default: all)")
-    p.add_argument("--precisions", default=None, help="comma list from fp32,fp16,int8 (default: all)")
+    p.add_argument("--precisions", default=None, help="comma list from fp32,fp16,int8,bf16 (default: all but bf16, which is torch autocast "
+                   "on CPUs with native bf16 and runs when named)")
     p.add_argument("--sizes", default=None, help="comma list of HxW input sizes (default: 256x256,512x512)")
     p.add_argument("--batch", default=None, help="comma list of batch sizes (default: 1,4)")
     p.add_argument("--runs", default="20", help="timed runs per cell (default: 20; fewer makes p99 meaningless)")
@@ -104,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace, argv: Sequence[str] | None = None) -> BenchConfig:
     """Validate the arguments and build a :class:`~semask_deploy.benchmarks.suite.BenchConfig`."""
     from ..benchmarks.suite import DEFAULT_BATCHES, DEFAULT_SIZES, BenchConfig
-    from ..benchmarks.runners import BACKENDS, PRECISIONS
+    from ..benchmarks.runners import BACKENDS, DEFAULT_PRECISIONS
 
     if args.ckpt is not None:
         if not args.ckpt.is_file():
@@ -115,7 +116,7 @@ def config_from_args(args: argparse.Namespace, argv: Sequence[str] | None = None
 
         ckpt, label = demo_checkpoint(), "the built-in demo model"
     backends = tuple(csv_list(args.backends)) if args.backends is not None else BACKENDS
-    precisions = tuple(csv_list(args.precisions)) if args.precisions is not None else PRECISIONS
+    precisions = tuple(csv_list(args.precisions)) if args.precisions is not None else DEFAULT_PRECISIONS
     sizes = tuple(_sizes(args.sizes)) if args.sizes is not None else DEFAULT_SIZES
     batches = tuple(_ints(args.batch, "--batch")) if args.batch is not None else DEFAULT_BATCHES
     runs, warmup = _int(args.runs, "--runs"), _int(args.warmup, "--warmup")

@@ -32,7 +32,7 @@ from ._tracing import is_tracing
 
 def _inference_cpu_fp32(x: Tensor, *params: Tensor) -> bool:
     """True when a frozen-weight CPU fast path is allowed for this call."""
-    if x.device.type != "cpu" or x.dtype != torch.float32 or is_tracing():
+    if x.device.type != "cpu" or x.dtype != torch.float32 or is_tracing() or torch.is_autocast_enabled("cpu"):
         return False
     return not (torch.is_grad_enabled() and any(p.requires_grad for p in params))
 

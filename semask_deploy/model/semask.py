@@ -55,6 +55,10 @@ class SemanticLayer(nn.Module):
         """x (B, H·W, C) → (x' (B, H·W, C), semantic map q (B, H·W, K))."""
         xn = self.norm1(x)
         sa = self.class_injection[0]
+        if torch.is_autocast_enabled(xn.device.type):  # reduced precision: the class scores stay fp32
+            with torch.autocast(xn.device.type, enabled=False):
+                out, q = (self._eager if self.backend == "eager" else self._fused)(xn.float(), h, w)
+            return sa.gamma * sa.mlp_res(out) + xn, q
         if self.backend == "eager":
             out, q = self._eager(xn, h, w)
             return sa.gamma * sa.mlp_res(out) + xn, q

@@ -29,6 +29,9 @@ class Segmenter:
         providers: ONNX Runtime only: execution providers, e.g. ``["CUDAExecutionProvider"]``.
         allow_cpu_fallback: ONNX Runtime only: accept running on the CPU when a GPU provider was asked
             for but cannot load (otherwise that is an error, never a silent fallback).
+        precision: PyTorch only: ``"fp32"`` or ``"bf16"`` (autocast; LayerNorm and the semantic attention
+            stay fp32; only on CPUs with native bf16 — avx512_bf16 or AMX — else a ConfigError). Exported
+            artifacts carry their own precision.
 
     A static-size export (``semask-export --static HxW``) takes exactly that size: in whole mode every image
     is resized to it (bilinear, aspect ratio not kept) and the labels are mapped back to the image's size;
@@ -47,6 +50,7 @@ class Segmenter:
         attention_backend: str = "sdpa",
         providers: Sequence[str] | None = None,
         allow_cpu_fallback: bool = False,
+        precision: str = "fp32",
     ) -> None:
         path = Path(path)
         if mode not in ("whole", "slide"):
@@ -55,7 +59,10 @@ class Segmenter:
         if suffix in TORCH_SUFFIXES:
             from .torch_backend import TorchBackend
 
-            self.backend = TorchBackend(path, device=device, attention_backend=attention_backend)
+            self.backend = TorchBackend(path, device=device, attention_backend=attention_backend, precision=precision)
+        elif precision != "fp32":
+            raise ConfigError(f"precision {precision!r} applies to PyTorch checkpoints; {path.name} carries its own "
+                              "precision (export another one with semask-export --precision)")
         elif suffix == ".onnx":
             from .onnx_backend import OnnxBackend
 
