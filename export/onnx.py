@@ -107,7 +107,9 @@ def _wrapper(model: Any, with_logits: bool, preprocess: bool) -> Any:
         def forward(self, image: torch.Tensor):
             x = image
             if self.preprocess:
-                x = (x.permute(0, 3, 1, 2).to(torch.float32) - self.mean) * self.inv_std
+                # Cast first: TensorRT requires a uint8 network input to go through a Cast to float before any
+                # other layer (a Transpose of uint8 is rejected)
+                x = (x.to(torch.float32).permute(0, 3, 1, 2) - self.mean) * self.inv_std
             low = self.model.forward_lowres(x)
             logits = F.interpolate(low, size=x.shape[2:], mode="bilinear", align_corners=False)
             labels = logits.argmax(1).to(torch.int32)
