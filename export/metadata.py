@@ -8,7 +8,8 @@ it was checked (parity vs PyTorch, the offline TensorRT parser check).
 
 The sidecar of ``model.onnx`` is ``model.json`` and that of ``model_trt.engine`` is ``model_trt.json``
 (``Path.with_suffix(".json")``, as :class:`~semask_deploy.runtime.trt_runner.TensorRTRunner` expects);
-so an ONNX file and an engine never share a stem. Schema, format version 1::
+so an ONNX file and an engine never share a stem. Schema, format version 2 (version 1 — no
+``output_size_input``/``postprocess`` — is still read)::
 
     {"format": "semask-deploy-artifact", "format_version": 1, "artifact": "x.onnx", "kind": "onnx"|"tensorrt",
      "precision": "fp32"|"fp16"|"int8", "inputs": [...], "outputs": [...], "has_logits": bool,
@@ -35,7 +36,7 @@ from semask_deploy.errors import RuntimeBackendError
 from semask_deploy.fileio import write_json_atomic
 
 FORMAT = "semask-deploy-artifact"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: graphs may take output_size (older runtimes would not feed it: they refuse version 2)
 REQUIRED = ("format_version", "inputs", "outputs", "num_classes", "classes", "palette", "test_scale", "crop_size",
             "precision")
 
