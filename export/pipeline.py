@@ -119,9 +119,11 @@ class Shapes:
                 "max": shape(hi, self.max_hw)}
 
     def output_size_range(self) -> dict[str, Any]:
-        """VALUE range of the ``output_size`` input (a TensorRT shape tensor): 1x1 up to the max input size."""
-        return {"name": "output_size", "values": True, "min": [1, 1], "opt": list(self.opt_hw),
-                "max": list(self.max_hw)}
+        """VALUE range of the ``output_size`` input (a TensorRT shape tensor): 1x1 up to a square of side
+        max(2048, the largest input side) — original images are any orientation and usually larger than a
+        static input size."""
+        side = max(2048, *self.max_hw)
+        return {"name": "output_size", "values": True, "min": [1, 1], "opt": list(self.opt_hw), "max": [side, side]}
 
 
 def resolve_shapes(o: ExportOptions, crop_size: tuple[int, int]) -> Shapes:

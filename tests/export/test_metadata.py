@@ -39,7 +39,7 @@ def test_sidecar_content(exported):
     assert meta["dynamic"] == {"N": True, "H": True, "W": True}
     # profile: opt = the model's training crop (96x96); min is capped by opt; max the default 1024x2048
     assert meta["profiles"] == [{"image": {"min": [1, 3, 96, 96], "opt": [1, 3, 96, 96], "max": [1, 3, 1024, 2048]},
-                                 "output_size": {"min": [1, 1], "opt": [96, 96], "max": [1024, 2048]}}]
+                                 "output_size": {"min": [1, 1], "opt": [96, 96], "max": [2048, 2048]}}]
     norm = meta["normalization"]
     assert norm["color"] == "RGB" and norm["value_range"] == [0, 255] and norm["in_graph"] is False
     assert norm["mean"] == [123.675, 116.28, 103.53] and norm["std"] == [58.395, 57.12, 57.375]

@@ -126,7 +126,7 @@ def test_static_preprocess_graph_equals_normalise_plus_model(static_preprocess, 
     assert meta["preprocess_in_graph"] and meta["input_layout"] == "NHWC"
     assert meta["dynamic"] == {"N": False, "H": False, "W": False}
     assert meta["profiles"] == [{"image_uint8": {"min": [2, 64, 96, 3], "opt": [2, 64, 96, 3], "max": [2, 64, 96, 3]},
-                                 "output_size": {"min": [1, 1], "opt": [64, 96], "max": [64, 96]}}]
+                                 "output_size": {"min": [1, 1], "opt": [64, 96], "max": [2048, 2048]}}]
 
 
 def test_preprocess_graph_casts_uint8_first_for_tensorrt(static_preprocess):
