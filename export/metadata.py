@@ -8,10 +8,12 @@ it was checked (parity vs PyTorch, the offline TensorRT parser check).
 
 The sidecar of ``model.onnx`` is ``model.json`` and that of ``model_trt.engine`` is ``model_trt.json``
 (``Path.with_suffix(".json")``, as :class:`~semask_deploy.runtime.trt_runner.TensorRTRunner` expects);
-so an ONNX file and an engine never share a stem. Schema, format version 1::
+so an ONNX file and an engine never share a stem. Schema, format version 2 (version 1 — no
+``output_size_input``/``postprocess`` — is still read)::
 
     {"format": "semask-deploy-artifact", "format_version": 1, "artifact": "x.onnx", "kind": "onnx"|"tensorrt",
      "precision": "fp32"|"fp16"|"int8", "inputs": [...], "outputs": [...], "has_logits": bool,
+     "output_size_input": bool, "postprocess": {...},
      "preprocess_in_graph": bool, "input_layout": "NCHW"|"NHWC", "dynamic": {"N": bool, "H": bool, "W": bool},
      "profiles": [{"image": {"min": [...], "opt": [...], "max": [...]}}],
      "normalization": {...}, "resize": {...}, "num_classes": K, "classes": [...], "palette": [[r, g, b], ...],
@@ -34,7 +36,7 @@ from semask_deploy.errors import RuntimeBackendError
 from semask_deploy.fileio import write_json_atomic
 
 FORMAT = "semask-deploy-artifact"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: graphs may take output_size (older runtimes would not feed it: they refuse version 2)
 REQUIRED = ("format_version", "inputs", "outputs", "num_classes", "classes", "palette", "test_scale", "crop_size",
             "precision")
 
@@ -93,10 +95,26 @@ def resize_rule(test_scale: tuple[int, int], crop_size: tuple[int, int]) -> dict
         "rule": "scale factor = min(max(test_scale)/max(h, w), min(test_scale)/min(h, w)); size = int(x*f + 0.5); "
                 "bilinear (cv2.INTER_LINEAR), no padding",
         "logits": "the graph resizes the whole stride-4 logits grid to its input size (bilinear, "
-                  "align_corners=False) before the argmax; resize logits back to the original image size the "
-                  "same way (labels-only graphs: nearest-neighbour on labels)",
+                  "align_corners=False); graphs with the output_size input resize those logits again to "
+                  "output_size = the original image size (bilinear, half_pixel = align_corners=False) and take "
+                  "the argmax there (the official pipeline, exactly); a logits output is at the input size",
         "slide_crop_size": list(crop_size),
     }
+
+
+def postprocess(inputs: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the graph's outputs are and what the caller feeds (the ``postprocess`` block)."""
+    sized = any(i["name"] == "output_size" for i in inputs)
+    out = {
+        "labels": ("int32 (N, Ho, Wo): argmax of the logits resized bilinearly to output_size — feed the ORIGINAL "
+                   "image's (height, width) for the official labels, or the input's (H, W) for labels at the input "
+                   "size" if sized else "int32 (N, H, W) at the input size"),
+    }
+    if sized:
+        out["output_size"] = "int64 [2] = (Ho, Wo), both >= 1; a shape tensor in TensorRT (host memory)"
+    if any(o["name"] == "logits" for o in outputs):
+        out["logits"] = "float32 (N, K, H, W) at the input size (for sliding windows or custom post-processing)"
+    return out
 
 
 def build_metadata(
@@ -140,6 +158,8 @@ def build_metadata(
         "outputs": outputs,
         "input_name": inputs[0]["name"] if inputs else None,
         "has_logits": any(o["name"] == "logits" for o in outputs),
+        "output_size_input": any(i["name"] == "output_size" for i in inputs),
+        "postprocess": postprocess(inputs, outputs),
         "preprocess_in_graph": bool(preprocess),
         "input_layout": "NHWC" if preprocess else "NCHW",
         "dynamic": dict(dynamic),

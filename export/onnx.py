@@ -107,7 +107,9 @@ def _wrapper(model: Any, with_logits: bool, preprocess: bool) -> Any:
         def forward(self, image: torch.Tensor):
             x = image
             if self.preprocess:
-                x = (x.permute(0, 3, 1, 2).to(torch.float32) - self.mean) * self.inv_std
+                # Cast first: TensorRT requires a uint8 network input to go through a Cast to float before any
+                # other layer (a Transpose of uint8 is rejected)
+                x = (x.to(torch.float32).permute(0, 3, 1, 2) - self.mean) * self.inv_std
             low = self.model.forward_lowres(x)
             logits = F.interpolate(low, size=x.shape[2:], mode="bilinear", align_corners=False)
             labels = logits.argmax(1).to(torch.int32)
@@ -156,6 +158,7 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     simplify: bool = True,
     labels_head: str = "nhwc",
+    output_size: bool = False,
 ) -> OnnxExportInfo:
     """Export a :class:`~semask_deploy.model.SeMaskSegmentor` to ONNX (fp32).
 
@@ -171,6 +174,9 @@ def export_onnx(
         labels_head: ``"nhwc"`` (default): the labels come from a channels-last resize + argmax over the
             contiguous class axis (:func:`nhwc_labels_head`: same labels, ~4× faster in ONNX Runtime on a
             CPU); ``"nchw"``: argmax over the NCHW logits, as traced (what TensorRT builds are given).
+        output_size: add the graph input ``output_size`` int64 [2] (Ho, Wo): ``labels`` are then taken at that
+            size after a second bilinear resize of the logits (the official pipeline's resize back to the
+            original image; :func:`add_output_size_input`).
 
     Returns:
         :class:`OnnxExportInfo`.
@@ -238,10 +244,15 @@ def export_onnx(
         raise ConfigError(f"labels_head must be 'nhwc' or 'nchw', got {labels_head!r}")
     if labels_head == "nhwc" and nhwc_labels_head(proto):
         notes.append("labels: channels-last resize + argmax over the class axis (nhwc_labels_head)")
+    if output_size:
+        if not add_output_size_input(proto):
+            raise ExportError("could not add the output_size input: no ArgMax feeding 'labels' in the exported graph")
+        notes.append("labels: logits resized again to the output_size input (Ho, Wo), argmax there "
+                     "(add_output_size_input)")
     simplifier = "none"
     if simplify:
         proto, simplifier = clean_graph(proto)
-    _name_dims(proto, axes, dyn_flags, input_name)
+    _name_dims(proto, axes, dyn_flags, input_name, labels_at_input_size=not output_size)
     try:
         onnx.checker.check_model(proto, full_check=False)
     except Exception as exc:  # noqa: BLE001
@@ -308,6 +319,79 @@ def nhwc_labels_head(proto: Any) -> bool:
     return True
 
 
+OUTPUT_SIZE = "output_size"
+
+
+def add_output_size_input(proto: Any) -> bool:
+    """Give the graph the official second resize: a graph input ``output_size`` int64 [2] = (Ho, Wo).
+
+    ``labels`` becomes ``ArgMax(Resize(logits_at_input_size, (Ho, Wo)))``: the logits the graph already
+    resized to its input size (H, W) are resized again, bilinearly (``half_pixel`` = torch's
+    ``align_corners=False``, no antialiasing), to the size the caller asks for — the original image's
+    size in mmseg's test pipeline (keep-ratio resize → model → logits to (H, W) → logits to the original
+    size → argmax) — and the argmax is taken there. Works on either labels head (channels-last or NCHW)
+    and keeps its layout, so the full-size tensor is scanned over its contiguous class axis where the
+    head is channels-last. ``output_size`` = (H, W) gives exactly the labels at the input size (the second
+    resize is then the identity). A ``logits`` output is unchanged (N, K, H, W). Returns whether the
+    pattern was found (in place).
+    """
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    g = proto.graph
+    producer = {o: n for n in g.node for o in n.output}
+    node = producer.get("labels")
+    for _ in range(4):
+        if node is None or node.op_type == "ArgMax":
+            break
+        node = producer.get(node.input[0])
+    if node is None or node.op_type != "ArgMax" or any(i.name == OUTPUT_SIZE for i in g.input):
+        return False
+    argmax = node
+    axis = next((a.i for a in argmax.attribute if a.name == "axis"), 0)
+    if axis not in (1, 3):
+        return False
+    x = argmax.input[0]
+    consts = {"output_size_n": [0], "output_size_one": [1], "output_size_two": [2], "output_size_four": [4]}
+    for name, value in consts.items():
+        g.initializer.append(numpy_helper.from_array(np.array(value, dtype=np.int64), name))
+    nodes = [helper.make_node("Shape", [x], ["output_size_xshape"], name="output_size_shape")]
+    if axis == 3:  # channels-last: sizes = (N, Ho, Wo, K)
+        nodes += [
+            helper.make_node("Slice", ["output_size_xshape", "output_size_n", "output_size_one"], ["output_size_batch"],
+                             name="output_size_batch"),
+            helper.make_node("Slice", ["output_size_xshape", "output_size_two", "output_size_four"],
+                             ["output_size_hwk"], name="output_size_hwk"),
+            helper.make_node("Slice", ["output_size_hwk", "output_size_one", "output_size_two"], ["output_size_k"],
+                             name="output_size_k"),
+            helper.make_node("Concat", ["output_size_batch", OUTPUT_SIZE, "output_size_k"], ["output_size_sizes"],
+                             axis=0, name="output_size_concat"),
+        ]
+    else:  # NCHW: sizes = (N, K, Ho, Wo)
+        nodes += [
+            helper.make_node("Slice", ["output_size_xshape", "output_size_n", "output_size_two"], ["output_size_nk"],
+                             name="output_size_nk"),
+            helper.make_node("Concat", ["output_size_nk", OUTPUT_SIZE], ["output_size_sizes"], axis=0,
+                             name="output_size_concat"),
+        ]
+    nodes.append(helper.make_node("Resize", [x, "", "", "output_size_sizes"], ["output_size_resized"],
+                                  name="output_size_resize", mode="linear",
+                                  coordinate_transformation_mode="half_pixel"))
+    argmax.input[0] = "output_size_resized"
+    index = list(g.node).index(argmax)
+    for k, n in enumerate(nodes):
+        g.node.insert(index + k, n)
+    g.input.append(helper.make_tensor_value_info(OUTPUT_SIZE, TensorProto.INT64, [2]))
+    out = next(o for o in g.output if o.name == "labels")
+    dims = out.type.tensor_type.shape.dim
+    if len(dims) == 3:
+        dims[1].ClearField("dim_value")
+        dims[1].dim_param = "Ho"
+        dims[2].ClearField("dim_value")
+        dims[2].dim_param = "Wo"
+    return True
+
+
 def _convert_opset(proto: Any, opset: int, notes: list[str]) -> Any:
     require("onnx", "dev")
     from onnx import version_converter
@@ -320,7 +404,8 @@ def _convert_opset(proto: Any, opset: int, notes: list[str]) -> Any:
     return converted
 
 
-def _name_dims(proto: Any, axes: dict[str, int], dynamic: dict[str, bool], input_name: str) -> None:
+def _name_dims(proto: Any, axes: dict[str, int], dynamic: dict[str, bool], input_name: str,
+               labels_at_input_size: bool = True) -> None:
     """Give the dynamic dimensions the names N, H, W everywhere (the exporter calls them s0, s1…)."""
     inp = next(i for i in proto.graph.input if i.name == input_name)
     dims = inp.type.tensor_type.shape.dim
@@ -328,11 +413,9 @@ def _name_dims(proto: Any, axes: dict[str, int], dynamic: dict[str, bool], input
     for name, axis in axes.items():
         if dynamic[name] and dims[axis].dim_param:
             rename[dims[axis].dim_param] = name
-    if not rename:
-        return
-    pattern = re.compile(r"\b(" + "|".join(re.escape(k) for k in rename) + r")\b")
+    pattern = re.compile(r"\b(" + "|".join(re.escape(k) for k in rename) + r")\b") if rename else None
     for vi in list(proto.graph.input) + list(proto.graph.output) + list(proto.graph.value_info):
-        if not vi.type.HasField("tensor_type"):
+        if pattern is None or not vi.type.HasField("tensor_type"):
             continue
         for d in vi.type.tensor_type.shape.dim:
             if d.dim_param:
@@ -340,10 +423,14 @@ def _name_dims(proto: Any, axes: dict[str, int], dynamic: dict[str, bool], input
     # outputs: labels (N, H, W) and logits (N, K, H, W) — name them plainly even if inferred differently
     for out in proto.graph.output:
         od = out.type.tensor_type.shape.dim
-        want = ["N", "H", "W"] if out.name == "labels" else ["N", None, "H", "W"]
+        if out.name == "labels" and not labels_at_input_size:
+            want = ["N", "Ho", "Wo"]  # the output_size input's values
+        else:
+            want = ["N", "H", "W"] if out.name == "labels" else ["N", None, "H", "W"]
         if len(od) == len(want):
             for d, name in zip(od, want):
-                if name and dynamic[name]:
+                if name and dynamic.get(name, True):
+                    d.ClearField("dim_value")
                     d.dim_param = name
 
 

@@ -60,6 +60,7 @@ class ExportOptions:
     batch: int | None = None
     max_batch: int | None = None
     with_logits: bool = False
+    output_size: bool = True  # graph input output_size (Ho, Wo): labels at the original size (official, exact)
     preprocess: bool = False
     timing_cache: Path | None = None
     out: Path = Path("exported")
@@ -120,6 +121,13 @@ class Shapes:
         lo, opt, hi = self.batch_range
         return {"name": input_name, "min": shape(lo, self.min_hw), "opt": shape(opt, self.opt_hw),
                 "max": shape(hi, self.max_hw)}
+
+    def output_size_range(self) -> dict[str, Any]:
+        """VALUE range of the ``output_size`` input (a TensorRT shape tensor): 1x1 up to a square of side
+        max(2048, the largest input side) — original images are any orientation and usually larger than a
+        static input size."""
+        side = max(2048, *self.max_hw)
+        return {"name": "output_size", "values": True, "min": [1, 1], "opt": list(self.opt_hw), "max": [side, side]}
 
 
 def resolve_shapes(o: ExportOptions, crop_size: tuple[int, int]) -> Shapes:
@@ -315,7 +323,7 @@ def run_export(o: ExportOptions) -> ExportResult:
         # NCHW form, which TensorRT's resize handles natively
         info = export_onnx(model, fp32_path, with_logits=o.with_logits, preprocess=o.preprocess,
                            static_hw=shapes.static_hw, static_batch=shapes.static_batch, opset=o.opset,
-                           labels_head="nchw" if build else "nhwc")
+                           labels_head="nchw" if build else "nhwc", output_size=o.output_size)
         steps.info(f"{info.num_nodes} nodes after {info.simplifier} ({time.perf_counter() - t:.0f} s)")
 
         t = steps.start(f"precision {o.precision}")
@@ -355,10 +363,12 @@ def run_export(o: ExportOptions) -> ExportResult:
         steps.start(f"writing {onnx_path}")
         input_name = info.inputs[0]["name"]
         profile = shapes.profile(input_name, o.preprocess)
+        size_range = shapes.output_size_range() if o.output_size else None
         meta = md.build_metadata(
             artifact=onnx_path, kind="onnx", precision=o.precision, model=model,
             inputs=info.inputs, outputs=info.outputs, dynamic=info.dynamic,
-            profiles=[{input_name: {k: profile[k] for k in ("min", "opt", "max")}}],
+            profiles=[{input_name: {k: profile[k] for k in ("min", "opt", "max")},
+                       **({"output_size": {k: size_range[k] for k in ("min", "opt", "max")}} if size_range else {})}],
             preprocess=o.preprocess, opset=info.opset, source=source,
             extra={"tensorrt_check": result.trt_check, "precision_details": details, "verification": verification,
                    "export": {"seconds": None, "trace_shape": info.trace_shape, "onnx_nodes": info.num_nodes,
@@ -379,7 +389,8 @@ def run_export(o: ExportOptions) -> ExportResult:
 
     if build:
         steps.start(f"building the TensorRT engine {engine_path.name}")
-        result.engine_path, result.engine_sidecar = _build_engine(o, onnx_path, engine_path, meta, profile)
+        result.engine_path, result.engine_sidecar = _build_engine(o, onnx_path, engine_path, meta,
+                                                                  [profile] + ([size_range] if size_range else []))
     result.seconds = round(time.perf_counter() - t_start, 1)
     return result
 
@@ -453,12 +464,12 @@ def _apply_precision(o: ExportOptions, fp32_path: Path, work: Path, calib: list[
 
 
 def _build_engine(o: ExportOptions, onnx_path: Path, engine_path: Path, onnx_meta: dict[str, Any],
-                  profile: dict[str, Any]) -> tuple[Path, Path]:
+                  profiles: list[dict[str, Any]]) -> tuple[Path, Path]:
     from semask_deploy.export import metadata as md
     from semask_deploy.export.tensorrt import build_engine
 
     try:
-        info = build_engine(onnx_path, engine_path, precision=o.precision, profiles=[profile],
+        info = build_engine(onnx_path, engine_path, precision=o.precision, profiles=profiles,
                             timing_cache=o.timing_cache, workspace_gb=o.workspace_gb, progress=not o.quiet)
     except (MissingDependencyError, ExportError) as exc:
         why = " ".join(str(exc).split())  # one line

@@ -396,8 +396,10 @@ def calibration_key(model_bytes: bytes, inputs: Sequence[np.ndarray], settings: 
 class _Reader:
     """ONNX Runtime CalibrationDataReader over a list of input arrays, with a progress bar."""
 
-    def __init__(self, input_name: str, inputs: Sequence[np.ndarray], progress: bool) -> None:
+    def __init__(self, input_name: str, inputs: Sequence[np.ndarray], progress: bool,
+                 output_size: bool = False) -> None:
         self.input_name = input_name
+        self.output_size = output_size  # the graph also takes output_size (Ho, Wo): fed the input's own size
         self.inputs = list(inputs)
         self.index = 0
         self.bar = None
@@ -419,6 +421,9 @@ class _Reader:
         self.index += 1
         if self.bar is not None:
             self.bar.update(1)
+        if self.output_size:
+            hw = x.shape[1:3] if x.dtype == np.uint8 else x.shape[2:4]
+            return {self.input_name: x, "output_size": np.asarray(hw, dtype=np.int64)}
         return {self.input_name: x}
 
     def __len__(self) -> int:
@@ -508,7 +513,8 @@ def quantize_int8(
     if cache_file is not None and not cache_hit:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         tmp_cache = cache_file.with_name(f".{cache_file.stem}.{os.getpid()}.tmp.json")
-    reader = None if cache_hit else _Reader(input_name, inputs, progress)
+    has_size = any(i.name == "output_size" for i in model.graph.input)
+    reader = None if cache_hit else _Reader(input_name, inputs, progress, output_size=has_size)
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # ORT logs "consider pre-processing" warnings on the root logger

@@ -420,8 +420,18 @@ def build_engine(
     for flag in flags:
         config.set_flag(getattr(trt.BuilderFlag, flag))
 
-    input_shapes = {network.get_input(i).name: tuple(network.get_input(i).shape) for i in range(network.num_inputs)}
-    groups = validate_profiles(profiles, input_shapes)
+    net_inputs = [network.get_input(i) for i in range(network.num_inputs)]
+    # shape-tensor inputs (the output_size input of semask-export's graphs) get VALUE ranges, not shapes
+    shape_inputs = [t.name for t in net_inputs if getattr(t, "is_shape_tensor", False)]
+    value_ranges = {str(spec["name"]): spec for spec in profiles or [] if spec.get("values")}
+    missing_values = [n for n in shape_inputs if n not in value_ranges]
+    if missing_values:
+        raise ExportError(f"the network has shape-tensor input(s) {', '.join(missing_values)}: pass profiles=[{{'name', "
+                          "'min', 'opt', 'max', 'values': True}] with their value ranges")
+    input_shapes = {t.name: tuple(t.shape) for t in net_inputs if t.name not in value_ranges}
+    groups = validate_profiles([p for p in profiles or [] if not p.get("values")], input_shapes)
+    if value_ranges and not groups:
+        groups = [{}]
     for index, group in enumerate(groups):
         profile = builder.create_optimization_profile()
         for name, r in group.items():
@@ -432,6 +442,15 @@ def build_engine(
                                   f"{index}: {exc}") from exc
             if accepted is False:
                 raise ExportError(f"TensorRT rejected the shape range {r} of input {name!r} in optimisation profile {index}")
+        for name, r in value_ranges.items():
+            try:
+                accepted = profile.set_shape_input(name, list(r["min"]), list(r["opt"]), list(r["max"]))
+            except RuntimeError as exc:
+                raise ExportError(f"TensorRT rejected the value range {r} of shape input {name!r} in optimisation "
+                                  f"profile {index}: {exc}") from exc
+            if accepted is False:
+                raise ExportError(f"TensorRT rejected the value range {r} of shape input {name!r} in optimisation "
+                                  f"profile {index}")
         if config.add_optimization_profile(profile) < 0:
             raise ExportError(f"TensorRT rejected optimisation profile {index}: {group}")
 

@@ -69,6 +69,7 @@ class VerifyCase:
     ok: bool
     seconds_onnx: float
     seconds_torch: float
+    output_size: list[int] | None = None  # labels taken at this (Ho, Wo) through the output_size input
 
 
 @dataclass
@@ -89,7 +90,8 @@ class VerifyResult:
         for c in self.cases:
             logit = (f"max|Δlogit| {c.max_abs:.2e}, mean {c.mean_abs:.2e}, rel L2 {c.rel_l2:.2e}; "
                      if c.rel_l2 is not None else "")
-            lines.append(f"  {'x'.join(map(str, c.shape))}: {logit}labels {c.label_agreement * 100:.3f} % equal, "
+            to = f" → labels at {c.output_size[0]}x{c.output_size[1]}" if c.output_size else ""
+            lines.append(f"  {'x'.join(map(str, c.shape))}{to}: {logit}labels {c.label_agreement * 100:.3f} % equal, "
                          f"mIoU agreement {c.miou_agreement * 100:.2f} % — {'ok' if c.ok else 'FAIL'}")
         return "\n".join(lines)
 
@@ -209,7 +211,8 @@ def verify_onnx(
     tol = tolerance or TOLERANCES[precision]
     session, logits_name = _session_with_logits(onnx_path)
     out_names = [o.name for o in session.get_outputs()]
-    input_name = session.get_inputs()[0].name
+    input_names = [i.name for i in session.get_inputs()]
+    input_name = next(n for n in input_names if n != "output_size")
     result = VerifyResult(precision=precision, tolerance=tol, inputs=inputs_desc)
     k = model.config.num_classes
     for img in images:
@@ -218,7 +221,10 @@ def verify_onnx(
         feed = np.ascontiguousarray(rgb) if preprocess else x
         t0 = time.perf_counter()
         try:
-            outs = dict(zip(out_names, session.run(None, {input_name: feed})))
+            feeds = {input_name: feed}
+            if "output_size" in input_names:  # labels at the input size: the second resize is the identity
+                feeds["output_size"] = np.asarray(x.shape[2:], dtype=np.int64)
+            outs = dict(zip(out_names, session.run(None, feeds)))
         except Exception as exc:  # noqa: BLE001
             raise ExportError(f"ONNX Runtime failed on a {'x'.join(map(str, feed.shape))} input: "
                               f"{str(exc).splitlines()[0][:300]}") from exc
@@ -244,4 +250,16 @@ def verify_onnx(
             ok = ok and rel <= tol.max_rel_l2
         result.cases.append(VerifyCase(list(feed.shape), max_abs, mean_abs, rel, agree, miou, ok,
                                        round(t1 - t0, 3), round(t2 - t1, 3)))
+        if "output_size" in input_names:  # the official second resize, to another size (up in H, down in W)
+            size = (x.shape[2] * 4 // 3 + 1, max(1, x.shape[3] * 3 // 4 + 1))
+            t0 = time.perf_counter()
+            got = session.run(["labels"], {input_name: feed, "output_size": np.asarray(size, np.int64)})[0]
+            t1 = time.perf_counter()
+            want = torch.nn.functional.interpolate(ref, size=size, mode="bilinear", align_corners=False).argmax(1)
+            agree = label_agreement(got, want.numpy())
+            miou = miou_between(got, want.numpy(), k)
+            ok = agree >= tol.min_label_agreement and (tol.min_miou_agreement is None or math.isnan(miou)
+                                                        or miou >= tol.min_miou_agreement)
+            result.cases.append(VerifyCase(list(feed.shape), None, None, None, agree, miou, ok,
+                                           round(t1 - t0, 3), 0.0, list(size)))
     return result

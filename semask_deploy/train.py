@@ -207,10 +207,13 @@ def _train(opts: TrainOptions, info: tdist.DistInfo, stop_after: int | None, t_w
     if resume_state is not None and variant is None:
         base = SeMaskConfig.from_dict(resume_state["meta"]["semask_config"])
         variant = "resumed"
+    if variant is None and init_data is None and opts.data == "synthetic":
+        variant = "demo"  # the built-in demo architecture is the natural default on synthetic scenes
+        base = load_variant(variant)
     if variant is None:
         if init_data is None or checkpoint_kind(init_data) != "semask":
             raise ConfigError("--variant is required (tiny, small, base, large, demo or a config .json), "
-                              "unless --init is a SeMask checkpoint")
+                              "unless --init is a SeMask checkpoint or --data is synthetic (default: demo)")
         base, variant = infer_config(init_data), "checkpoint"
     crop = opts.crop or default_crop(variant, base, opts.data)
     n_synth = opts.num_classes

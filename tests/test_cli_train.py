@@ -60,7 +60,7 @@ def test_cli_trains_and_writes_loadable_weights(tmp_path, tiny_json):
         (["--variant", "huge", "--data", "synthetic"], "--variant"),
         (["--variant", "missing.json", "--data", "synthetic"], "not found"),
         (["--variant", "demo", "--data", "synthetic", "--num-classes", "3"], "--num-classes"),
-        (["--data", "synthetic"], "--variant is required"),
+        (["--data", "folder", "--data-root", "/nonexistent/data"], "--variant is required"),
         (["--variant", "demo", "--init", "/nonexistent.pth"], "not found"),
         (["--variant", "demo", "--iters", "0"], "--iters"),
     ],
@@ -135,3 +135,37 @@ def test_semask_infer_demo_on_a_sample(tmp_path):
     image = sample_images()[0]
     assert infer_main(["--demo", "--image", str(image), "--out", str(tmp_path), "--quiet"]) == 0
     assert (tmp_path / f"{image.stem}_labels.png").is_file() and (tmp_path / f"{image.stem}_overlay.png").is_file()
+
+
+def _semask_train() -> list[str]:
+    exe = Path(sys.executable).with_name("semask-train")
+    return [str(exe)] if exe.is_file() else [sys.executable, "-m", "semask_deploy.train"]
+
+
+@pytest.mark.slow
+def test_synthetic_defaults_to_the_demo_architecture_as_written(tmp_path):
+    """``semask-train --data synthetic --iters 20`` exactly as the README writes it (no --variant)."""
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([*_semask_train(), "--data", "synthetic", "--iters", "20", "--out", str(out)],
+                          capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    model = load_model(out / "final.pth")
+    assert model.config.name == "semask_demo_synthetic"
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert records[-1]["event"] == "done" and records[-1]["iter"] == 20
+
+
+@pytest.mark.slow
+def test_torchrun_command_as_written(tmp_path):
+    """``torchrun --standalone --nproc-per-node=2 -m semask_deploy.train --data synthetic --iters 4 --batch-size 2
+    --out DIR`` exactly as written (two gloo processes, the demo architecture by default)."""
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [*_torchrun(), "--standalone", "--nproc-per-node=2", "-m", "semask_deploy.train", "--data", "synthetic",
+           "--iters", "4", "--batch-size", "2", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert load_model(out / "final.pth").config.name == "semask_demo_synthetic"
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert records[-1]["event"] == "done" and records[-1]["iter"] == 4

@@ -4,7 +4,8 @@
 //
 // The engine comes from `semask-export --trt`: input "image" float32 (N,3,H,W), RGB normalised with
 // mean (123.675, 116.28, 103.53) / std (58.395, 57.12, 57.375) on 0-255 -- or "image_uint8" uint8 (N,H,W,3)
-// when exported with --preprocess -- and outputs "labels" int32 (N,H,W) and optionally "logits" float32
+// when exported with --preprocess -- [+ "output_size" int64 [2], semask-export's default: then "labels" come at
+// the original image size, exactly] -- and outputs "labels" int32 (N,H,W) and optionally "logits" float32
 // (N,K,H,W). The image is resized keeping its aspect ratio (mmseg's rule: long edge <= 2048, short edge
 // <= 512 by default), clamped into the engine's optimisation profile, run with enqueueV3, and the result is
 // brought back to the original size: bilinearly resized logits + argmax when the engine has "logits"
@@ -219,8 +220,16 @@ int run(Options const& opt) {
         TensorInfo t{name, engine->getTensorDataType(name)};
         (engine->getTensorIOMode(name) == nvinfer1::TensorIOMode::kINPUT ? inputs : outputs).push_back(t);
     }
-    if (inputs.size() != 1) throw std::runtime_error("expected one input tensor (image or image_uint8)");
-    TensorInfo const in = inputs[0];
+    // semask-export's default graphs also take "output_size" int64 [2] = (height, width) of the ORIGINAL image: the
+    // engine resizes its logits there and takes the argmax (the official pipeline; no post-processing here)
+    TensorInfo const* sizeIn = nullptr;
+    std::vector<TensorInfo> images;
+    for (auto const& t : inputs) {
+        if (t.name == "output_size") sizeIn = &t;
+        else images.push_back(t);
+    }
+    if (images.size() != 1) throw std::runtime_error("expected one image input (image or image_uint8) [+ output_size]");
+    TensorInfo const in = images[0];
     bool const uint8Input = in.type == nvinfer1::DataType::kUINT8;  // NHWC, preprocessing baked in
     if (!uint8Input && in.type != nvinfer1::DataType::kFLOAT) throw std::runtime_error("input must be float32 or uint8");
     int const hAxis = uint8Input ? 1 : 2, wAxis = uint8Input ? 2 : 3;
@@ -263,6 +272,17 @@ int run(Options const& opt) {
     }
     if (!context->setInputShape(in.name.c_str(), shape))
         throw std::runtime_error("setInputShape(" + std::to_string(runH) + "x" + std::to_string(runW) + ") rejected");
+    int64_t outputSize[2] = {original.height, original.width};  // a shape tensor: TensorRT reads it from HOST memory
+    if (sizeIn) {
+        if (sizeIn->type != nvinfer1::DataType::kINT64) throw std::runtime_error("output_size must be int64");
+        nvinfer1::Dims sizeShape{};
+        sizeShape.nbDims = 1;
+        sizeShape.d[0] = 2;
+        if (!context->setInputShape(sizeIn->name.c_str(), sizeShape) ||
+            !context->setTensorAddress(sizeIn->name.c_str(), outputSize))
+            throw std::runtime_error("output_size " + std::to_string(original.height) + "x" +
+                                     std::to_string(original.width) + " rejected (outside the engine's profile?)");
+    }
 
     // ---- host input: RGB, normalised, planar (or the raw bytes for the uint8 engine)
     std::vector<float> chw;
@@ -305,7 +325,13 @@ int run(Options const& opt) {
     int const W = original.width, H = original.height;
     std::vector<uint8_t> labels;
     auto index = [&](TensorInfo const* t) { return static_cast<size_t>(t - outputs.data()); };
-    if (logitsOut) {  // bilinear (align_corners=False, PyTorch's rule) and argmax, two rows at a time
+    if (sizeIn && labelsOut) {  // the engine's labels are already the official ones at H x W
+        std::vector<int32_t> full(static_cast<size_t>(W) * H);
+        CUDA_CHECK(cudaMemcpyAsync(full.data(), dOut[index(labelsOut)]->ptr, full.size() * sizeof(int32_t),
+                                   cudaMemcpyDeviceToHost, stream));
+        CUDA_CHECK(cudaStreamSynchronize(stream));
+        labels = semask::labelsToBytes(full);
+    } else if (logitsOut) {  // bilinear (align_corners=False, PyTorch's rule) and argmax, two rows at a time
         nvinfer1::Dims const& d = outShapes[index(logitsOut)];
         int const K = static_cast<int>(d.d[1]), h = static_cast<int>(d.d[2]), w = static_cast<int>(d.d[3]);
         std::vector<float> logits(static_cast<size_t>(K) * h * w);

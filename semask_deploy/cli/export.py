@@ -23,8 +23,11 @@ Writes <out>/<name>.onnx (+ <name>_trt.engine with --fmt trt|all), each with a <
 (I/O, shapes, normalisation, resize rule, classes, palette, precision, checkpoint SHA-256, versions,
 verification). <name> defaults to <checkpoint stem>_<precision>.
 
-The ONNX has input 'image' float32 (N,3,H,W) normalised RGB — or with --preprocess 'image_uint8' uint8
-(N,H,W,3) RGB 0-255 — and outputs 'labels' int32 (N,H,W) (+ 'logits' float32 (N,K,H,W) with --with-logits),
+The ONNX has inputs 'image' float32 (N,3,H,W) normalised RGB — or with --preprocess 'image_uint8' uint8
+(N,H,W,3) RGB 0-255 — and 'output_size' int64 [2] = (Ho, Wo), and outputs 'labels' int32 (N,Ho,Wo): the logits
+resized bilinearly to output_size and argmax there (feed the ORIGINAL image size for the official labels, or
+(H, W) for labels at the input size; --no-output-size drops that input: labels (N,H,W)) (+ 'logits' float32
+(N,K,H,W) at the input size with --with-logits),
 N, H, W dynamic unless --static / --batch fix them. After export it is run with ONNX Runtime at two other
 sizes and compared with PyTorch fp32; tolerances: fp32 logit rel. L2 <= 1e-4 and >= 99.9 % equal labels;
 fp16 >= 99 % equal labels and >= 97 % mIoU agreement; int8 >= 98 % and >= 95 %. A failed check writes
@@ -90,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     shp.add_argument("--batch", type=int, metavar="N", help="fix the batch size")
     shp.add_argument("--max-batch", type=int, metavar="N", help="largest batch of the engine profile (default: 1)")
     p.add_argument("--with-logits", action="store_true", help="also output logits float32 (N,K,H,W)")
+    p.add_argument("--no-output-size", dest="output_size", action="store_false",
+                   help="no 'output_size' input: labels only at the input size (the graph cannot then give the "
+                   "official labels at the original image size)")
     p.add_argument("--preprocess", action="store_true",
                    help="input uint8 (N,H,W,3) RGB 'image_uint8', normalised inside the graph")
     p.add_argument("--timing-cache", type=Path, metavar="FILE", help="TensorRT timing cache (read and updated)")
@@ -133,7 +139,7 @@ def _run(args: argparse.Namespace) -> int:
         ckpt=args.ckpt, demo=args.demo, fmt=args.fmt, precision=args.precision, calib_images=args.calib_images,
         calib_count=args.calib_count, static=shape["static"], min_shape=shape["min_shape"],
         opt_shape=shape["opt_shape"], max_shape=shape["max_shape"], batch=args.batch, max_batch=args.max_batch,
-        with_logits=args.with_logits,
+        with_logits=args.with_logits, output_size=args.output_size,
         preprocess=args.preprocess, timing_cache=args.timing_cache, out=args.out, name=args.name, force=args.force,
         verify=not args.no_verify, opset=args.opset, int8_activations=args.int8_activations,
         int8_calibration=args.int8_calibration,

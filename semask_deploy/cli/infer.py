@@ -21,7 +21,10 @@ EPILOG = """examples:
   semask-infer --model model.engine --image street.jpg --out out/ --device cuda
 
 For each image NAME.ext it writes NAME_labels.png (class index per pixel; 16-bit when there are more
-than 256 classes) and NAME_overlay.png (the palette blended over the image), at the image's own size.
+than 256 classes) and NAME_overlay.png (the palette blended over the image), at the image's own size
+(EXIF orientation applied). Any image OpenCV reads is segmented: gray, RGBA, 16-bit (scaled to 8 bits), one
+pixel, 1xN strips. Checkpoints, ONNX files and engines give the same labels (exported graphs resize their
+logits to the original size themselves); slide mode needs an export made --with-logits.
 """
 
 

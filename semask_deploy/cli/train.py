@@ -35,7 +35,8 @@ def build_parser(prog: str = "semask-train") -> argparse.ArgumentParser:
     )
     p.add_argument("--variant", default=None,
                    help="tiny | small | base | large (official configs with the data's classes), demo (the built-in "
-                   "small model) or a model config .json (default: from --init when it is a SeMask checkpoint)")
+                   "small model) or a model config .json (default: from --init when it is a SeMask checkpoint, else demo "
+                   "with --data synthetic)")
     p.add_argument("--data", default="synthetic", choices=("synthetic", "ade20k", "cityscapes", "coco-stuff", "folder"),
                    help="training data (default: synthetic)")
     p.add_argument("--data-root", type=Path, default=None, help="data-set root folder (all but synthetic)")

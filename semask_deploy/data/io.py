@@ -1,8 +1,8 @@
 """Image and label-map I/O with OpenCV, plus colouring of label maps.
 
 Images are returned as ``uint8`` ``H×W×3`` RGB arrays, decoded the way mmseg's ``LoadImageFromFile``
-does (OpenCV, colour mode, EXIF orientation applied): grayscale is replicated to 3 channels and an
-alpha channel is dropped. Label maps are read unchanged (no orientation, no colour conversion).
+does (OpenCV, colour mode, EXIF orientation applied): grayscale is replicated to 3 channels, an
+alpha channel is dropped, 16-bit and float images are scaled to 8 bits as ``IMREAD_COLOR`` does. Label maps are read unchanged (no orientation, no colour conversion).
 Every file written goes to a temporary name first and is renamed (see :mod:`semask_deploy.fileio`).
 """
 
@@ -50,33 +50,34 @@ def _decode(data: bytes, flags: int, path: Path, what: str) -> np.ndarray:
     return arr
 
 
-def read_image_rgb(path: PathLike, allow_16bit: bool = False) -> np.ndarray:
-    """Read an image file as 8-bit RGB.
+def read_image_rgb(path: PathLike, allow_16bit: bool = True) -> np.ndarray:
+    """Read any image OpenCV decodes as 8-bit RGB — exactly what ``cv2.imread(path, cv2.IMREAD_COLOR)`` (mmseg's
+    ``LoadImageFromFile``) gives, converted to RGB.
+
+    * EXIF orientation (JPEG, TIFF, …) is applied, as ``IMREAD_COLOR`` does;
+    * grayscale is replicated to 3 channels, an alpha channel is dropped (not blended);
+    * 16-bit and floating-point images are converted to 8 bits by OpenCV's own ``IMREAD_COLOR`` conversion
+      (16-bit: ``v >> 8``);
+    * any size, including one pixel and 1×N strips.
 
     Args:
         path: image file (any format OpenCV decodes).
-        allow_16bit: if True, 16-bit images are scaled to 8 bits (``v >> 8``, as OpenCV's colour
-            mode does); by default they are refused so no precision is lost silently.
+        allow_16bit: False refuses 16-bit images instead of scaling them (so no precision is lost silently).
 
     Returns:
         ``uint8`` array ``(H, W, 3)`` in RGB order.
 
     Raises:
-        ImageError: missing, unreadable, empty or undecodable file; 16-bit (unless allowed) or
-            floating-point image.
+        ImageError: missing, unreadable, empty or undecodable file (or 16-bit when not allowed).
     """
     p = Path(path)
     data = _read_bytes(p, "image")
-    img = _decode(data, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH, p, "image")
-    if img.dtype == np.uint16:
-        if not allow_16bit:
-            raise ImageError(
-                f"{p} is a 16-bit image; convert it to 8 bits per channel first "
-                f"(or call read_image_rgb(..., allow_16bit=True) to scale it)"
-            )
-        img = (img >> 8).astype(np.uint8)
-    elif img.dtype != np.uint8:
-        raise ImageError(f"{p} has {img.dtype} pixels; convert it to an 8-bit PNG or JPEG")
+    img = _decode(data, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH, p, "image")  # orientation applied (not UNCHANGED)
+    if img.dtype != np.uint8:
+        if img.dtype == np.uint16 and not allow_16bit:
+            raise ImageError(f"{p} is a 16-bit image; convert it to 8 bits per channel first (or call "
+                             "read_image_rgb(..., allow_16bit=True) to scale it)")
+        img = _decode(data, cv2.IMREAD_COLOR, p, "image")  # OpenCV's own conversion to 8 bits
     if img.ndim == 2:
         img = img[:, :, None]
     if img.shape[2] == 1:

@@ -65,7 +65,7 @@ def rescale_size(h: int, w: int, scale: Sequence[int] | float) -> Size2:
     else:
         s0, s1 = (float(s) for s in scale)
         factor = min(max(s0, s1) / max(h, w), min(s0, s1) / min(h, w))
-    return int(h * factor + 0.5), int(w * factor + 0.5)
+    return max(1, int(h * factor + 0.5)), max(1, int(w * factor + 0.5))  # a 1×N strip never becomes 0 wide
 
 
 def resize_image(img: np.ndarray, size_hw: Sequence[int], interpolation: str = "bilinear") -> np.ndarray:

@@ -1,14 +1,18 @@
 """What the ONNX Runtime and TensorRT backends share about an exported artifact: its fixed input shape
-(``--static``, ``--batch``) and the conversion of a normalised batch to what the graph takes."""
+(``--static``, ``--batch``), the conversion of a normalised batch to what the graph takes, and the
+``output_size`` input (int64 [2]) of graphs that resize their logits to the original image size."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from ..config import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import ConfigError
+
+OUTPUT_SIZE = "output_size"  # graph input: (Ho, Wo) of the labels (semask-export's default)
 
 
 def static_input(meta: dict[str, Any]) -> tuple[int | None, tuple[int, int] | None]:
@@ -41,3 +45,17 @@ def graph_input(x: np.ndarray, accepts_uint8: bool) -> np.ndarray:
     mean = np.asarray(IMAGENET_MEAN, np.float32).reshape(1, 3, 1, 1)
     rgb = np.clip(np.rint(x * std + mean), 0, 255).astype(np.uint8)
     return np.ascontiguousarray(rgb.transpose(0, 2, 3, 1))
+
+
+def output_size_feed(x: np.ndarray, size: Sequence[int] | None, nhwc: bool) -> np.ndarray:
+    """The ``output_size`` input: int64 [2] = ``size`` (Ho, Wo), or the graph input's own (H, W) when None.
+
+    Args:
+        x: the graph's image input, (N, 3, H, W) or, for ``--preprocess`` graphs (``nhwc``), (N, H, W, 3).
+        size: (Ho, Wo) of the labels wanted (both ≥ 1), or None for labels at the input size.
+    """
+    hw = x.shape[1:3] if nhwc else x.shape[2:4]
+    want = tuple(int(v) for v in (size if size is not None else hw))
+    if len(want) != 2 or min(want) < 1:
+        raise ConfigError(f"output size must be two positive integers (Ho, Wo), got {size!r}")
+    return np.asarray(want, dtype=np.int64)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, RuntimeBackendError, require
-from .artifact import graph_input, static_input
+from .artifact import OUTPUT_SIZE, graph_input, output_size_feed, static_input
 
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider", "ROCMExecutionProvider",
                  "MIGraphXExecutionProvider", "DmlExecutionProvider")
@@ -49,6 +49,8 @@ class OnnxBackend:
     Attributes:
         has_logits, num_classes, class_names, palette, test_scale, crop_size, precision: from the sidecar.
         accepts_uint8: the graph takes uint8 (N, H, W, 3) RGB (``--preprocess``); see :meth:`labels_uint8`.
+        has_output_size: the graph takes ``output_size`` int64 [2] and gives its labels at that size (the
+            official resize of the logits back to the original image, then argmax); see :meth:`labels`.
         input_hw: (H, W) of a static-size export (inputs must have exactly that size), else None.
         input_batch: the batch size of a fixed-batch export, else None.
         providers: the providers the session really uses.
@@ -95,7 +97,9 @@ class OnnxBackend:
                 "allow_cpu_fallback=True (--allow-cpu-fallback) to accept the CPU"
             )
         m = self.meta
-        self.input_name = self.session.get_inputs()[0].name
+        names = [i.name for i in self.session.get_inputs()]
+        self.input_name = next(n for n in names if n != OUTPUT_SIZE)
+        self.has_output_size = OUTPUT_SIZE in names
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.has_logits = "logits" in self.output_names
         self.accepts_uint8 = bool(m.get("preprocess_in_graph")) or self.session.get_inputs()[0].type == "tensor(uint8)"
@@ -108,9 +112,15 @@ class OnnxBackend:
         self.input_batch, self.input_hw = static_input(m)
 
     # -- numpy in, numpy/torch out --------------------------------------------------------------------
-    def _run(self, x: np.ndarray, names: list[str]) -> list[np.ndarray]:
+    def _run(self, x: np.ndarray, names: list[str], size: Sequence[int] | None = None) -> list[np.ndarray]:
+        feed = {self.input_name: x}
+        if size is not None and not self.has_output_size:
+            raise ConfigError(f"{self.path.name} has no output_size input (exported with --no-output-size): its "
+                              "labels are at the input size; re-export without --no-output-size")
+        if self.has_output_size:
+            feed[OUTPUT_SIZE] = output_size_feed(x, size, self.accepts_uint8)
         try:
-            return self.session.run(names, {self.input_name: x})
+            return self.session.run(names, feed)
         except Exception as exc:  # noqa: BLE001
             raise RuntimeBackendError(f"ONNX Runtime failed on an input of shape {tuple(x.shape)} {x.dtype}: "
                                       f"{str(exc).splitlines()[0][:300]}") from exc
@@ -122,9 +132,10 @@ class OnnxBackend:
         out = self._run(graph_input(x, self.accepts_uint8), ["logits"])[0]
         return torch.from_numpy(out.astype(np.float32, copy=False))
 
-    def labels(self, x: np.ndarray) -> np.ndarray:
-        """Normalised float32 (N, 3, H, W) → int32 labels (N, H, W)."""
-        return self._run(graph_input(x, self.accepts_uint8), ["labels"])[0].astype(np.int32, copy=False)
+    def labels(self, x: np.ndarray, size: Sequence[int] | None = None) -> np.ndarray:
+        """Normalised float32 (N, 3, H, W) → int32 labels (N, H, W), or (N, Ho, Wo) at ``size`` = (Ho, Wo)
+        (graphs with the ``output_size`` input only: logits resized there, then argmax — exact)."""
+        return self._run(graph_input(x, self.accepts_uint8), ["labels"], size)[0].astype(np.int32, copy=False)
 
     def _uint8(self, images: np.ndarray) -> np.ndarray:
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
@@ -135,9 +146,10 @@ class OnnxBackend:
 
         return np.stack([normalize(im) for im in images])
 
-    def labels_uint8(self, images: np.ndarray) -> np.ndarray:
-        """uint8 RGB (N, H, W, 3) → int32 labels (N, H, W); normalised in the graph for --preprocess exports."""
-        return self._run(self._uint8(images), ["labels"])[0].astype(np.int32, copy=False)
+    def labels_uint8(self, images: np.ndarray, size: Sequence[int] | None = None) -> np.ndarray:
+        """uint8 RGB (N, H, W, 3) → int32 labels (N, H, W) (or at ``size``, see :meth:`labels`); normalised in
+        the graph for --preprocess exports."""
+        return self._run(self._uint8(images), ["labels"], size)[0].astype(np.int32, copy=False)
 
     def logits_uint8(self, images: np.ndarray) -> torch.Tensor:
         """uint8 RGB (N, H, W, 3) → float32 logits (N, K, H, W)."""
@@ -147,4 +159,4 @@ class OnnxBackend:
 
     def describe(self) -> dict[str, Any]:
         return {"backend": "onnxruntime", "providers": self.providers, "precision": self.precision,
-                "input": self.input_name, "outputs": self.output_names}
+                "input": self.input_name, "outputs": self.output_names, "output_size_input": self.has_output_size}

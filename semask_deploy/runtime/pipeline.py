@@ -4,8 +4,8 @@
     → whole image, or sliding windows whose logits are summed and divided by the overlap count
     → logits resized bilinearly to the original H×W → argmax.
 
-Backends that only give labels (an ONNX/TensorRT graph exported without logits) fall back to a
-nearest-neighbour resize of the labels; :class:`~semask_deploy.runtime.Segmenter` says so.
+Exported graphs with the ``output_size`` input do the last two steps themselves (exactly); only
+labels-only graphs exported with ``--no-output-size`` fall back to a nearest-neighbour resize of the labels.
 """
 
 from __future__ import annotations

@@ -33,6 +33,11 @@ class Segmenter:
             stay fp32; only on CPUs with native bf16 — avx512_bf16 or AMX — else a ConfigError). Exported
             artifacts carry their own precision.
 
+    Whole mode runs the official pipeline exactly on every backend: exports with the ``output_size`` input
+    (semask-export's default) resize their logits to the image's size in the graph and take the argmax
+    there; PyTorch and ``--with-logits`` exports do it here. Only ``--no-output-size`` labels-only exports
+    fall back to a nearest-neighbour resize of their labels. Slide mode needs logits (``--with-logits``).
+
     A static-size export (``semask-export --static HxW``) takes exactly that size: in whole mode every image
     is resized to it (bilinear, aspect ratio not kept) and the labels are mapped back to the image's size;
     in slide mode the windows are that size. A fixed-batch export gets each image repeated to its batch.
@@ -136,6 +141,9 @@ class Segmenter:
         if self.mode == "slide":
             logits = slide_logits(self._logits, x, self.num_classes, self.crop, self.stride)
             return labels_from_logits(logits, size).astype(np.int64)
+        if getattr(self.backend, "has_output_size", False):
+            # the graph resizes its logits to the original size and takes the argmax there (official, exact)
+            return self._fixed_batch(lambda b: self.backend.labels(b, size), x)[0].astype(np.int64)
         if self.backend.has_logits:
             return labels_from_logits(self._logits(x), size).astype(np.int64)
         return labels_to_size(self._fixed_batch(self.backend.labels, x)[0], size).astype(np.int64)

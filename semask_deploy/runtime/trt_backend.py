@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, RuntimeBackendError
-from .artifact import graph_input, static_input
+from .artifact import OUTPUT_SIZE, graph_input, output_size_feed, static_input
 
 
 class TensorRTBackend:
@@ -61,7 +61,8 @@ class TensorRTBackend:
             raise RuntimeBackendError(f"{self.path.name} was built for a GPU of compute capability {built_cc}, this "
                                       f"GPU is {here_cc}; rebuild it on this GPU with semask-export --fmt trt")
         self.runner = TensorRTRunner(self.path, device=device)
-        self.input_name = self.runner.input_names[0]
+        self.input_name = next(n for n in self.runner.input_names if n != OUTPUT_SIZE)
+        self.has_output_size = OUTPUT_SIZE in self.runner.input_names
         self.output_names = list(self.runner.output_names)
         self.has_logits = "logits" in self.output_names
         self.accepts_uint8 = bool(m.get("preprocess_in_graph")) or self.runner.dtypes[self.input_name] == np.uint8
@@ -77,23 +78,33 @@ class TensorRTBackend:
         """Normalised float32 (N, 3, H, W) → float32 logits (N, K, H, W) on the CPU."""
         if not self.has_logits:
             raise ConfigError(f"{self.path.name} outputs labels only: re-export with --with-logits")
-        out = self.runner.run({self.input_name: graph_input(x, self.accepts_uint8)})
+        out = self.runner.run(self._feed(graph_input(x, self.accepts_uint8)))
         return torch.from_numpy(np.asarray(out["logits"], dtype=np.float32))
 
-    def labels(self, x: np.ndarray) -> np.ndarray:
-        """Normalised float32 (N, 3, H, W) → int32 labels (N, H, W)."""
-        out = self.runner.run({self.input_name: graph_input(x, self.accepts_uint8)})
+    def _feed(self, x: np.ndarray, size: Any = None) -> dict[str, np.ndarray]:
+        if size is not None and not self.has_output_size:
+            raise ConfigError(f"{self.path.name} has no output_size input (exported with --no-output-size): its "
+                              "labels are at the input size; re-export without --no-output-size")
+        feed = {self.input_name: x}
+        if self.has_output_size:
+            feed[OUTPUT_SIZE] = output_size_feed(x, size, self.accepts_uint8)
+        return feed
+
+    def labels(self, x: np.ndarray, size: Any = None) -> np.ndarray:
+        """Normalised float32 (N, 3, H, W) → int32 labels (N, H, W), or (N, Ho, Wo) at ``size`` = (Ho, Wo)
+        (engines with the ``output_size`` input: logits resized there, then argmax — exact)."""
+        out = self.runner.run(self._feed(graph_input(x, self.accepts_uint8), size))
         return np.asarray(out["labels"]).astype(np.int32, copy=False)
 
-    def labels_uint8(self, images: np.ndarray) -> np.ndarray:
+    def labels_uint8(self, images: np.ndarray, size: Any = None) -> np.ndarray:
         """uint8 RGB (N, H, W, 3) → int32 labels (N, H, W) (engines exported with --preprocess)."""
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
             raise ConfigError(f"expected uint8 RGB images (N, H, W, 3), got {images.dtype} {images.shape}")
         if not self.accepts_uint8:
             from ..data.transforms import normalize
 
-            return self.labels(np.stack([normalize(im) for im in images]))
-        out = self.runner.run({self.input_name: np.ascontiguousarray(images)})
+            return self.labels(np.stack([normalize(im) for im in images]), size)
+        out = self.runner.run(self._feed(np.ascontiguousarray(images), size))
         return np.asarray(out["labels"]).astype(np.int32, copy=False)
 
     def describe(self) -> dict[str, Any]:

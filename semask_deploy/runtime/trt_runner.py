@@ -298,6 +298,8 @@ class TensorRTRunner:
         unknown = [n for n in inputs if n not in self.input_names]
         if missing or unknown:
             raise RuntimeBackendError(f"engine inputs are {self.input_names}; missing {missing}, unknown {unknown}")
+        is_shape_io = getattr(self.engine, "is_shape_inference_io", None)
+        self._host_inputs: dict[str, np.ndarray] = {}
         for name in self.input_names:
             array = np.asarray(inputs[name])
             want = self.dtypes[name]
@@ -305,6 +307,14 @@ class TensorRTRunner:
                 if not np.can_cast(array.dtype, want, casting="same_kind"):
                     raise RuntimeBackendError(f"input {name!r} must be {want}, got {array.dtype}")
                 array = array.astype(want)
+            if is_shape_io is not None and is_shape_io(name):
+                # a shape tensor (e.g. output_size): TensorRT reads its values from HOST memory
+                host = np.ascontiguousarray(array)
+                self._host_inputs[name] = host  # alive until the next run
+                if not self.context.set_input_shape(name, tuple(int(d) for d in host.shape)):
+                    raise RuntimeBackendError(f"input {name!r} of shape {host.shape} does not fit the engine")
+                self.context.set_tensor_address(name, int(host.ctypes.data))
+                continue
             if not self.context.set_input_shape(name, tuple(int(d) for d in array.shape)):
                 lo, _, hi = self.input_shape_range(name)
                 raise RuntimeBackendError(

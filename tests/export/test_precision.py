@@ -66,10 +66,16 @@ def int8_path(fp32_path, tmp_path_factory):
     mp.undo()
 
 
+def _size(x):
+    """The output_size input for labels at the input's own size."""
+    return np.asarray(x.shape[2:], dtype=np.int64)
+
+
 def _agreement(sess, reference):
     agree, miou = [], []
     for x, ref in reference:
-        labels = np.concatenate([sess.run(["labels"], {"image": x[i:i + 1]})[0] for i in range(len(x))])
+        labels = np.concatenate([sess.run(["labels"], {"image": x[i:i + 1], "output_size": _size(x)})[0]
+                                 for i in range(len(x))])
         agree.append(label_agreement(labels, ref))
         miou.append(miou_between(labels, ref, 8))
     return min(agree), min(miou)
@@ -180,6 +186,6 @@ def test_uint8_activations_run_but_are_not_for_tensorrt(fp32_path, int8_path, tm
     info = quantize_int8(fp32_path, out, calib[:4], activations="u8", progress=False)
     assert info["activations"] == "uint8 asymmetric"
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    assert sess.run(["labels"], {"image": calib[0]})[0].shape == (1, 96, 96)
+    assert sess.run(["labels"], {"image": calib[0], "output_size": _size(calib[0])})[0].shape == (1, 96, 96)
     report = check_onnx_for_tensorrt(out)
     assert not report.ok and any("UINT8" in reason for _, reason, _ in report.unsupported)
