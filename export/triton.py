@@ -35,7 +35,9 @@ def run_export_triton(o, gpu: bool = False, python_runtime: bool = False) -> lis
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".triton.", suffix=".tmp", dir=out))
     try:
-        inner = dataclasses.replace(o, fmt="trt" if engine else "onnx", with_logits=True, max_batch=max_batch,
+        # the repository's post-processing model resizes the logits to the image size: no output_size input
+        inner = dataclasses.replace(o, fmt="trt" if engine else "onnx", with_logits=True, output_size=False,
+                                    max_batch=max_batch,
                                     out=work, force=True)
         res = run_export(inner)
         artifact = res.engine_path if engine else res.onnx_path
