@@ -15,6 +15,7 @@ EPILOG = """examples:
   semask-export --ckpt semask_swin_tiny_ade20k.pth --precision int8 --calib-images calib/ --calib-count 64
   semask-export --ckpt semask_swin_tiny_ade20k.pth --fmt trt --precision fp16 --opt-shape 512x683 --max-batch 4
   semask-export --ckpt model.pth --static 512x512 --batch 1 --preprocess     # fixed size, uint8 NHWC input
+  semask-export --demo --fmt openvino --precision int8                       # + OpenVINO IR (CPU)
   semask-export --check-trt exported/semask_swin_tiny_ade20k_fp32.onnx
 
 Writes <out>/<name>.onnx (+ <name>_trt.engine with --fmt trt|all), each with a <stem>.json metadata sidecar
@@ -50,8 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--demo", action="store_true", help="export the built-in demo model")
     src.add_argument("--check-trt", type=Path, metavar="MODEL.onnx",
                      help="only check an ONNX file offline for the TensorRT ONNX parser (ops and dtypes)")
-    p.add_argument("--fmt", choices=("onnx", "trt", "all"), default="onnx",
-                   help="onnx: ONNX only; trt/all: ONNX and a TensorRT engine (needs TensorRT + GPU) (default: onnx)")
+    p.add_argument("--fmt", choices=("onnx", "trt", "all", "openvino"), default="onnx",
+                   help="onnx: ONNX only; trt/all: ONNX and a TensorRT engine (needs TensorRT + GPU); openvino: ONNX "
+                   "and an OpenVINO IR <name>_ov.xml/.bin (pip install 'semask-deploy[openvino]') (default: onnx)")
     p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32", help="(default: fp32)")
     p.add_argument("--calib-images", type=Path, metavar="DIR",
                    help="int8 calibration images (also used to verify); default: built-in synthetic scenes")

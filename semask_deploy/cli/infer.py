@@ -65,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device (default: cpu)")
     p.add_argument("--attention", choices=("eager", "sdpa", "triton"), default="sdpa",
                    help="PyTorch attention backend (default: sdpa)")
+    p.add_argument("--backend", choices=("auto", "openvino"), default="auto",
+                   help="auto: by file suffix (.onnx → ONNX Runtime, .xml → OpenVINO); openvino: run an .onnx with "
+                   "OpenVINO (pip install 'semask-deploy[openvino]') (default: auto)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default=None,
+                   help="OpenVINO float precision (set explicitly; bf16 only on CPUs with avx512_bf16/AMX) "
+                   "(default: fp32)")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the class colours (default: 0.5)")
     p.add_argument("--no-overlay", action="store_true", help="write only the label maps")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -83,6 +89,8 @@ def run_infer(
     stride: tuple[int, int] | None = None,
     device: str = "cpu",
     attention: str = "sdpa",
+    backend: str = "auto",
+    precision: str | None = None,
     alpha: float = 0.5,
     overlay: bool = True,
     quiet: bool = False,
@@ -102,7 +110,8 @@ def run_infer(
         raise ConfigError("--image is required (an image file or a folder of images)")
     else:
         images = list_images(image)
-    seg = Segmenter(model, device=device, mode=mode, scale=scale, crop=crop, stride=stride, attention_backend=attention)
+    seg = Segmenter(model, device=device, mode=mode, scale=scale, crop=crop, stride=stride, attention_backend=attention,
+                    backend=None if backend == "auto" else backend, precision=precision)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} exists and is not a folder")
     result = InferResult()
@@ -123,7 +132,8 @@ def run_infer(
 def _run(args: argparse.Namespace) -> int:
     result = run_infer(
         args.model, args.image, args.out, demo=args.demo, mode=args.mode, scale=args.scale, crop=args.crop,
-        stride=args.stride, device=args.device, attention=args.attention, alpha=args.alpha,
+        stride=args.stride, device=args.device, attention=args.attention, backend=args.backend, precision=args.precision,
+        alpha=args.alpha,
         overlay=not args.no_overlay, quiet=args.quiet,
     )
     n_ok = len({p.name.rsplit("_", 1)[0] for p in result.written})

@@ -17,7 +17,8 @@ class Segmenter:
     """Segment RGB images with any exported SeMask artifact, with the official test pipeline.
 
     Args:
-        path: ``.pth``/``.safetensors`` (PyTorch), ``.onnx`` (ONNX Runtime) or ``.engine`` (TensorRT).
+        path: ``.pth``/``.safetensors`` (PyTorch), ``.onnx`` (ONNX Runtime, or OpenVINO with
+            ``backend="openvino"``), ``.xml`` (OpenVINO IR) or ``.engine`` (TensorRT).
         device: ``"cpu"`` or ``"cuda"``.
         mode: ``"whole"`` or ``"slide"`` (sliding windows, logits averaged as mmseg does).
         scale: keep-ratio test resize ``(long, short)``; default the model's (sidecar's) test scale;
@@ -27,6 +28,9 @@ class Segmenter:
         providers: ONNX Runtime only: execution providers, e.g. ``["CUDAExecutionProvider"]``.
         allow_cpu_fallback: ONNX Runtime only: accept running on the CPU when a GPU provider was asked
             for but cannot load (otherwise that is an error, never a silent fallback).
+        backend: ``"openvino"`` runs an ``.onnx`` with OpenVINO (``.xml`` always does); default: by suffix.
+        precision: OpenVINO: ``fp32`` (default) or ``bf16`` float layers (bf16 only on CPUs with native
+            bf16; always set explicitly, see :mod:`.openvino_backend`).
 
     A static-size export (``semask-export --static HxW``) takes exactly that size: in whole mode every image
     is resized to it (bilinear, aspect ratio not kept) and the labels are mapped back to the image's size;
@@ -45,12 +49,25 @@ class Segmenter:
         attention_backend: str = "sdpa",
         providers: Sequence[str] | None = None,
         allow_cpu_fallback: bool = False,
+        backend: str | None = None,
+        precision: str | None = None,
     ) -> None:
         path = Path(path)
+        if backend not in (None, "openvino"):
+            raise ConfigError(f"backend must be 'openvino' or None (chosen by the file suffix), got {backend!r}")
         if mode not in ("whole", "slide"):
             raise ConfigError(f"mode must be 'whole' or 'slide', got {mode!r}")
         suffix = path.suffix.lower()
-        if suffix in TORCH_SUFFIXES:
+        if backend == "openvino" or suffix == ".xml":
+            if suffix not in (".onnx", ".xml"):
+                raise ConfigError(f"the OpenVINO backend runs an exported .onnx or an OpenVINO IR .xml, got {path.name}")
+            from .openvino_backend import OpenVinoBackend
+
+            self.backend = OpenVinoBackend(path, device=device, precision=precision)
+        elif precision not in (None, "fp32"):
+            raise ConfigError(f"precision={precision!r} is an OpenVINO option (backend='openvino'); other backends run "
+                              "the precision of the artifact")
+        elif suffix in TORCH_SUFFIXES:
             from .torch_backend import TorchBackend
 
             self.backend = TorchBackend(path, device=device, attention_backend=attention_backend)
@@ -64,8 +81,8 @@ class Segmenter:
             self.backend = TensorRTBackend(path)
         else:
             raise ConfigError(
-                f"cannot tell the format of {path}: use a .pth/.safetensors checkpoint, an .onnx file or a "
-                ".engine file"
+                f"cannot tell the format of {path}: use a .pth/.safetensors checkpoint, an .onnx file, an OpenVINO "
+                ".xml or a .engine file"
             )
         self.path = path
         self.mode = mode
