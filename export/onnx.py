@@ -344,6 +344,9 @@ def undo_nhwc_labels_head(proto: Any) -> bool:
     g.node.remove(transpose)
     if gather is not None and not any(sizes in n.input for n in g.node):
         g.node.remove(gather)
+    for name in (sizes, "labels_head_perm"):
+        if name in inits and not any(name in n.input for n in g.node):
+            g.initializer.remove(inits[name])
     return True
 
 
