@@ -30,7 +30,8 @@ class Segmenter:
             for but cannot load (otherwise that is an error, never a silent fallback).
         backend: ``"openvino"`` runs an ``.onnx`` with OpenVINO (``.xml`` always does); default: by suffix.
         precision: OpenVINO: ``fp32`` (default) or ``bf16`` float layers (bf16 only on CPUs with native
-            bf16; always set explicitly, see :mod:`.openvino_backend`).
+            bf16; always set explicitly, see :mod:`.openvino_backend`); PyTorch on the CPU: ``bf16`` =
+            autocast (native-bf16 CPUs only).
 
     A static-size export (``semask-export --static HxW``) takes exactly that size: in whole mode every image
     is resized to it (bilinear, aspect ratio not kept) and the labels are mapped back to the image's size;
@@ -64,13 +65,16 @@ class Segmenter:
             from .openvino_backend import OpenVinoBackend
 
             self.backend = OpenVinoBackend(path, device=device, precision=precision)
-        elif precision not in (None, "fp32"):
-            raise ConfigError(f"precision={precision!r} is an OpenVINO option (backend='openvino'); other backends run "
-                              "the precision of the artifact")
         elif suffix in TORCH_SUFFIXES:
             from .torch_backend import TorchBackend
 
-            self.backend = TorchBackend(path, device=device, attention_backend=attention_backend)
+            if precision not in (None, "fp32", "bf16"):
+                raise ConfigError(f"PyTorch precision must be fp32 or bf16 (autocast), got {precision!r}")
+            self.backend = TorchBackend(path, device=device, attention_backend=attention_backend,
+                                        precision=precision or "fp32")
+        elif precision not in (None, "fp32"):
+            raise ConfigError(f"precision={precision!r} is an OpenVINO/PyTorch option; ONNX Runtime and TensorRT run "
+                              "the precision of the artifact")
         elif suffix == ".onnx":
             from .onnx_backend import OnnxBackend
 

@@ -101,12 +101,27 @@ def test_bad_backend_and_precision_combinations(tmp_path_factory):
     res = small_export(tmp_path_factory)
     with pytest.raises(ConfigError, match="backend"):
         Segmenter(res.onnx_path, backend="tvm")
-    with pytest.raises(ConfigError, match="OpenVINO option"):
+    with pytest.raises(ConfigError, match="OpenVINO/PyTorch option"):
         Segmenter(res.onnx_path, precision="bf16")
     with pytest.raises(ConfigError, match="fp32 or bf16"):
         Segmenter(res.onnx_path, backend="openvino", precision="fp8")
     with pytest.raises(ConfigError, match=".onnx or an OpenVINO IR"):
         Segmenter(SMALL_CKPT, backend="openvino")
+    with pytest.raises(ConfigError, match="fp32 or bf16"):
+        Segmenter(SMALL_CKPT, precision="int8")
+
+
+def test_torch_bf16_autocast_gated(monkeypatch):
+    from semask_deploy.runtime import Segmenter
+
+    monkeypatch.setattr(cpu_info, "cpu_flags", lambda: frozenset({"avx2"}))
+    with pytest.raises(ConfigError, match="torch bf16 autocast needs a CPU with native bf16"):
+        Segmenter(SMALL_CKPT, precision="bf16")
+    monkeypatch.setattr(cpu_info, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
+    seg = Segmenter(SMALL_CKPT, precision="bf16", scale="none")
+    assert seg.backend.autocast and seg.backend.describe()["autocast"] == "bf16"
+    x = _scene()
+    assert (seg.backend.labels(x) == _torch_labels(x)).mean() >= 0.99
 
 
 @pytest.mark.slow
