@@ -443,7 +443,10 @@ def _write_ir(o: ExportOptions, onnx_path: Path, xml_path: Path, onnx_meta: dict
     rng = np.random.default_rng(0)
     x = (rng.integers(0, 256, (b, h, w, 3), dtype=np.uint8) if o.preprocess
          else rng.standard_normal((b, 3, h, w)).astype(np.float32))
-    info = convert_to_ir(onnx_path, xml_path, check_input=x)
+    from semask_deploy.export.verify import TOLERANCES
+
+    info = convert_to_ir(onnx_path, xml_path, check_input=x,
+                         min_label_agreement=TOLERANCES[o.precision].min_label_agreement)
     meta = dict(onnx_meta)
     meta.update({"artifact": xml_path.name, "kind": "openvino", "onnx": onnx_path.name,
                  "weights": xml_path.with_suffix(".bin").name, "openvino": info})
