@@ -72,7 +72,7 @@ def run(out: Path, scenes: int = 16, size: int = 512, calib_count: int = 32, run
     from semask_deploy.export.onnx import export_onnx
     from semask_deploy.export.precision import quantize_int8
     from semask_deploy.export.verify import make_session
-    from semask_deploy.runtime.cpu_info import cpu_model, has_native_bf16, isa_summary
+    from semask_deploy.runtime.cpu_info import cpu_model, cpu_summary, native_bf16
     from semask_deploy.runtime.torch_backend import bf16_autocast
     from semask_deploy.training.data import SYNTHETIC_VAL_SEED_OFFSET
 
@@ -99,7 +99,7 @@ def run(out: Path, scenes: int = 16, size: int = 512, calib_count: int = 32, run
         "calibration": {"images": calib_count, "size": list(cfg.crop_size), "seed": 1234,
                         "note": "what semask-export --demo --precision int8 uses without --calib-images"},
         "thresholds": {p: {"labels": t[0], "miou": t[1]} for p, t in THRESHOLDS.items()},
-        "cpu": cpu_model(), "isa": isa_summary(), "platform": platform.platform(),
+        "cpu": cpu_model(), "isa": cpu_summary()["isa"], "platform": platform.platform(),
         "threads": 1, "int8": [], "bf16": None, "latency": {},
     }
     sessions = {"fp32": make_session(fp32_onnx, threads=1)}
@@ -118,7 +118,7 @@ def run(out: Path, scenes: int = 16, size: int = 512, calib_count: int = 32, run
         result["int8"].append(row)
         sessions[f"int8 {v}"] = sess
         print(json.dumps(row), flush=True)
-    if has_native_bf16():
+    if native_bf16():
         with torch.inference_mode(), bf16_autocast(model):
             labels = [model(torch.from_numpy(x)).float().argmax(1).numpy() for x in xs]
         row = _score(labels, refs, k)
@@ -141,7 +141,7 @@ def run(out: Path, scenes: int = 16, size: int = 512, calib_count: int = 32, run
             return model.predict(xt)
 
     timed["torch fp32"] = torch_fp32
-    if has_native_bf16():
+    if native_bf16():
         timed["torch bf16"] = torch_bf16
     times: dict[str, list[float]] = {n: [] for n in timed}
     for fn in timed.values():

@@ -8,8 +8,8 @@ for parity, to logits (N, K, H, W) when the backend exports them:
     runner.outputs(x)   → (labels int32 (N, H, W), logits float32 (N, K, H, W) or None), for parity
 
 Backends: ``torch-eager`` / ``torch-sdpa`` / ``torch-triton`` (the attention backends of the PyTorch model),
-``torch-compile`` (``torch.compile`` of the sdpa model, inductor), ``onnxruntime`` and ``tensorrt``
-(exported artifacts). Exported backends get their ONNX from :func:`export_onnx` — the one place that
+``torch-compile`` (``torch.compile`` of the sdpa model, inductor), ``onnxruntime``, ``openvino`` (CPU, explicit
+f32 hint; int8 = the Q/DQ export) and ``tensorrt`` (exported artifacts). Exported backends get their ONNX from :func:`export_onnx` — the one place that
 calls ``semask_deploy.export``. :func:`availability` says why a backend × precision cannot run here.
 """
 
@@ -26,7 +26,7 @@ import numpy as np
 
 from semask_deploy.errors import MissingDependencyError, SemaskError
 
-BACKENDS = ("torch-eager", "torch-sdpa", "torch-triton", "torch-compile", "onnxruntime", "tensorrt")
+BACKENDS = ("torch-eager", "torch-sdpa", "torch-triton", "torch-compile", "onnxruntime", "openvino", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8", "bf16")
 DEFAULT_PRECISIONS = ("fp32", "fp16", "int8")  # bf16 (torch autocast) runs when named
 TORCH_ATTENTION = {"torch-eager": "eager", "torch-sdpa": "sdpa", "torch-triton": "triton", "torch-compile": "sdpa"}
@@ -67,9 +67,9 @@ def availability(backend: str, precision: str, device: str, *, explicit_backend:
         if not explicit_precision:
             return "bf16 (torch autocast) runs when --precisions names it"
         if not cuda:
-            from semask_deploy.runtime.cpu_info import has_native_bf16
+            from semask_deploy.runtime.cpu_info import native_bf16
 
-            if not has_native_bf16():
+            if not native_bf16():
                 return "this CPU has no native bf16 (avx512_bf16 or AMX): it would be emulated"
     if backend.startswith("torch-"):
         if precision == "int8":
@@ -93,6 +93,14 @@ def availability(backend: str, precision: str, device: str, *, explicit_backend:
 
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 return "onnxruntime has no CUDAExecutionProvider here: pip install 'semask-deploy[gpu]'"
+        return exporter_missing()
+    if backend == "openvino":
+        if cuda:
+            return "OpenVINO runs on the CPU (--device cpu)"
+        if not _has_module("openvino"):
+            return "openvino is not installed: pip install 'semask-deploy[openvino]'"
+        if precision == "fp16":
+            return "fp16 ONNX on the CPU: no fp16 arithmetic here (OpenVINO bf16: benchmarks/cpu_deploy.py)"
         return exporter_missing()
     if backend == "tensorrt":
         if not cuda or not torch.cuda.is_available():
@@ -373,6 +381,42 @@ class OnnxRuntimeRunner(Runner):
         self.session = None
 
 
+class OpenVinoRunner(Runner):
+    """An exported ONNX (fp32, or int8 Q/DQ) compiled by OpenVINO on the CPU at an explicit f32 precision hint."""
+
+    backend = "openvino"
+
+    def __init__(self, exported: ExportedOnnx, precision: str, device: str, threads: int | None = None) -> None:
+        super().__init__(precision, device)
+        from semask_deploy.runtime.openvino_backend import _output_name, compile_model
+
+        t0 = time.perf_counter()
+        self.compiled, ran = compile_model(exported.path, precision="fp32", threads=threads)
+        load_s = time.perf_counter() - t0
+        self.request = self.compiled.create_infer_request()
+        self._name = _output_name
+        names = [_output_name(o) for o in self.compiled.outputs]
+        self.has_logits = "logits" in names
+        self.build_s = exported.export_s + exported.quant_s
+        self.build = {"export_s": exported.export_s, "quant_s": exported.quant_s, "compile_s": load_s,
+                      "onnx": str(exported.path), "openvino_ran": ran, **exported.info}
+
+    def prepare(self, x: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    def run(self, prepared: np.ndarray) -> Any:
+        return self.request.infer({0: prepared})
+
+    def outputs(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        res = {self._name(k): np.asarray(v) for k, v in self.run(self.prepare(x)).items()}
+        logits = res["logits"].astype(np.float32) if "logits" in res else None
+        labels = res["labels"] if "labels" in res else logits.argmax(1)
+        return np.asarray(labels).astype(np.int32), logits
+
+    def close(self) -> None:
+        self.request = self.compiled = None
+
+
 class TensorRTRunner(Runner):
     """A TensorRT engine built from an exported ONNX (profile covering every benchmarked shape)."""
 
@@ -449,6 +493,10 @@ def make_runner(
     """
     if backend in TORCH_ATTENTION:
         return TorchRunner(model, backend, precision, device)
+    if backend == "openvino":
+        exported = export_onnx(checkpoint, precision, workdir, calib_images=calib_images, device=device,
+                               int8_activations="s8")
+        return OpenVinoRunner(exported, precision, device, threads=threads)
     if backend in ("onnxruntime", "tensorrt"):
         act = "u8" if backend == "onnxruntime" and device == "cpu" else "s8"
         exported = export_onnx(checkpoint, precision, workdir, calib_images=calib_images, device=device,

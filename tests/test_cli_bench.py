@@ -164,6 +164,17 @@ def test_onnxruntime_plugs_in_through_export_onnx(ckpt, tmp_path, fake_export):
         assert c["speedup_vs_eager_fp32"] > 0 and c["build"]["providers"] == ["CPUExecutionProvider"]
 
 
+def test_openvino_plugs_in_through_export_onnx(ckpt, tmp_path, fake_export):
+    pytest.importorskip("openvino")
+    res = run_bench(_cfg(ckpt, tmp_path, backends=("torch-eager", "openvino"), batches=(1,)))
+    ov = [c for c in res.cells if c["backend"] == "openvino"]
+    assert [c["status"] for c in ov] == ["ok"], ov
+    assert ov[0]["rel_l2"] < 1e-4 and ov[0]["pixel_agreement"] > 0.999
+    assert ov[0]["build"]["openvino_ran"]["hint"] == "f32"  # explicit precision, read back
+    assert "CPU" in runners.availability("openvino", "fp32", "cuda")
+    assert "fp16" in runners.availability("openvino", "fp16", "cpu")
+
+
 @pytest.mark.slow
 def test_dataset_accuracy_per_backend(ckpt, tmp_path, fake_export):
     """--dataset synthetic: mIoU/aAcc per backend through the official pipeline, ΔmIoU vs torch fp32."""

@@ -56,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device (default: cpu)")
     p.add_argument("--attention", choices=("eager", "sdpa", "triton"), default="sdpa",
                    help="PyTorch attention backend (default: sdpa)")
+    p.add_argument("--backend", choices=("auto", "openvino"), default="auto",
+                   help="auto: by file suffix (.onnx → ONNX Runtime, .xml → OpenVINO); openvino: run an .onnx with "
+                   "OpenVINO (pip install 'semask-deploy[openvino]') (default: auto)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default=None,
+                   help="OpenVINO float precision (set explicitly; bf16 only on CPUs with avx512_bf16/AMX) "
+                   "(default: fp32)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's default)")
     p.add_argument("--out", type=Path, default=None, help="write the results to this JSON file")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no per-class table")
@@ -87,6 +93,8 @@ def run_eval(
     limit: int | None = None,
     device: str = "cpu",
     attention: str = "sdpa",
+    backend: str = "auto",
+    precision: str | None = None,
     out: Path | None = None,
     quiet: bool = True,
 ) -> dict[str, Any]:
@@ -124,7 +132,8 @@ def run_eval(
         raise ConfigError("give --model PATH or --demo")
     if scale is None and dataset in ("folder", "synthetic"):
         scale = "none"
-    seg = Segmenter(model, device=device, mode=mode, scale=scale, crop=crop, stride=stride, attention_backend=attention)
+    seg = Segmenter(model, device=device, mode=mode, scale=scale, crop=crop, stride=stride, attention_backend=attention,
+                    backend=None if backend == "auto" else backend, precision=precision)
     ds = open_eval_dataset(dataset, data_root, seg.num_classes, split=split, limit=limit)
     if len(ds) == 0:
         raise ConfigError(f"the {dataset} data set at {data_root} has no images")
@@ -174,7 +183,8 @@ def _run(args: argparse.Namespace) -> int:
     result = run_eval(
         args.model, args.dataset, args.data_root, demo=args.demo, split=args.split, mode=args.mode,
         scale=_scale(args.scale, args.dataset), crop=args.crop, stride=args.stride, limit=args.limit,
-        device=args.device, attention=args.attention, out=args.out, quiet=args.quiet,
+        device=args.device, attention=args.attention, backend=args.backend, precision=args.precision,
+        out=args.out, quiet=args.quiet,
     )
     print(format_result(result, per_class=not args.quiet))
     if args.out is not None and not args.quiet:

@@ -15,6 +15,7 @@ EPILOG = """examples:
   semask-export --ckpt semask_swin_tiny_ade20k.pth --precision int8 --calib-images calib/ --calib-count 64
   semask-export --ckpt semask_swin_tiny_ade20k.pth --fmt trt --precision fp16 --opt-shape 512x683 --max-batch 4
   semask-export --ckpt model.pth --static 512x512 --batch 1 --preprocess     # fixed size, uint8 NHWC input
+  semask-export --demo --fmt openvino --precision int8                       # + OpenVINO IR (CPU)
   semask-export --check-trt exported/semask_swin_tiny_ade20k_fp32.onnx
   semask-export --demo --fmt triton --out repo/       # Triton model repository (see README "Serving")
   semask-export --demo --fmt aoti --with-logits          # AOTInductor package for LibTorch/C++ (minutes)
@@ -64,11 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--demo", action="store_true", help="export the built-in demo model")
     src.add_argument("--check-trt", type=Path, metavar="MODEL.onnx",
                      help="only check an ONNX file offline for the TensorRT ONNX parser (ops and dtypes)")
-    p.add_argument("--fmt", choices=("onnx", "trt", "all", "triton", "triton-trt", "aoti"), default="onnx",
+    p.add_argument("--fmt", choices=("onnx", "trt", "all", "triton", "triton-trt", "aoti", "openvino"), default="onnx",
                    help="onnx: ONNX only; trt/all: ONNX and a TensorRT engine (needs TensorRT + GPU); triton / "
                    "triton-trt: a Triton Inference Server model repository in --out with the ONNX / the engine "
                    "(+ Python-backend pre/post-processing and an ensemble); aoti: an AOTInductor package .pt2 "
-                   "(compiles for minutes) (default: onnx)")
+                   "(compiles for minutes); openvino: ONNX and an OpenVINO IR <name>_ov.xml/.bin (pip install "
+                   "'semask-deploy[openvino]') (default: onnx)")
     p.add_argument("--triton-gpu", action="store_true",
                    help="--fmt triton: run the ONNX model's instances on the GPU (KIND_GPU; TensorRT always is)")
     p.add_argument("--triton-python-runtime", action="store_true",

@@ -68,9 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device (default: cpu)")
     p.add_argument("--attention", choices=("eager", "sdpa", "triton"), default="sdpa",
                    help="PyTorch attention backend (default: sdpa)")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                   help="PyTorch only: bf16 = autocast, LayerNorm/semantic attention fp32; needs a CPU with native "
-                   "bf16 (avx512_bf16 or AMX) (default: fp32)")
+    p.add_argument("--backend", choices=("auto", "openvino"), default="auto",
+                   help="auto: by file suffix (.onnx → ONNX Runtime, .xml → OpenVINO); openvino: run an .onnx with "
+                   "OpenVINO (pip install 'semask-deploy[openvino]') (default: auto)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default=None,
+                   help="PyTorch checkpoints: bf16 = autocast, LayerNorm/semantic attention fp32; OpenVINO: the float "
+                   "precision, set explicitly; bf16 needs a CPU with native bf16 (avx512_bf16 or AMX) (default: fp32)")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the class colours (default: 0.5)")
     p.add_argument("--no-overlay", action="store_true", help="write only the label maps")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -89,7 +92,8 @@ def run_infer(
     stride: tuple[int, int] | None = None,
     device: str = "cpu",
     attention: str = "sdpa",
-    precision: str = "fp32",
+    backend: str = "auto",
+    precision: str | None = None,
     alpha: float = 0.5,
     overlay: bool = True,
     quiet: bool = False,
@@ -110,7 +114,7 @@ def run_infer(
     else:
         images = list_images(image)
     seg = Segmenter(model, device=device, mode=mode, scale=scale, crop=crop, stride=stride, attention_backend=attention,
-                    precision=precision)
+                    backend=None if backend == "auto" else backend, precision=precision)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} exists and is not a folder")
     result = InferResult()
@@ -131,7 +135,8 @@ def run_infer(
 def _run(args: argparse.Namespace) -> int:
     result = run_infer(
         args.model, args.image, args.out, demo=args.demo, mode=args.mode, scale=args.scale, crop=args.crop,
-        stride=args.stride, device=args.device, attention=args.attention, precision=args.precision, alpha=args.alpha,
+        stride=args.stride, device=args.device, attention=args.attention, backend=args.backend, precision=args.precision,
+        alpha=args.alpha,
         overlay=not args.no_overlay, quiet=args.quiet,
     )
     n_ok = len({p.name.rsplit("_", 1)[0] for p in result.written})

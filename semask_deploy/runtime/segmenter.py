@@ -17,7 +17,8 @@ class Segmenter:
     """Segment RGB images with any exported SeMask artifact, with the official test pipeline.
 
     Args:
-        path: ``.pth``/``.safetensors`` (PyTorch), ``.onnx`` (ONNX Runtime), ``.engine`` (TensorRT) or ``.pt2``
+        path: ``.pth``/``.safetensors`` (PyTorch), ``.onnx`` (ONNX Runtime, or OpenVINO with
+            ``backend="openvino"``), ``.xml`` (OpenVINO IR), ``.engine`` (TensorRT) or ``.pt2``
             (AOTInductor package).
         device: ``"cpu"`` or ``"cuda"``.
         mode: ``"whole"`` or ``"slide"`` (sliding windows, logits averaged as mmseg does).
@@ -29,9 +30,10 @@ class Segmenter:
         providers: ONNX Runtime only: execution providers, e.g. ``["CUDAExecutionProvider"]``.
         allow_cpu_fallback: ONNX Runtime only: accept running on the CPU when a GPU provider was asked
             for but cannot load (otherwise that is an error, never a silent fallback).
-        precision: PyTorch only: ``"fp32"`` or ``"bf16"`` (autocast; LayerNorm and the semantic attention
-            stay fp32; only on CPUs with native bf16 — avx512_bf16 or AMX — else a ConfigError). Exported
-            artifacts carry their own precision.
+        backend: ``"openvino"`` runs an ``.onnx`` with OpenVINO (``.xml`` always does); default: by suffix.
+        precision: OpenVINO: ``fp32`` (default) or ``bf16`` float layers (bf16 only on CPUs with native
+            bf16; always set explicitly, see :mod:`.openvino_backend`); PyTorch on the CPU: ``bf16`` =
+            autocast (native-bf16 CPUs only).
 
     Whole mode runs the official pipeline exactly on every backend: exports with the ``output_size`` input
     (semask-export's default) resize their logits to the image's size in the graph and take the argmax
@@ -55,19 +57,31 @@ class Segmenter:
         attention_backend: str = "sdpa",
         providers: Sequence[str] | None = None,
         allow_cpu_fallback: bool = False,
-        precision: str = "fp32",
+        backend: str | None = None,
+        precision: str | None = None,
     ) -> None:
         path = Path(path)
+        if backend not in (None, "openvino"):
+            raise ConfigError(f"backend must be 'openvino' or None (chosen by the file suffix), got {backend!r}")
         if mode not in ("whole", "slide"):
             raise ConfigError(f"mode must be 'whole' or 'slide', got {mode!r}")
         suffix = path.suffix.lower()
-        if suffix in TORCH_SUFFIXES:
+        if backend == "openvino" or suffix == ".xml":
+            if suffix not in (".onnx", ".xml"):
+                raise ConfigError(f"the OpenVINO backend runs an exported .onnx or an OpenVINO IR .xml, got {path.name}")
+            from .openvino_backend import OpenVinoBackend
+
+            self.backend = OpenVinoBackend(path, device=device, precision=precision)
+        elif suffix in TORCH_SUFFIXES:
             from .torch_backend import TorchBackend
 
-            self.backend = TorchBackend(path, device=device, attention_backend=attention_backend, precision=precision)
-        elif precision != "fp32":
-            raise ConfigError(f"precision {precision!r} applies to PyTorch checkpoints; {path.name} carries its own "
-                              "precision (export another one with semask-export --precision)")
+            if precision not in (None, "fp32", "bf16"):
+                raise ConfigError(f"PyTorch precision must be fp32 or bf16 (autocast), got {precision!r}")
+            self.backend = TorchBackend(path, device=device, attention_backend=attention_backend,
+                                        precision=precision or "fp32")
+        elif precision not in (None, "fp32"):
+            raise ConfigError(f"precision={precision!r} is an OpenVINO/PyTorch option; ONNX Runtime and TensorRT run "
+                              "the precision of the artifact")
         elif suffix == ".onnx":
             from .onnx_backend import OnnxBackend
 
@@ -82,8 +96,8 @@ class Segmenter:
             self.backend = TensorRTBackend(path)
         else:
             raise ConfigError(
-                f"cannot tell the format of {path}: use a .pth/.safetensors checkpoint, an .onnx file, a "
-                ".engine file or a .pt2 AOTInductor package"
+                f"cannot tell the format of {path}: use a .pth/.safetensors checkpoint, an .onnx file, an OpenVINO "
+                ".xml, a .engine file or a .pt2 AOTInductor package"
             )
         self.path = path
         self.mode = mode

@@ -24,13 +24,13 @@ TORCH_PRECISIONS = ("fp32", "bf16", "fp16")
 
 def check_bf16(device: torch.device | str) -> None:
     """Raise :class:`ConfigError` unless ``device`` computes bf16 natively (no silent emulation)."""
-    from .cpu_info import cpu_model, has_native_bf16
+    from .cpu_info import cpu_model, native_bf16
 
     if torch.device(device).type == "cuda":
         if not torch.cuda.is_bf16_supported(including_emulation=False):
             raise ConfigError("this GPU has no native bf16: use precision fp32 or fp16")
         return
-    if not has_native_bf16():
+    if not native_bf16():
         raise ConfigError(f"this CPU ({cpu_model()}) has no native bf16 (neither avx512_bf16 nor AMX in "
                           "/proc/cpuinfo); PyTorch would emulate it, slower than fp32: use precision fp32, or "
                           "an int8 ONNX (semask-export --precision int8)")

@@ -18,13 +18,13 @@ from semask_deploy.metrics import ConfusionMatrix
 from semask_deploy.runtime import Segmenter, cpu_info
 from semask_deploy.runtime.torch_backend import bf16_autocast
 
-NATIVE = cpu_info.has_native_bf16()
+NATIVE = cpu_info.native_bf16()
 
 
 def test_flags_decide_native_bf16(monkeypatch):
     for flags, want in (({"avx2", "avx512f"}, False), ({"avx512_bf16"}, True), ({"amx_bf16", "amx_tile"}, True)):
         monkeypatch.setattr(cpu_info, "cpu_flags", lambda f=flags: frozenset(f))
-        assert cpu_info.has_native_bf16() is want
+        assert cpu_info.native_bf16() is want
 
 
 def test_bf16_without_native_support_is_a_clear_error(monkeypatch, tmp_path, capsys):
@@ -40,7 +40,7 @@ def test_bf16_without_native_support_is_a_clear_error(monkeypatch, tmp_path, cap
 def test_precision_is_for_checkpoints_only(tmp_path):
     fake = tmp_path / "m.onnx"
     fake.write_bytes(b"x")
-    with pytest.raises(ConfigError, match="carries its own precision"):
+    with pytest.raises(ConfigError, match="ONNX Runtime and TensorRT run the precision of the artifact"):
         Segmenter(fake, precision="bf16")
 
 

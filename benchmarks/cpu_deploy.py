@@ -1,0 +1,304 @@
+"""CPU deployment, side by side: naive export vs our ONNX (ONNX Runtime, OpenVINO f32/bf16/int8) vs torch.
+
+    python -m semask_deploy.benchmarks.cpu_deploy --out benchmarks/results/cpu
+
+**Speed** — SeMask-T ADE20K (150 classes, random weights: latency does not depend on them), batch 1, at
+512×512 and one odd size, 1 and 2 threads. All backends live in ONE process and are timed interleaved,
+run by run (rotating the order), so load from other jobs on a shared machine hits all alike; ratios are
+p50 / p50 within the same run and thread count. Rows:
+
+* ``naive ONNX (ORT)`` / ``naive ONNX (OpenVINO f32)``: what a user gets in one line —
+  ``torch.onnx.export(model_eager, x, dynamo=True)`` of the reference (eager) model, static size, the
+  logits at the input size as output (timed without the argmax, which favours it);
+* ``ours ONNX (ORT)``: the default ``semask-export`` graph (dynamic N/H/W, labels out);
+* ``ours OpenVINO f32/bf16/int8``: the graph ``semask-export --fmt openvino`` converts (NCHW labels head),
+  with an explicit precision hint (bf16 only where the CPU has native bf16); int8 = our Q/DQ export;
+* ``torch eager`` (the official code's math: the baseline), ``torch fp32`` (``model.predict``, default
+  path), ``torch bf16`` (autocast, native-bf16 CPUs only).
+
+**Agreement** — the trained demo model on synthetic scenes: labels and mIoU of each reduced-precision
+backend against torch fp32 (the thresholds of issue 11: bf16 ≥ 99 % / ≥ 98 %, int8 ≥ 98 % / ≥ 95 %).
+
+Every result carries the CPU model and its ISA flags (AVX2 / AVX-512 / VNNI / bf16 / AMX).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+THRESHOLDS = {"bf16": (0.99, 0.98), "int8": (0.98, 0.95)}
+
+
+def _ort(path: Path, threads: int) -> Any:
+    from semask_deploy.export.verify import make_session
+
+    return make_session(path, threads=threads)
+
+
+def _naive_export(model: Any, hw: tuple[int, int], path: Path) -> None:
+    """``torch.onnx.export(model_eager, x, dynamo=True)``: static size, logits at the input size out."""
+    import torch
+
+    x = torch.randn(1, 3, *hw)
+    with torch.no_grad():
+        torch.onnx.export(model, (x,), str(path), dynamo=True, input_names=["image"], output_names=["logits"])
+
+
+def _our_exports(model: Any, work: Path, log: Callable[[str], None], calib: list[np.ndarray]) -> dict[str, Path]:
+    """Default ORT graph (NHWC labels head), the OpenVINO graph (NCHW head) and its int8 Q/DQ version."""
+    import onnx
+
+    from semask_deploy.export.onnx import clean_graph, export_onnx, nhwc_labels_head
+    from semask_deploy.export.precision import quantize_int8
+
+    paths = {"ours": work / "ours.onnx", "ours_nchw": work / "ours_nchw.onnx", "int8": work / "ours_int8.onnx"}
+    if all(p.is_file() for p in paths.values()):
+        log(f"reusing {work}")
+        return paths
+    t0 = time.perf_counter()
+    export_onnx(model, work / "ours_nchw.onnx", labels_head="nchw")
+    proto = onnx.load(str(work / "ours_nchw.onnx"))
+    nhwc_labels_head(proto)
+    proto, _ = clean_graph(proto)
+    onnx.save(proto, str(work / "ours.onnx"))
+    log(f"our export in {time.perf_counter() - t0:.0f} s")
+    t0 = time.perf_counter()
+    quantize_int8(work / "ours_nchw.onnx", work / "ours_int8.onnx", calib, use_cache=False, progress=False)
+    log(f"int8 Q/DQ in {time.perf_counter() - t0:.0f} s")
+    return paths
+
+
+def _ov(path: Path, precision: str, threads: int) -> tuple[Callable[[np.ndarray], Any], dict]:
+    from semask_deploy.runtime.openvino_backend import compile_model
+
+    compiled, ran = compile_model(path, precision=precision, threads=threads)
+    req = compiled.create_infer_request()
+    return (lambda x: req.infer({0: x})), ran
+
+
+def speed(variant: str, sizes: list[tuple[int, int]], threads: list[int], runs: int, warmup: int, work: Path,
+          log: Callable[[str], None]) -> list[dict[str, Any]]:
+    import torch
+
+    from semask_deploy.api import build_model
+    from semask_deploy.config import VARIANTS
+    from semask_deploy.data.synthetic import SyntheticScenes
+    from semask_deploy.data.transforms import normalize
+    from semask_deploy.runtime.cpu_info import native_bf16
+
+    if variant == "demo":  # the trained demo model: reuse the exports of the agreement part
+        from semask_deploy import load_model
+        from semask_deploy.assets import demo_checkpoint
+
+        eager = load_model(demo_checkpoint(), attention_backend="eager").float().eval()
+        fast = load_model(demo_checkpoint(), attention_backend="sdpa").float().eval()
+        ours = _our_exports(fast, work / "demo", log, [])
+    else:
+        torch.manual_seed(0)
+        eager = build_model(VARIANTS[variant], attention_backend="eager").eval()
+        for p in eager.parameters():
+            p.data.normal_(0, 0.02)
+        fast = build_model(VARIANTS[variant], attention_backend="sdpa").eval()
+        fast.load_state_dict(eager.state_dict())
+        calib = [normalize(SyntheticScenes(num_classes=eager.config.num_classes, size=sizes[0], seed=i,
+                                           length=1)[0][0])[None] for i in range(4)]
+        ours = _our_exports(fast, work, log, calib)
+    k = eager.config.num_classes
+    rows: list[dict[str, Any]] = []
+    for hw in sizes:
+        naive = work / f"naive_{hw[0]}x{hw[1]}.onnx"
+        t0 = time.perf_counter()
+        _naive_export(eager, hw, naive)
+        log(f"naive export {hw} in {time.perf_counter() - t0:.0f} s")
+        x = normalize(SyntheticScenes(num_classes=k, size=hw, seed=3, length=1)[0][0])[None]
+        xt = torch.from_numpy(x)
+        for nt in threads:
+            torch.set_num_threads(nt)
+            fns: dict[str, Callable[[], Any]] = {}
+            ran: dict[str, Any] = {}
+
+            def tp(m: Any, bf16: bool = False) -> Callable[[], Any]:
+                def call() -> Any:
+                    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                        return m.predict(xt)
+                return call
+
+            fns["torch eager fp32 (official math)"] = tp(eager)
+            fns["torch fp32 (model.predict)"] = tp(fast)
+            if native_bf16():
+                fns["torch bf16 autocast"] = tp(fast, bf16=True)
+            for name, path, out in (("naive ONNX (ORT)", naive, "logits"), ("ours ONNX (ORT)", ours["ours"], "labels")):
+                sess = _ort(path, nt)
+                fns[name] = (lambda s, o: (lambda: s.run([o], {"image": x})))(sess, out)
+            for name, path, prec in (("naive ONNX (OpenVINO f32)", naive, "fp32"),
+                                     ("ours OpenVINO f32", ours["ours_nchw"], "fp32"),
+                                     ("ours OpenVINO bf16", ours["ours_nchw"], "bf16"),
+                                     ("ours OpenVINO int8", ours["int8"], "fp32")):
+                if prec == "bf16" and not native_bf16():
+                    continue
+                fn, ran[name] = _ov(path, prec, nt)
+                fns[name] = (lambda f: (lambda: f(x)))(fn)
+            for fn in fns.values():
+                for _ in range(warmup):
+                    fn()
+            times: dict[str, list[float]] = {n: [] for n in fns}
+            names = list(fns)
+            for r in range(runs):
+                for name in names[r % len(names):] + names[:r % len(names)]:
+                    t0 = time.perf_counter()
+                    fns[name]()
+                    times[name].append(time.perf_counter() - t0)
+            p50 = {n: statistics.median(v) * 1e3 for n, v in times.items()}
+            for name in names:
+                rows.append({"size": list(hw), "threads": nt, "backend": name, "p50_ms": p50[name],
+                             "min_ms": min(times[name]) * 1e3,
+                             "vs_torch_eager": p50["torch eager fp32 (official math)"] / p50[name],
+                             "vs_naive_ort": p50["naive ONNX (ORT)"] / p50[name],
+                             "vs_naive_openvino": p50["naive ONNX (OpenVINO f32)"] / p50[name],
+                             "openvino_ran": ran.get(name)})
+            log(f"{hw} {nt} thread(s): " + ", ".join(f"{n} {p50[n]:.0f} ms" for n in names))
+    return rows
+
+
+def agreement(work: Path, count: int, hw: tuple[int, int], log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Reduced precision vs torch fp32 on the trained demo model, synthetic scenes."""
+    import torch
+
+    from semask_deploy import load_model
+    from semask_deploy.assets import demo_checkpoint
+    from semask_deploy.data.synthetic import SyntheticScenes
+    from semask_deploy.data.transforms import normalize
+    from semask_deploy.metrics import label_agreement, miou_between
+    from semask_deploy.runtime.cpu_info import native_bf16
+
+    model = load_model(demo_checkpoint(), attention_backend="sdpa").float().eval()
+    k = model.config.num_classes
+    calib = [normalize(SyntheticScenes(num_classes=k, size=model.config.crop_size, seed=1234, length=32)[i][0])[None]
+             for i in range(32)]  # what semask-export --precision int8 uses by default
+    (work / "demo").mkdir(exist_ok=True)
+    demo = _our_exports(model, work / "demo", log, calib)
+    scenes = SyntheticScenes(num_classes=k, size=hw, seed=99, length=count)
+    xs = [normalize(scenes[i][0])[None] for i in range(count)]
+    with torch.inference_mode():
+        refs = [model(torch.from_numpy(x)).argmax(1).numpy() for x in xs]
+    runners: dict[str, tuple[str, Callable[[np.ndarray], np.ndarray]]] = {}
+    if native_bf16():
+        def tbf(x: np.ndarray) -> np.ndarray:
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+                return model.predict(torch.from_numpy(x)).numpy()
+        runners["torch bf16 autocast"] = ("bf16", tbf)
+    for name, path, prec, kind in (("OpenVINO f32", demo["ours_nchw"], "fp32", "fp32"),
+                                   ("OpenVINO bf16", demo["ours_nchw"], "bf16", "bf16"),
+                                   ("OpenVINO int8", demo["int8"], "fp32", "int8")):
+        if prec == "bf16" and not native_bf16():
+            continue
+        fn, _ = _ov(path, prec, 2)
+        runners[name] = (kind, (lambda f: (lambda x: np.asarray(next(v for p, v in f(x).items()
+                                                                     if "labels" in p.get_names()))))(fn))
+    sess = _ort(demo["int8"], 2)
+    runners["ONNX Runtime int8"] = ("int8", lambda x: sess.run(["labels"], {"image": x})[0])
+    rows = []
+    for name, (kind, fn) in runners.items():
+        got = [fn(x) for x in xs]
+        la = float(np.mean([label_agreement(g, r) for g, r in zip(got, refs)]))
+        mi = float(np.nanmean([miou_between(g, r, k) for g, r in zip(got, refs)]))
+        need = THRESHOLDS.get(kind)
+        ok = None if need is None else bool(la >= need[0] and mi >= need[1])
+        rows.append({"backend": name, "precision": kind, "label_agreement": la, "miou_agreement": mi,
+                     "thresholds": need, "ok": ok})
+        log(f"agreement {name}: labels {la * 100:.2f} %, mIoU {mi * 100:.2f} %")
+    return rows
+
+
+def to_markdown(r: dict[str, Any]) -> str:
+    cpu = r["cpu"]
+    isa = ", ".join(n for n, ok in cpu["isa"].items() if ok)
+    lines = [f"# CPU deployment — {'demo model' if r['variant'] == 'demo' else r['variant']} (speed), demo model "
+             "(agreement)", "",
+             f"CPU: {cpu['model']}, {cpu['logical_cpus']} logical CPUs; ISA: {isa}. torch {r['versions']['torch']}, "
+             f"onnxruntime {r['versions']['onnxruntime']}, openvino {r['versions']['openvino']}. The machine was "
+             f"SHARED with other jobs (load average {r['load_average_start']} → {r['load_average_end']}); all rows "
+             f"of one size × threads were timed interleaved in one process ({r['runs']} runs each after "
+             f"{r['warmup']} warm-up), so ratios are meaningful, absolute ms less so.", "",
+             "| size | threads | backend | p50 ms | vs torch eager | vs naive ONNX (ORT) | vs naive ONNX (OpenVINO) | "
+             "OpenVINO ran |", "|---|---:|---|---:|---:|---:|---:|---|"]
+    for row in r["speed"]:
+        ran = row["openvino_ran"]
+        ran_txt = "" if not ran else f"hint {ran['hint']}; " + ", ".join(f"{k} {v}" for k, v in ran["layers"].items())
+        lines.append(f"| {row['size'][0]}×{row['size'][1]} | {row['threads']} | {row['backend']} | {row['p50_ms']:.0f} "
+                     f"| {row['vs_torch_eager']:.2f}× | {row['vs_naive_ort']:.2f}× | {row['vs_naive_openvino']:.2f}× "
+                     f"| {ran_txt} |")
+    lines += ["", f"Agreement with torch fp32 on the trained demo model, {r['agreement_scenes']} synthetic scenes at "
+              f"{r['agreement_size'][0]}×{r['agreement_size'][1]}:", "",
+              "| backend | labels equal | mIoU agreement | threshold (labels / mIoU) | met |", "|---|---:|---:|---|---|"]
+    for row in r["agreement"]:
+        th = row["thresholds"]
+        lines.append(f"| {row['backend']} | {row['label_agreement'] * 100:.2f} % | {row['miou_agreement'] * 100:.2f} % | "
+                     f"{'—' if th is None else f'{th[0] * 100:g} % / {th[1] * 100:g} %'} | "
+                     f"{'—' if row['ok'] is None else ('yes' if row['ok'] else 'NO')} |")
+    lines += ["", "Naive ONNX rows are timed to their logits output (no argmax), ours to labels."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/cpu"))
+    p.add_argument("--variant", default="semask_swin_t_ade20k",
+                   help="model for the speed part: a variant (random weights) or 'demo' (the trained demo model)")
+    p.add_argument("--sizes", default="512x512,499x667")
+    p.add_argument("--threads", default="1,2")
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--agreement-scenes", type=int, default=8)
+    p.add_argument("--agreement-size", default="256x256")
+    p.add_argument("--work", type=Path, default=None)
+    args = p.parse_args()
+    import onnxruntime
+    import openvino
+    import torch
+
+    from semask_deploy.fileio import write_json_atomic, write_text_atomic
+    from semask_deploy.runtime.cpu_info import cpu_summary
+
+    def hw(t: str) -> tuple[int, int]:
+        a, b = t.lower().split("x")
+        return int(a), int(b)
+
+    def log(s: str) -> None:
+        print(s, flush=True)
+
+    tmp = None
+    work = args.work
+    if work is None:
+        tmp = tempfile.TemporaryDirectory(prefix="semask-cpu-deploy-")
+        work = Path(tmp.name)
+    work.mkdir(parents=True, exist_ok=True)
+    load0 = tuple(round(v, 2) for v in os.getloadavg())
+    ag_hw = hw(args.agreement_size)
+    r: dict[str, Any] = {"variant": args.variant, "cpu": cpu_summary(), "runs": args.runs, "warmup": args.warmup,
+                         "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+                                      "openvino": openvino.get_version().split("-")[0]},
+                         "load_average_start": load0, "agreement_scenes": args.agreement_scenes,
+                         "agreement_size": list(ag_hw)}
+    r["agreement"] = agreement(work, args.agreement_scenes, ag_hw, log)
+    r["speed"] = speed(args.variant, [hw(s) for s in args.sizes.split(",")],
+                       [int(t) for t in args.threads.split(",")], args.runs, args.warmup, work, log)
+    r["load_average_end"] = tuple(round(v, 2) for v in os.getloadavg())
+    write_json_atomic(args.out / "cpu_deploy.json", r)
+    write_text_atomic(args.out / "cpu_deploy.md", to_markdown(r))
+    print(to_markdown(r))
+    if tmp is not None:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,211 @@
+"""OpenVINO backend for :class:`~semask_deploy.runtime.Segmenter`: an exported ``.onnx`` or OpenVINO IR ``.xml``.
+
+OpenVINO (``pip install 'semask-deploy[openvino]'``) reads our ONNX directly, or the IR that
+``semask-export --fmt openvino`` writes (``model.xml`` + ``model.bin`` + the ``model.json`` sidecar).
+
+Precision is always explicit. OpenVINO's CPU plugin silently runs float layers in bf16 on CPUs with
+``avx512_bf16``/AMX unless told otherwise, so every compile sets ``INFERENCE_PRECISION_HINT``:
+
+* ``fp32`` (default) → hint ``f32``;
+* ``bf16`` → hint ``bf16``, only where the CPU has native bf16 (:func:`~.cpu_info.native_bf16`); elsewhere a
+  :class:`~semask_deploy.errors.ConfigError` (never a silent emulation);
+* an int8 artifact (our Q/DQ ONNX, ``semask-export --precision int8``) runs its quantized layers in int8 and
+  the rest at the hint (``fp32`` unless asked).
+
+What actually ran is read back from the compiled model: the hint it reports and the count of executed
+layers per runtime precision (:attr:`OpenVinoBackend.ran`), recorded by benchmarks and ``describe()``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, RuntimeBackendError, require
+from .artifact import OUTPUT_SIZE, graph_input, output_size_feed, static_input
+from .cpu_info import require_native_bf16
+
+#: user-facing precision → OpenVINO inference precision hint
+HINTS = {"fp32": "f32", "f32": "f32", "bf16": "bf16"}
+OV_SUFFIXES = (".xml",)
+
+
+def _openvino() -> Any:
+    return require("openvino", "openvino")
+
+
+def inference_hint(precision: str | None) -> str:
+    """``"fp32"``/``"f32"``/None → ``"f32"``; ``"bf16"`` → ``"bf16"`` (after the native-bf16 check).
+
+    Raises:
+        ConfigError: unknown precision, or bf16 on a CPU without native bf16.
+    """
+    p = (precision or "fp32").lower()
+    if p not in HINTS:
+        raise ConfigError(f"OpenVINO precision must be fp32 or bf16 (int8 is an exported Q/DQ ONNX: semask-export "
+                          f"--precision int8), got {precision!r}")
+    if HINTS[p] == "bf16":
+        require_native_bf16("OpenVINO bf16")
+    return HINTS[p]
+
+
+def compile_model(path: str | Path, *, precision: str | None = "fp32", threads: int | None = None) -> tuple[Any, dict]:
+    """Read and compile an ``.onnx``/``.xml`` on the CPU with an explicit precision hint.
+
+    Args:
+        path: the model file.
+        precision: ``fp32`` or ``bf16`` for the float layers.
+        threads: ``INFERENCE_NUM_THREADS`` (default: OpenVINO's choice).
+
+    Returns:
+        (compiled model, ``ran``: ``{"hint": str, "layers": {runtime precision: count}}``).
+    """
+    ov = _openvino()
+    hint = inference_hint(precision)
+    core = ov.Core()
+    try:
+        model = core.read_model(_model_source(Path(path)))
+    except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError with a long text
+        raise RuntimeBackendError(f"OpenVINO cannot read {Path(path).name}: {str(exc).splitlines()[0][:300]}") from exc
+    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    try:
+        compiled = core.compile_model(model, "CPU", config)
+    except Exception as exc:  # noqa: BLE001
+        raise RuntimeBackendError(f"OpenVINO cannot compile {Path(path).name}: {str(exc).splitlines()[0][:300]}") from exc
+    return compiled, ran_precision(compiled)
+
+
+def _model_source(path: Path) -> Any:
+    """The path, or for an ONNX with our channels-last labels head (the ONNX Runtime default) the same graph
+    with the NCHW head as serialized bytes: OpenVINO's channels-last full-size Interpolate is ~10× slower."""
+    if path.suffix.lower() != ".onnx":
+        return str(path)
+    import onnx
+
+    from semask_deploy.export.onnx import undo_nhwc_labels_head
+
+    proto = onnx.load(str(path))
+    if proto.ByteSize() > 1_900_000_000 or not undo_nhwc_labels_head(proto):
+        return str(path)
+    return proto.SerializeToString()
+
+
+def ran_precision(compiled: Any) -> dict[str, Any]:
+    """What the compiled model really runs: its precision hint and executed layers per runtime precision."""
+    got = compiled.get_property("INFERENCE_PRECISION_HINT")
+    hint = str(got.get_type_name() if hasattr(got, "get_type_name") else got)
+    layers: Counter[str] = Counter()
+    try:
+        for op in compiled.get_runtime_model().get_ops():
+            info = op.get_rt_info()
+            if _any_str(info, "layerType") in ("Parameter", "Result", "Constant", "Input", "Output"):
+                continue
+            prec = _any_str(info, "runtimePrecision")
+            if prec:
+                layers[prec.lower()] += 1
+    except Exception:  # noqa: BLE001 - the runtime model is diagnostics only
+        pass
+    return {"hint": hint.lower(), "layers": dict(sorted(layers.items()))}
+
+
+def _any_str(info: Any, key: str) -> str:
+    """A runtime-model rt_info entry as text (OpenVINO wraps values in ``OVAny``)."""
+    if key not in info:
+        return ""
+    value = info[key]
+    return str(value.astype(str)) if hasattr(value, "astype") else str(value)
+
+
+def _output_name(port: Any, wanted: tuple[str, ...] = ("labels", "logits")) -> str:
+    """``labels``/``logits`` if the port carries one of those names (ports may have several), else any name."""
+    names = port.get_names()
+    return next((n for n in wanted if n in names), port.get_any_name())
+
+
+def ran_text(ran: dict[str, Any]) -> str:
+    """``"hint f32; layers: f32 412, i8 96"``."""
+    layers = ", ".join(f"{k} {v}" for k, v in ran.get("layers", {}).items())
+    return f"hint {ran.get('hint')}" + (f"; layers: {layers}" if layers else "")
+
+
+class OpenVinoBackend:
+    """Runs an exported SeMask model (``.onnx`` or IR ``.xml`` + sidecar) with OpenVINO on the CPU.
+
+    Args:
+        path: the ``.onnx`` or ``.xml`` (its ``.json`` sidecar must be beside it).
+        precision: ``fp32`` (default) or ``bf16`` for the float layers (see the module docstring).
+        threads: CPU threads (default: OpenVINO's choice).
+
+    Attributes:
+        has_logits, num_classes, class_names, palette, test_scale, crop_size: from the sidecar.
+        precision: the artifact's precision (fp32, fp16, int8) from the sidecar.
+        ran: what OpenVINO reports it runs: ``{"hint": "f32"|"bf16", "layers": {precision: count}}``.
+        input_hw, input_batch: fixed input size/batch of a static export, else None.
+    """
+
+    kind = "openvino"
+
+    def __init__(self, path: str | Path, *, device: str = "cpu", precision: str | None = "fp32",
+                 threads: int | None = None) -> None:
+        from semask_deploy.export.metadata import read_sidecar
+
+        if device != "cpu":
+            raise ConfigError(f"the OpenVINO backend runs on the CPU; got device={device!r}")
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise RuntimeBackendError(f"model file not found: {self.path}")
+        self.meta: dict[str, Any] = read_sidecar(self.path)
+        self.compiled, self.ran = compile_model(self.path, precision=precision, threads=threads)
+        self.request = self.compiled.create_infer_request()
+        m = self.meta
+        self.output_names = [_output_name(o) for o in self.compiled.outputs]
+        self.has_logits = "logits" in self.output_names
+        names = [i.get_any_name() for i in self.compiled.inputs]
+        self.has_output_size = OUTPUT_SIZE in names
+        first = next(i for i in self.compiled.inputs if i.get_any_name() != OUTPUT_SIZE)
+        self.input_name = first.get_any_name()
+        self.accepts_uint8 = bool(m.get("preprocess_in_graph")) or str(first.get_element_type()) in ("u8", "<Type: 'uint8_t'>")
+        self.num_classes = int(m["num_classes"])
+        self.class_names = tuple(m["classes"])
+        self.palette = [tuple(int(v) for v in c) for c in m["palette"]]
+        self.test_scale = tuple(m["test_scale"])
+        self.crop_size = tuple(m["crop_size"])
+        self.precision = m.get("precision", "fp32")
+        self.input_batch, self.input_hw = static_input(m)
+
+    def _run(self, x: np.ndarray, size: Sequence[int] | None = None) -> dict[str, np.ndarray]:
+        feed = {self.input_name: x}
+        if size is not None and not self.has_output_size:
+            raise ConfigError(f"{self.path.name} has no output_size input (exported with --no-output-size): its "
+                              "labels are at the input size; re-export without --no-output-size")
+        if self.has_output_size:
+            feed[OUTPUT_SIZE] = output_size_feed(x, size, self.accepts_uint8)
+        try:
+            res = self.request.infer(feed)
+        except Exception as exc:  # noqa: BLE001
+            raise RuntimeBackendError(f"OpenVINO failed on an input of shape {tuple(x.shape)} {x.dtype}: "
+                                      f"{str(exc).splitlines()[0][:300]}") from exc
+        return {_output_name(k): v for k, v in res.items()}
+
+    def logits(self, x: np.ndarray) -> torch.Tensor:
+        """Normalised float32 (N, 3, H, W) → float32 logits (N, K, H, W)."""
+        if not self.has_logits:
+            raise ConfigError(f"{self.path.name} outputs labels only: re-export with --with-logits")
+        out = self._run(graph_input(x, self.accepts_uint8))["logits"]
+        return torch.from_numpy(np.array(out, dtype=np.float32, copy=True))
+
+    def labels(self, x: np.ndarray, size: Sequence[int] | None = None) -> np.ndarray:
+        """Normalised float32 (N, 3, H, W) → int32 labels (N, H, W), or (N, Ho, Wo) at ``size`` = (Ho, Wo)
+        (graphs with the ``output_size`` input only: logits resized there, then argmax — exact)."""
+        out = self._run(graph_input(x, self.accepts_uint8), size)["labels"]
+        return np.array(out, dtype=np.int32, copy=True)
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": "openvino", "precision": self.precision, "ran": self.ran, "input": self.input_name,
+                "outputs": self.output_names, "output_size_input": self.has_output_size}

@@ -1,0 +1,62 @@
+"""The channels-last labels head and its inverse (for OpenVINO) give the traced graph's labels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+
+def _head_graph(static: bool) -> "onnx.ModelProto":
+    """logits_low (N, K, h, w) → Resize to (N, K, H, W) given by the image's shape → ArgMax axis 1 → labels."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = []
+    inits = []
+    if static:
+        inits.append(numpy_helper.from_array(np.array([1, 5, 37, 53], np.int64), "sizes"))
+    else:
+        nodes += [
+            helper.make_node("Shape", ["low"], ["low_shape"], start=0, end=2),
+            helper.make_node("Shape", ["image"], ["img_hw"], start=2, end=4),
+            helper.make_node("Concat", ["low_shape", "img_hw"], ["sizes"], axis=0),
+        ]
+    nodes += [
+        helper.make_node("Resize", ["low", "", "", "sizes"], ["full"], mode="linear",
+                         coordinate_transformation_mode="half_pixel"),
+        helper.make_node("ArgMax", ["full"], ["labels"], axis=1, keepdims=0),
+    ]
+    inputs = [helper.make_tensor_value_info("low", TensorProto.FLOAT, ["N", 5, "h", "w"]),
+              helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, "H", "W"])]
+    out = [helper.make_tensor_value_info("labels", TensorProto.INT64, ["N", "H", "W"])]
+    graph = helper.make_graph(nodes, "head", inputs, out, initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def _labels(model, low, image):
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(["labels"], {"low": low, "image": image})[0]
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_nhwc_head_and_its_inverse_keep_the_labels(static):
+    from semask_deploy.export.onnx import nhwc_labels_head, undo_nhwc_labels_head
+
+    rng = np.random.default_rng(0)
+    low = rng.standard_normal((1, 5, 10, 14)).astype(np.float32)
+    image = np.zeros((1, 3, 37, 53), np.float32)
+    traced = _head_graph(static)
+    want = _labels(traced, low, image)
+    nhwc = _head_graph(static)
+    assert nhwc_labels_head(nhwc)
+    assert any(n.op_type == "Transpose" for n in nhwc.graph.node)
+    np.testing.assert_array_equal(_labels(nhwc, low, image), want)
+    assert undo_nhwc_labels_head(nhwc)
+    onnx.checker.check_model(nhwc)
+    assert not any(n.op_type in ("Transpose", "Gather") for n in nhwc.graph.node)
+    argmax = next(n for n in nhwc.graph.node if n.op_type == "ArgMax")
+    assert next(a.i for a in argmax.attribute if a.name == "axis") == 1
+    np.testing.assert_array_equal(_labels(nhwc, low, image), want)
+    assert not undo_nhwc_labels_head(traced)  # no channels-last head: left alone

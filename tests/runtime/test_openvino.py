@@ -1,0 +1,131 @@
+"""OpenVINO backend: f32 labels vs torch, bf16 gated on the CPU's native bf16, int8 Q/DQ, IR export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from semask_deploy.errors import ConfigError
+from semask_deploy.runtime import cpu_info
+
+pytest.importorskip("openvino")
+
+SMALL_CKPT = Path(__file__).resolve().parents[1] / "data" / "semask_small_synthetic8.pth"
+_CACHE: dict[str, object] = {}
+
+
+def small_export(tmp_path_factory):
+    """fp32 dynamic export with logits of the small trained test model (once per session)."""
+    if "small" not in _CACHE:
+        from semask_deploy.export.pipeline import ExportOptions, run_export
+
+        out = tmp_path_factory.mktemp("ov_small_export")
+        _CACHE["small"] = run_export(ExportOptions(ckpt=SMALL_CKPT, out=out, with_logits=True, quiet=True))
+    return _CACHE["small"]
+
+
+def small_model():
+    if "model" not in _CACHE:
+        from semask_deploy import load_model
+
+        _CACHE["model"] = load_model(SMALL_CKPT).float().eval()
+    return _CACHE["model"]
+
+
+def _scene(hw=(97, 131), seed=5):
+    from semask_deploy.data.synthetic import SyntheticScenes
+    from semask_deploy.data.transforms import normalize
+
+    img = SyntheticScenes(num_classes=8, size=hw, seed=seed, length=1)[0][0]
+    return normalize(img)[None]
+
+
+def _torch_labels(x):
+    import torch
+
+    model = small_model()  # loaded outside inference mode (its parameters must stay normal tensors)
+    with torch.inference_mode():
+        return model(torch.from_numpy(x)).argmax(1).numpy()
+
+
+def test_openvino_f32_matches_torch(tmp_path_factory):
+    from semask_deploy.runtime import Segmenter
+
+    res = small_export(tmp_path_factory)
+    seg = Segmenter(res.onnx_path, backend="openvino", precision="fp32", scale="none")
+    be = seg.backend
+    assert be.kind == "openvino" and be.ran["hint"] == "f32"
+    assert "bf16" not in be.ran["layers"]  # nothing silently ran in bf16
+    x = _scene()
+    ref = _torch_labels(x)
+    assert (be.labels(x) == ref).mean() >= 0.999
+    logits = be.logits(x).numpy()
+    import torch
+
+    model = small_model()
+    with torch.inference_mode():
+        want = model(torch.from_numpy(x)).numpy()
+    assert np.linalg.norm(logits - want) / np.linalg.norm(want) <= 1e-4
+    assert be.describe()["ran"]["hint"] == "f32"
+
+
+@pytest.mark.skipif(not cpu_info.native_bf16(), reason="this CPU has no native bf16 (avx512_bf16/AMX)")
+def test_openvino_bf16_where_native(tmp_path_factory):
+    from semask_deploy.runtime.openvino_backend import OpenVinoBackend
+
+    res = small_export(tmp_path_factory)
+    be = OpenVinoBackend(res.onnx_path, precision="bf16")
+    assert be.ran["hint"] == "bf16" and be.ran["layers"].get("bf16", 0) > 0
+    x = _scene()
+    assert (be.labels(x) == _torch_labels(x)).mean() >= 0.99
+
+
+def test_bf16_without_native_support_is_an_error(tmp_path_factory, monkeypatch):
+    from semask_deploy.runtime import Segmenter
+
+    monkeypatch.setattr(cpu_info, "cpu_flags", lambda: frozenset({"avx2", "avx512f", "avx512_vnni"}))
+    assert not cpu_info.native_bf16()
+    res = small_export(tmp_path_factory)
+    with pytest.raises(ConfigError, match="native bf16"):
+        Segmenter(res.onnx_path, backend="openvino", precision="bf16")
+    monkeypatch.setattr(cpu_info, "cpu_flags", lambda: frozenset({"avx2", "amx_bf16"}))
+    assert cpu_info.native_bf16()
+
+
+def test_bad_backend_and_precision_combinations(tmp_path_factory):
+    from semask_deploy.runtime import Segmenter
+
+    res = small_export(tmp_path_factory)
+    with pytest.raises(ConfigError, match="backend"):
+        Segmenter(res.onnx_path, backend="tvm")
+    with pytest.raises(ConfigError, match="OpenVINO/PyTorch option"):
+        Segmenter(res.onnx_path, precision="bf16")
+    with pytest.raises(ConfigError, match="fp32 or bf16"):
+        Segmenter(res.onnx_path, backend="openvino", precision="fp8")
+    with pytest.raises(ConfigError, match=".onnx or an OpenVINO IR"):
+        Segmenter(SMALL_CKPT, backend="openvino")
+    with pytest.raises(ConfigError, match="fp32 or bf16"):
+        Segmenter(SMALL_CKPT, precision="int8")
+
+
+@pytest.mark.slow
+def test_export_int8_openvino_ir(tmp_path):
+    """--fmt openvino --precision int8: the IR runs its Q/DQ layers in int8, labels stay close to torch."""
+    from semask_deploy.export.pipeline import ExportOptions, run_export
+    from semask_deploy.runtime import Segmenter
+
+    res = run_export(ExportOptions(ckpt=SMALL_CKPT, out=tmp_path, fmt="openvino", precision="int8", calib_count=8,
+                                   quiet=True))
+    xml = tmp_path / "semask_small_synthetic8_int8_ov.xml"
+    assert res.engine_path == xml and xml.is_file() and xml.with_suffix(".bin").is_file()
+    meta = json.loads(xml.with_suffix(".json").read_text())
+    assert meta["kind"] == "openvino" and meta["precision"] == "int8"
+    assert meta["openvino"]["ran"]["hint"] == "f32" and meta["openvino"]["check"]["label_agreement"] >= 0.96
+    seg = Segmenter(xml, scale="none")
+    layers = seg.backend.ran["layers"]
+    assert layers.get("i8", 0) > 0, layers  # (u8 also counts boolean masks in float graphs)
+    x = _scene(seed=11)
+    assert (seg.backend.labels(x) == _torch_labels(x)).mean() >= 0.96
