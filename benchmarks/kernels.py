@@ -15,6 +15,12 @@ Cases:
     - semantic attention, windowed: stages 0-1 of T (window 7) and L (window 12), K = 150.
     - upsample + argmax: 150 (and 19) class logits at the stride-4 size -> input size; ``triton`` vs
       ``eager`` (F.interpolate in fp32 + argmax).
+    - multi-scale deformable attention (``msda``): Mask2Former's pixel-decoder encoder on one image, levels
+      = the input padded to a multiple of 32 at strides 32, 16, 8 (640x640: 20², 40², 80², 8400 queries;
+      2048x1024: 32x64, 64x128, 128x256, 43008 queries), 8 heads, 4 points, head dim 32; ``triton`` vs
+      ``eager`` (the official per-level grid_sample formulation) and ``gather`` (ms_deform_attn_fast_cpu:
+      one embedding_bag over a zero-padded table). 8 FLOPs per (sample, channel); bytes = value + locations
+      + weights read once, output written once.
 
 Every time is the median of ``triton.testing.do_bench`` (L2 flushed between runs). Reported: median ms,
 TFLOP/s (nominal matmul FLOPs, padded tokens included; 10 FLOPs per class-pixel for upsample+argmax),
@@ -88,11 +94,26 @@ def stage_size(h: int, w: int, stage: int) -> tuple[int, int]:
     return hs, ws
 
 
+def msda_levels(h: int, w: int) -> list[tuple[int, int]]:
+    """Mask2Former deformable-encoder level sizes (strides 32, 16, 8) of an H x W input padded to 32."""
+    hp, wp = _ceil_div(h, 32) * 32, _ceil_div(w, 32) * 32
+    return [(hp // s, wp // s) for s in (32, 16, 8)]
+
+
 def build_cases(kernels: list[str], variants: list[str], resolutions: list[str], dtypes: list[str], num_cls: int = 150) -> list[Case]:
     """Enumerate the benchmark cases with their FLOP and byte counts (pure; no GPU needed)."""
     cases: list[Case] = []
     for dt in dtypes:
         e = _elt(dt)
+        if "msda" in kernels:
+            m, pts, d = 8, 4, 32
+            for res in resolutions:
+                levels = msda_levels(*RESOLUTIONS[res])
+                lq = sum(h * w for h, w in levels)
+                ns = lq * m * len(levels) * pts
+                p = dict(res=res, levels=levels, Lq=lq, M=m, P=pts, D=d)
+                cases.append(Case("ms_deform_attn", f"{res} levels {'/'.join(f'{h}x{w}' for h, w in levels)} Lq{lq} M{m} P{pts} D{d}", dt, p,
+                                  flops=8.0 * ns * d, bytes=float((2 * lq * m * d + 3 * ns) * e)))
         for var in variants:
             embed, heads, window = VARIANTS[var]
             for res in resolutions:
@@ -174,6 +195,7 @@ def _providers(torch: Any, case: Case, device: str = "cuda") -> tuple[dict[str, 
     """Build the callables for one case, an error metric vs the fp32 reference, and the tensors to free."""
     import torch.nn.functional as F  # noqa: PLC0415
 
+    from semask_deploy.kernels import ms_deform_attn as msda  # noqa: PLC0415
     from semask_deploy.kernels import semantic_attention as sa  # noqa: PLC0415
     from semask_deploy.kernels import upsample_argmax as ua  # noqa: PLC0415
     from semask_deploy.kernels import window_attention as wa  # noqa: PLC0415
@@ -214,6 +236,19 @@ def _providers(torch: Any, case: Case, device: str = "cuda") -> tuple[dict[str, 
         }
         ref = sa.semantic_attention_window_ref(q.float(), k.float(), v.float(), p["window"], kb, vb)
         return provs, lambda out: (out.float() - ref).abs().max().item(), (q, k, v, ref)
+    if case.kernel == "ms_deform_attn":
+        levels, lq, m, pts, d = p["levels"], p["Lq"], p["M"], p["P"], p["D"]
+        nl, s = len(levels), sum(h * w for h, w in levels)
+        shapes = torch.tensor(levels, dtype=torch.int64, device=device)
+        starts = torch.tensor([0] + [h * w for h, w in levels][:-1], dtype=torch.int64, device=device).cumsum(0)
+        loc = torch.rand(1, lq, m, nl, pts, 2, device=device, generator=g) * 1.2 - 0.1  # ~8% of points outside
+        aw = torch.randn(1, lq, m, nl * pts, device=device, generator=g).softmax(-1).view(1, lq, m, nl, pts)
+        value, loc, aw = rnd(1, s, m, d), loc.to(dt), aw.to(dt)
+        args = (value, shapes, starts, loc, aw)
+        provs = {"triton": lambda: msda.ms_deform_attn(*args), "eager": lambda: msda.ms_deform_attn_ref(*args),
+                 "gather": lambda: msda.ms_deform_attn_fast_cpu(*args)}
+        ref = msda.ms_deform_attn_ref(value.float(), shapes, starts, loc.float(), aw.float())  # same rounded inputs
+        return provs, lambda out: (out.float() - ref).abs().max().item(), (args, ref)
     logits = rnd(1, p["K"], p["h"], p["w"])
     size = (p["H"], p["W"])
     provs = {"triton": lambda: ua.upsample_argmax(logits, size), "eager": lambda: ua.upsample_argmax_ref(logits, size)}
@@ -236,7 +271,7 @@ def run_kernel_benchmarks(
 
     Args:
         out_dir: output folder (created).
-        kernels: subset of {"window", "semantic", "upsample"}.
+        kernels: subset of {"window", "semantic", "upsample", "msda"}.
         variants: subset of VARIANTS ("T", "L").
         resolutions: subset of RESOLUTIONS.
         dtypes: subset of {"fp16", "bf16", "fp32"}.
@@ -369,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     """Command line entry point; returns the exit status (2 when no usable CUDA GPU)."""
     ap = argparse.ArgumentParser(prog="python -m semask_deploy.benchmarks.kernels", description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, required=True, help="output folder, e.g. benchmarks/results/h100/")
-    ap.add_argument("--only", type=_csv(["window", "semantic", "upsample"]), default=["window", "semantic", "upsample"])
+    ap.add_argument("--only", type=_csv(["window", "semantic", "upsample", "msda"]), default=["window", "semantic", "upsample", "msda"])
     ap.add_argument("--variants", type=_csv(list(VARIANTS)), default=list(VARIANTS))
     ap.add_argument("--resolutions", type=_csv(list(RESOLUTIONS)), default=list(RESOLUTIONS))
     ap.add_argument("--dtypes", type=_csv(["fp16", "bf16", "fp32"]), default=["fp16", "bf16"])

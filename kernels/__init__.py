@@ -8,6 +8,9 @@ Submodules (import them explicitly; importing this package does not import Trito
   softmax over all tokens) and ``semantic_attention_window`` with their ``*_ref``.
 - :mod:`semask_deploy.kernels.upsample_argmax`: ``upsample_argmax`` / ``upsample_argmax_ref`` — bilinear
   resize (align_corners=False) fused with argmax over classes.
+- :mod:`semask_deploy.kernels.ms_deform_attn`: ``ms_deform_attn`` / ``ms_deform_attn_ref`` — Mask2Former's
+  multi-scale deformable attention core (bilinear sampling of all levels and points + weighted sum, one
+  pass), and ``ms_deform_attn_fast_cpu``, a faster plain-PyTorch formulation (one ``embedding_bag``).
 
 Each public kernel function is also a torch custom op, ``torch.ops.semask.<name>``, registered when its
 submodule is imported. Kernels run on CUDA tensors, or on the CPU under Triton's interpreter when

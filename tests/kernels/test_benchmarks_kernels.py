@@ -42,6 +42,19 @@ def test_cases_shapes_and_flops():
     assert bk.device_peaks("NVIDIA H200")[2] == 4800.0 and bk.device_peaks("Some GPU") is None
 
 
+def test_msda_cases():
+    bk = _load()
+    assert bk.msda_levels(640, 640) == [(20, 20), (40, 40), (80, 80)]
+    assert bk.msda_levels(1024, 2048) == [(32, 64), (64, 128), (128, 256)] and bk.msda_levels(53, 75) == [(2, 3), (4, 6), (8, 12)]
+    cases = bk.build_cases(["msda"], ["T", "L"], ["640x640", "2048x1024"], ["fp16", "fp32"])
+    assert len(cases) == 4 and {c.kernel for c in cases} == {"ms_deform_attn"}  # one per res x dtype, not per variant
+    c = next(c for c in cases if c.params["res"] == "640x640" and c.dtype == "fp16")
+    assert c.params["Lq"] == 8400 and (c.params["M"], c.params["P"], c.params["D"]) == (8, 4, 32)
+    assert c.flops == 8.0 * 8400 * 8 * 3 * 4 * 32 and c.bytes == (2 * 8400 * 256 + 3 * 8400 * 96) * 2
+    assert next(c for c in cases if c.params["res"] == "2048x1024").params["Lq"] == 43008
+    assert not [c for c in bk.build_cases(["window"], ["T"], ["640x640"], ["fp16"]) if c.kernel == "ms_deform_attn"]
+
+
 def test_reports(tmp_path):
     bk = _load()
     cases = bk.build_cases(["semantic"], ["T"], ["512x512"], ["fp16"])
@@ -77,6 +90,7 @@ def test_exits_2_without_gpu(tmp_path):
         ("semantic_global", dict(N=40, K=19, C=24)),
         ("semantic_window", dict(H=9, W=10, K=19, C=24, window=7)),
         ("upsample_argmax", dict(K=5, h=4, w=6, H=13, W=21)),
+        ("ms_deform_attn", dict(levels=[(3, 5), (2, 2), (1, 1)], Lq=7, M=2, P=3, D=5)),
     ],
 )
 def test_providers_agree_on_cpu(kernel, params, device):
