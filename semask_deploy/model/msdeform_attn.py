@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._tracing import is_tracing
+
 
 def ms_deform_attn_core(
     value: Tensor, spatial_shapes: Tensor | list[tuple[int, int]], sampling_locations: Tensor,
@@ -37,7 +39,7 @@ def ms_deform_attn_core(
     """
     n, _, m, d = value.shape
     _, lq, _, num_levels, p, _ = sampling_locations.shape
-    shapes = [(int(h), int(w)) for h, w in spatial_shapes]
+    shapes = [(h, w) for h, w in spatial_shapes]  # ints, or symbolic sizes while exporting
     value_list = value.split([h * w for h, w in shapes], dim=1)
     grids = 2 * sampling_locations - 1
     sampled = []
@@ -57,9 +59,10 @@ def encoder_reference_points(spatial_shapes: list[tuple[int, int]], device: torc
     """
     refs = []
     for h, w in spatial_shapes:
+        # = linspace(0.5, h - 0.5, h) bit for bit (step exactly 1), also for symbolic sizes (export)
         ref_y, ref_x = torch.meshgrid(
-            torch.linspace(0.5, h - 0.5, h, dtype=torch.float32, device=device),
-            torch.linspace(0.5, w - 0.5, w, dtype=torch.float32, device=device),
+            torch.arange(h, dtype=torch.float32, device=device) + 0.5,
+            torch.arange(w, dtype=torch.float32, device=device) + 0.5,
             indexing="ij",
         )
         refs.append(torch.stack((ref_x.reshape(-1)[None] / w, ref_y.reshape(-1)[None] / h), -1))
@@ -92,13 +95,22 @@ class MSDeformAttn(nn.Module):
         offsets = self.sampling_offsets(query).view(n, lq, m, num_levels, p, 2)
         weights = self.attention_weights(query).view(n, lq, m, num_levels * p)
         weights = F.softmax(weights, -1).view(n, lq, m, num_levels, p)
-        shapes = torch.tensor(spatial_shapes, dtype=torch.long, device=query.device)
-        normalizer = torch.stack([shapes[..., 1], shapes[..., 0]], -1)
-        locations = reference_points[:, :, None, None, None, :] + offsets / normalizer[None, None, None, :, None, :]
-        if self.backend == "triton":
-            from ..kernels.ms_deform_attn import ms_deform_attn
-
-            out = ms_deform_attn(value, shapes, locations, weights)
+        if is_tracing():  # sizes may be symbolic: (W_l, H_l) from scalar tensors (exact small integers)
+            normalizer = torch.stack([torch.stack([torch.scalar_tensor(w), torch.scalar_tensor(h)])
+                                      for h, w in spatial_shapes]).to(device=query.device, dtype=offsets.dtype)
         else:
+            shapes = torch.tensor(spatial_shapes, dtype=torch.long, device=query.device)
+            normalizer = torch.stack([shapes[..., 1], shapes[..., 0]], -1)
+        locations = reference_points[:, :, None, None, None, :] + offsets / normalizer[None, None, None, :, None, :]
+        fast = self.backend == "triton" or (self.backend == "sdpa" and value.device.type == "cpu")
+        if fast and not is_tracing():
+            from ..kernels import ms_deform_attn as msda
+
+            starts = torch.tensor([0] + [h * w for h, w in spatial_shapes[:-1]], device=query.device).cumsum(0)
+            if self.backend == "triton":
+                out = msda.ms_deform_attn(value, shapes, starts, locations, weights)
+            else:  # the same sum as one weighted gather (embedding_bag): ~6x faster than grid_sample on a CPU
+                out = msda.ms_deform_attn_fast_cpu(value, shapes, starts, locations, weights)
+        else:  # eager (the official pure-PyTorch path) and export (GridSample)
             out = ms_deform_attn_core(value, spatial_shapes, locations, weights)
         return self.output_proj(out)
