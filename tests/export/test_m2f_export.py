@@ -50,3 +50,25 @@ def test_export_dynamic_matches_torch(arch, tmp_path):
         assert np.array_equal(labels, ref.argmax(1).numpy().astype(np.int32)), (h, w)
     report = check_onnx_for_tensorrt(tmp_path / "m.onnx")
     assert report.ok, report.format()
+
+
+@pytest.mark.parametrize(("padding", "ok"), [("zeros", True), ("border", True), ("weird", False)])
+def test_trt_check_gridsample_attributes(padding, ok):
+    """GridSample (the deformable sampling) is a native parser op; unsupported attributes are reported."""
+    from onnx import TensorProto, helper
+
+    from semask_deploy.export.trt_check import check_onnx_for_tensorrt
+
+    node = helper.make_node("GridSample", ["x", "grid"], ["y"], mode="bilinear", padding_mode=padding,
+                            align_corners=0, name="gs")
+    graph = helper.make_graph(
+        [node], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 5, 7]),
+         helper.make_tensor_value_info("grid", TensorProto.FLOAT, [1, 9, 4, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 9, 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    report = check_onnx_for_tensorrt(model)
+    assert report.ok is ok
+    if not ok:
+        assert "padding_mode 'weird'" in report.format()
