@@ -333,6 +333,9 @@ def convert_fp16(model: Any, keep_fp32: Iterable[str] | None = None) -> Any:
         if not float_params:
             new_nodes.append(node)
             continue
+        allowed = {c.type_param_str: set(c.allowed_type_strs) for c in schema.type_constraints}
+        if any("tensor(float16)" not in allowed.get(f, {"tensor(float16)"}) for f in float_params):
+            to_half = False  # no float16 form in the schema (e.g. Range over float sizes): stays fp32
         want = FLOAT16 if to_half else FLOAT
         for i, (formal, name) in enumerate(zip(in_formals, node.input)):
             if not name or formal not in float_params:
