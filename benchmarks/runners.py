@@ -278,14 +278,15 @@ class TorchRunner(Runner):
         # the FLOPs model: torch.compile traces the sdpa model, computing what an exported graph does
         self.attention = "export" if backend == "torch-compile" else TORCH_ATTENTION[backend]
         self.model = m
-        self._lowres = m.forward_lowres
+        # mask classification (Mask2Former, ...): the network output is already at the input size
+        self._lowres = getattr(m, "forward_lowres", None) or m
         if precision == "bf16":
             self.flags.append("bf16 = torch.autocast; LayerNorm and semantic attention fp32")
         if precision == "fp16" and device == "cpu":
             self.flags.append("fp16 on the CPU torch path (emulated, not a deployment target)")
         if backend == "torch-compile":
             t0 = time.perf_counter()
-            self._lowres = torch.compile(m.forward_lowres)
+            self._lowres = torch.compile(self._lowres)
             self.build_s = time.perf_counter() - t0  # plus the first call of each shape (first_call_ms)
             self.build["note"] = "inductor compiles on the first call of each shape: see first_call_ms"
             self.flags.append("compile time is in first_call_ms")
@@ -313,6 +314,8 @@ class TorchRunner(Runner):
                 return self.model.predict(prepared)
             logits = self._lowres(prepared)
             size = tuple(prepared.shape[2:])
+            if tuple(logits.shape[2:]) == size:
+                return logits.argmax(1)
             return torch.cat([F.interpolate(l[None], size=size, mode="bilinear", align_corners=False).argmax(1)
                               for l in logits])
 
@@ -322,7 +325,9 @@ class TorchRunner(Runner):
 
         with torch.inference_mode(), self._autocast():
             t = self.prepare(x)
-            logits = F.interpolate(self._lowres(t), size=tuple(t.shape[2:]), mode="bilinear", align_corners=False)
+            logits = self._lowres(t)
+            if tuple(logits.shape[2:]) != tuple(t.shape[2:]):
+                logits = F.interpolate(logits, size=tuple(t.shape[2:]), mode="bilinear", align_corners=False)
             logits = logits.float().cpu().numpy()
         return logits.argmax(1).astype(np.int32), logits
 

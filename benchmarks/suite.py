@@ -218,6 +218,9 @@ def _run_bench(cfg: BenchConfig) -> BenchResult:
             meta["notes"].append(
                 f"the torch fp32 reference failed at {size_label(hw)} ({_message(exc)}): no parity there")
             _free_cuda(cfg.device)
+        if hasattr(model.config, "arch"):  # mask classification: FlopCounterMode + interpolation formulas
+            result.flops[size_label(hw)] = _maskformer_flops(model, hw)
+            continue
         rep = {a: flops_mod.analytic_flops(model.config, *hw, 1, a) for a in flops_mod.ATTENTIONS}
         check = flops_mod.cross_check(model, *hw, 1, "eager")
         result.flops[size_label(hw)] = {
@@ -290,6 +293,20 @@ def _run_bench(cfg: BenchConfig) -> BenchResult:
     except OSError:
         pass
     return result
+
+
+def _maskformer_flops(model: Any, hw: tuple[int, int]) -> dict[str, Any]:
+    """The FLOPs record of a mask-classification model (the same count for every backend: the fast paths
+    compute the same products and samples)."""
+    from semask_deploy.benchmarks.flops_maskformer import maskformer_flops
+
+    f = maskformer_flops(model, *hw)
+    per = {"gemm": f["gemm"], "interp": f["interp"], "total": f["total"]}
+    table = "\n".join(["| group | GFLOPs |", "|---|---|"] +
+                      [f"| {g} | {v / 1e9:.2f} |" for g, v in f["groups"].items()] + [f"| total | {f['total'] / 1e9:.2f} |"])
+    return {"per_image": dict.fromkeys(flops_mod.ATTENTIONS, per), "counter_eager": f["gemm"], "counter_ratio": 1.0,
+            "groups": f["groups"], "rows_sdpa": [], "table_sdpa": table,
+            "method": "FlopCounterMode (eager, MATH SDPA) + 7 FLOPs per grid_sample/bilinear output value"}
 
 
 def _free_cuda(device: str) -> None:

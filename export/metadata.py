@@ -165,13 +165,15 @@ def build_metadata(
         "dynamic": dict(dynamic),
         "profiles": profiles,
         "normalization": normalization(preprocess),
-        "resize": resize_rule(cfg.test_scale, cfg.crop_size),
+        "resize": (dict(cfg.resize_rule, test_scale=list(cfg.test_scale)) if hasattr(cfg, "arch")
+                   else resize_rule(cfg.test_scale, cfg.crop_size)),  # mask classification: detectron2's rule
         "num_classes": int(cfg.num_classes),
         "classes": list(model.class_names or [f"class_{i}" for i in range(cfg.num_classes)]),
         "palette": [list(map(int, c)) for c in (model.palette or [])],
         "test_scale": list(cfg.test_scale),
         "crop_size": list(cfg.crop_size),
-        "model": {"name": cfg.name, "config": cfg.to_dict()},
+        "model": {"name": cfg.name, "arch": getattr(cfg, "arch", "semantic_fpn"),
+                  "pixel_decoder": getattr(cfg, "pixel_decoder", None), "config": cfg.to_dict()},
         "source": dict(source),
         "opset": opset,
         "versions": library_versions(),

@@ -86,6 +86,21 @@ def trace_size(window: int, sem_window: int, patch: int = 4) -> tuple[int, int]:
     return found[0] * patch - 1, found[1] * patch - 3
 
 
+def mask_former_trace_size(window: int, sem_window: int, divisibility: int = 32) -> tuple[int, int]:
+    """An (H, W) for tracing a mask-classification model (input padded to a multiple of ``divisibility``).
+
+    Neither side is a multiple of ``divisibility`` (so the padding is traced), the padded stride-32 grid is
+    odd, larger than the windows and not a multiple of them (so every stage pads its windows and holds
+    several), and H ≠ W.
+    """
+    w_max = max(window, sem_window)
+    found = [k for k in range(w_max + 1, 64 * w_max)
+             if k % 2 == 1 and all((k * 2**i) % window and (k * 2**i) % sem_window for i in range(4))][:2]
+    if len(found) < 2:  # pragma: no cover - always found for real windows
+        raise ExportError(f"no generic tracing size for window {window}/{sem_window}")
+    return found[0] * divisibility - 5, found[1] * divisibility - 7
+
+
 def _wrapper(model: Any, with_logits: bool, preprocess: bool) -> Any:
     import numpy as np
     import torch
@@ -110,8 +125,11 @@ def _wrapper(model: Any, with_logits: bool, preprocess: bool) -> Any:
                 # Cast first: TensorRT requires a uint8 network input to go through a Cast to float before any
                 # other layer (a Transpose of uint8 is rejected)
                 x = (x.to(torch.float32).permute(0, 3, 1, 2) - self.mean) * self.inv_std
-            low = self.model.forward_lowres(x)
-            logits = F.interpolate(low, size=x.shape[2:], mode="bilinear", align_corners=False)
+            if hasattr(self.model, "forward_lowres"):  # SeMask-FPN: stride-4 logits, resized here
+                low = self.model.forward_lowres(x)
+                logits = F.interpolate(low, size=x.shape[2:], mode="bilinear", align_corners=False)
+            else:  # mask classification: the semantic scores (N, K, H, W) at the input size
+                logits = self.model(x)
             labels = logits.argmax(1).to(torch.int32)
             if self.with_logits:
                 return labels, logits
@@ -200,6 +218,8 @@ def export_onnx(
     started = time.perf_counter()
     if static_hw is not None:
         h, w = (int(v) for v in static_hw)
+    elif hasattr(cfg, "size_divisibility"):  # Mask2Former / MaskFormer / FaPN: padded to a multiple of 32
+        h, w = mask_former_trace_size(cfg.window_size, cfg.sem_window_size, cfg.size_divisibility)
     else:
         h, w = trace_size(cfg.window_size, cfg.sem_window_size, cfg.patch_size)
     n = static_batch if static_batch is not None else 2

@@ -469,7 +469,8 @@ def _apply_precision(o: ExportOptions, fp32_path: Path, work: Path, calib: list[
         roles = attention_roles(model)
         half = convert_fp16(model, roles.keep_fp32())
         onnx.save_model(half, str(out))
-        kept = ["LayerNormalization", "Softmax", "semantic-attention scores (q/k projections → q·kᵀ → Softmax)"]
+        kept = ["LayerNormalization", "Softmax", "semantic-attention scores (q/k projections → q·kᵀ → Softmax)",
+                "GroupNormalization", "GridSample sampling grids (offset projections → locations)"]
         return out, {"kind": "mixed fp16", "kept_fp32": kept,
                      "roles": roles.summary(), **precision_summary(half)}
     inputs = _model_inputs(calib, shapes.static_batch or 1, o.preprocess)

@@ -3,7 +3,10 @@
 **fp16** (:func:`convert_fp16`): a pass over the fp32 graph. Every node that computes on float tensors runs
 in float16 except the numerically sensitive ones, which stay float32 (DESIGN §2, "Numerics"):
 
-* ``LayerNormalization`` and ``Softmax`` (the known causes of Swin fp16 accuracy loss);
+* ``LayerNormalization`` and ``Softmax`` (the known causes of Swin fp16 accuracy loss), and
+  ``GroupNormalization``/``InstanceNormalization`` where a graph has them (mask-classification heads);
+* the sampling grids of ``GridSample`` (deformable attention, DCNv2): the offset projection and every op
+  from it to the grid (:func:`_sampling_island`) — an fp16 location is off by up to 1/4 pixel at 2048;
 * the semantic attention's scores: the unscaled q·kᵀ over the classes can be large, so the q/k
   projections, everything between them and the q·kᵀ MatMul (windowing, padding with the bias), the
   MatMul itself and everything up to its Softmax stay fp32 (:func:`attention_roles`).
@@ -44,7 +47,7 @@ import numpy as np
 from semask_deploy.errors import ConfigError, ExportError, require
 
 FLOAT, FLOAT16 = 1, 10
-ALWAYS_FP32 = ("LayerNormalization", "Softmax")
+ALWAYS_FP32 = ("LayerNormalization", "Softmax", "GroupNormalization", "InstanceNormalization")
 _TYPE_AGNOSTIC = ("Shape", "Size")  # read only the shape: never cast their input
 _CHAIN_OPS = ("Add", "Sub", "Mul", "Div", "Cast", "Where")
 INT8_ACTIVATIONS = ("s8", "u8")
@@ -124,9 +127,12 @@ class AttentionRoles:
     semantic_islands: list[str] = field(default_factory=list)  # q/k projections → … → scores → Softmax
     final: list[str] = field(default_factory=list)            # Resize/ArgMax feeding the outputs
     classifier: list[str] = field(default_factory=list)       # the 1×1 conv_seg producing the logits
+    norms: list[str] = field(default_factory=list)            # GroupNorm/InstanceNorm (mask-classification heads)
+    sampling: list[str] = field(default_factory=list)         # GridSample grids: offsets → locations (MSDA, DCNv2)
 
     def keep_fp32(self) -> set[str]:
-        return set(self.layernorm) | set(self.softmax) | set(self.semantic_islands)
+        return (set(self.layernorm) | set(self.softmax) | set(self.semantic_islands) | set(self.norms)
+                | set(self.sampling))
 
     def summary(self) -> dict[str, int]:
         return {k: len(v) for k, v in self.__dict__.items()}
@@ -146,6 +152,10 @@ def attention_roles(model: Any) -> AttentionRoles:
     for node in model.graph.node:
         if node.op_type == "LayerNormalization":
             roles.layernorm.append(node.name)
+        elif node.op_type in ("GroupNormalization", "InstanceNormalization"):
+            roles.norms.append(node.name)
+        elif node.op_type == "GridSample" and len(node.input) > 1:
+            roles.sampling.extend(n for n in _sampling_island(g, node.input[1]) if n not in roles.sampling)
         elif node.op_type == "Softmax":
             roles.softmax.append(node.name)
             chain, score = _score_chain(g, node)
@@ -196,6 +206,30 @@ def _score_chain(g: _Graph, softmax: Any) -> tuple[list[Any], Any | None]:
             return chain, None
         tensor = data[0] if node.op_type != "Where" else node.input[1]
     return chain, None
+
+
+_PROJECTIONS = ("MatMul", "Gemm", "Conv")
+
+
+def _sampling_island(g: _Graph, grid: str, limit: int = 64) -> list[str]:
+    """The nodes computing a GridSample's sampling grid, kept fp32: everything between the offset
+    projection (MatMul/Conv, included) and the grid — offsets, the division by the level sizes, the
+    reference points, ``2·loc − 1``, the layout ops. A projection's own input is not followed (it
+    arrives as fp16 and is cast once), nor are LayerNorm/Softmax/normalisation outputs."""
+    found: list[str] = []
+    stack, seen = [grid], set()
+    while stack and len(found) < limit:
+        tensor = stack.pop()
+        if tensor in seen or g.is_const(tensor) or g.types.get(tensor) != FLOAT:
+            continue
+        seen.add(tensor)
+        node = g.producer.get(tensor)
+        if node is None or node.op_type in ALWAYS_FP32:
+            continue
+        found.append(node.name)
+        if node.op_type not in _PROJECTIONS:
+            stack.extend(i for i in node.input if i)
+    return found
 
 
 def _upstream_floats(g: _Graph, start: Any, limit: int = 48) -> list[str]:
@@ -307,6 +341,9 @@ def convert_fp16(model: Any, keep_fp32: Iterable[str] | None = None) -> Any:
         if not float_params:
             new_nodes.append(node)
             continue
+        allowed = {c.type_param_str: set(c.allowed_type_strs) for c in schema.type_constraints}
+        if any("tensor(float16)" not in allowed.get(f, {"tensor(float16)"}) for f in float_params):
+            to_half = False  # no float16 form in the schema (e.g. Range over float sizes): stays fp32
         want = FLOAT16 if to_half else FLOAT
         for i, (formal, name) in enumerate(zip(in_formals, node.input)):
             if not name or formal not in float_params:

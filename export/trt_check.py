@@ -428,6 +428,11 @@ class _Walker:
                 self.col.bad(op, "antialiasing is not supported", label)
             if s("keep_aspect_ratio_policy", "stretch") != "stretch":
                 self.col.bad(op, "keep_aspect_ratio_policy other than 'stretch' is not supported", label)
+        elif op == "GridSample":  # IGridSampleLayer: linear/nearest/cubic, fill(zeros)/clamp(border)/reflect
+            if s("mode", "bilinear") not in ("bilinear", "linear", "nearest", "bicubic", "cubic"):
+                self.col.bad(op, f"mode '{s('mode', '')}' is not supported", label)
+            if s("padding_mode", "zeros") not in ("zeros", "border", "reflection"):
+                self.col.bad(op, f"padding_mode '{s('padding_mode', '')}' is not supported", label)
         elif op == "LayerNormalization" and (used(1) or used(2)):
             self.col.bad(op, "only the first output Y is supported (Mean/InvStdDev are used)", label)
         elif op in ("MaxPool", "AveragePool", "LpPool"):

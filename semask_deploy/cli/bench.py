@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--ckpt", type=Path, help=".pth/.safetensors SeMask-FPN checkpoint")
+    src.add_argument("--ckpt", type=Path, help=".pth/.safetensors SeMask-FPN or mask-classification (detectron2) checkpoint")
     src.add_argument("--demo", action="store_true", help="the built-in demo model (the default)")
     p.add_argument("--backends", default=None, help=f"comma list from {','.join(BACKEND_NAMES)} (default: all)")
     p.add_argument("--precisions", default=None, help="comma list from fp32,fp16,int8,bf16 (default: all but bf16, which is torch autocast "

@@ -152,7 +152,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         srcs, poss, sizes = [], [], []
         for i in range(self.num_levels):
             x = feats[i]
-            h, w = x.shape[2], x.shape[3]
+            h, w = x.shape[2], x.shape[3]  # symbolic while exporting
             sizes.append((h, w))
             pos = sine_position_encoding(h, w, self.hidden_dim // 2, x.device, x.dtype, batch=n)
             poss.append(pos.flatten(2).permute(2, 0, 1))

@@ -130,7 +130,7 @@ class MaskFormerSegmentor(nn.Module):
 
     def pad_size(self, x: Tensor) -> tuple[int, int]:
         d = self.config.size_divisibility
-        return padded_size(x.shape[2], d), padded_size(x.shape[3], d)
+        return padded_size(x.shape[2], d), padded_size(x.shape[3], d)  # symbolic while exporting
 
     @torch.no_grad()
     def predict(self, x: Tensor) -> Tensor:

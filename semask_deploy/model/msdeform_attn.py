@@ -61,8 +61,7 @@ def encoder_reference_points(spatial_shapes: list[tuple[int, int]], device: torc
     """
     refs = []
     for h, w in spatial_shapes:
-        # = torch.linspace(0.5, h − 0.5, h) of the official code, bit for bit (its step is exactly 1), but
-        # traceable with symbolic sizes
+        # = linspace(0.5, h - 0.5, h) bit for bit (step exactly 1), also for symbolic sizes (export)
         ref_y, ref_x = torch.meshgrid(
             torch.arange(h, dtype=torch.float32, device=device) + 0.5,
             torch.arange(w, dtype=torch.float32, device=device) + 0.5,
@@ -98,21 +97,22 @@ class MSDeformAttn(nn.Module):
         offsets = self.sampling_offsets(query).view(n, lq, m, num_levels, p, 2)
         weights = self.attention_weights(query).view(n, lq, m, num_levels * p)
         weights = F.softmax(weights, -1).view(n, lq, m, num_levels, p)
-        one = query.new_ones(())  # (W_l, H_l) as a tensor built from (possibly symbolic) sizes
-        normalizer = torch.stack([torch.stack([one * w, one * h]) for h, w in spatial_shapes])
-        locations = reference_points[:, :, None, None, None, :] + offsets / normalizer[None, None, None, :, None, :]
-        out = None
-        if self.backend != "eager" and not is_tracing():
+        if is_tracing():  # sizes may be symbolic: (W_l, H_l) from scalar tensors (exact small integers)
+            normalizer = torch.stack([torch.stack([torch.scalar_tensor(w), torch.scalar_tensor(h)])
+                                      for h, w in spatial_shapes]).to(device=query.device, dtype=offsets.dtype)
+        else:
             shapes = torch.tensor(spatial_shapes, dtype=torch.long, device=query.device)
-            starts = torch.cat([shapes.new_zeros(1), (shapes[:, 0] * shapes[:, 1]).cumsum(0)[:-1]])
+            normalizer = torch.stack([shapes[..., 1], shapes[..., 0]], -1)
+        locations = reference_points[:, :, None, None, None, :] + offsets / normalizer[None, None, None, :, None, :]
+        fast = self.backend == "triton" or (self.backend == "sdpa" and value.device.type == "cpu")
+        if fast and not is_tracing():
+            from ..kernels import ms_deform_attn as msda
+
+            starts = torch.tensor([0] + [h * w for h, w in spatial_shapes[:-1]], device=query.device).cumsum(0)
             if self.backend == "triton":
-                from ..kernels.ms_deform_attn import ms_deform_attn
-
-                out = ms_deform_attn(value, shapes, starts, locations, weights)
-            elif value.device.type == "cpu" and not torch.is_grad_enabled():
-                from ..kernels.ms_deform_attn import ms_deform_attn_fast_cpu
-
-                out = ms_deform_attn_fast_cpu(value, shapes, starts, locations, weights)
-        if out is None:
+                out = msda.ms_deform_attn(value, shapes, starts, locations, weights)
+            else:  # the same sum as one weighted gather (embedding_bag): ~6x faster than grid_sample on a CPU
+                out = msda.ms_deform_attn_fast_cpu(value, shapes, starts, locations, weights)
+        else:  # eager (the official pure-PyTorch path) and export (GridSample)
             out = ms_deform_attn_core(value, spatial_shapes, locations, weights)
         return self.output_proj(out)

@@ -113,7 +113,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         srcs, poss, shapes = [], [], []
         for i, x in enumerate(feats[1:][::-1]):
             src = self.input_proj[i](x.float())
-            h, w = src.shape[2], src.shape[3]
+            h, w = src.shape[2], src.shape[3]  # symbolic while exporting
             pos = sine_position_encoding(h, w, self.conv_dim // 2, src.device, src.dtype, batch=src.shape[0])
             if self.trace is not None:
                 self.trace[f"pixdec_src{i}"], self.trace[f"pixdec_pos{i}"] = src, pos
