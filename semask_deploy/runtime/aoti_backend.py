@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, RuntimeBackendError
-from .artifact import static_input
+from .artifact import apply_sidecar
 
 
 class AotiBackend:
@@ -57,13 +57,7 @@ class AotiBackend:
         names = [o["name"] for o in m["outputs"]]
         self.has_logits = "logits" in names
         self._logits_index = names.index("logits") if self.has_logits else None
-        self.num_classes = int(m["num_classes"])
-        self.class_names = tuple(m["classes"])
-        self.palette = [tuple(int(v) for v in c) for c in m["palette"]]
-        self.test_scale = tuple(m["test_scale"])
-        self.crop_size = tuple(m["crop_size"])
-        self.precision = m.get("precision", "fp32")
-        self.input_batch, self.input_hw = static_input(m)
+        apply_sidecar(self, m)
 
     def _run(self, x: np.ndarray) -> list[torch.Tensor]:
         if x.ndim != 4 or x.shape[1] != 3:

@@ -1,5 +1,5 @@
-"""What the ONNX Runtime and TensorRT backends share about an exported artifact: its fixed input shape
-(``--static``, ``--batch``), the conversion of a normalised batch to what the graph takes, and the
+"""What the artifact backends (ONNX Runtime, OpenVINO, TensorRT, AOTInductor) share about an exported artifact:
+the model facts in its sidecar, its fixed input shape (``--static``, ``--batch``), the conversion of a normalised batch to what the graph takes, and the
 ``output_size`` input (int64 [2]) of graphs that resize their logits to the original image size."""
 
 from __future__ import annotations
@@ -13,6 +13,23 @@ from ..config import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import ConfigError
 
 OUTPUT_SIZE = "output_size"  # graph input: (Ho, Wo) of the labels (semask-export's default)
+
+
+def apply_sidecar(backend: Any, meta: dict[str, Any]) -> None:
+    """Set the model facts every artifact backend reads from its metadata sidecar on ``backend``:
+    ``num_classes``, ``class_names``, ``palette``, ``test_scale``, ``crop_size``, ``precision``,
+    ``input_batch``/``input_hw`` (fixed by a static export, else None) and ``resize_rule`` (the model's own
+    test resize, e.g. detectron2's ResizeShortestEdge of the mask-classification models; None for the
+    keep-ratio ``test_scale`` rule of SeMask-FPN)."""
+    backend.num_classes = int(meta["num_classes"])
+    backend.class_names = tuple(meta["classes"])
+    backend.palette = [tuple(int(v) for v in c) for c in meta["palette"]]
+    backend.test_scale = tuple(meta["test_scale"])
+    backend.crop_size = tuple(meta["crop_size"])
+    backend.precision = meta.get("precision", "fp32")
+    backend.input_batch, backend.input_hw = static_input(meta)
+    rule = meta.get("resize")
+    backend.resize_rule = dict(rule) if isinstance(rule, dict) and rule.get("kind") == "shortest_edge" else None
 
 
 def static_input(meta: dict[str, Any]) -> tuple[int | None, tuple[int, int] | None]:

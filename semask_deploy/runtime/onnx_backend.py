@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, RuntimeBackendError, require
-from .artifact import OUTPUT_SIZE, graph_input, output_size_feed, static_input
+from .artifact import OUTPUT_SIZE, apply_sidecar, graph_input, output_size_feed
 
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider", "ROCMExecutionProvider",
                  "MIGraphXExecutionProvider", "DmlExecutionProvider")
@@ -103,13 +103,7 @@ class OnnxBackend:
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.has_logits = "logits" in self.output_names
         self.accepts_uint8 = bool(m.get("preprocess_in_graph")) or self.session.get_inputs()[0].type == "tensor(uint8)"
-        self.num_classes = int(m["num_classes"])
-        self.class_names = tuple(m["classes"])
-        self.palette = [tuple(int(v) for v in c) for c in m["palette"]]
-        self.test_scale = tuple(m["test_scale"])
-        self.crop_size = tuple(m["crop_size"])
-        self.precision = m.get("precision", "fp32")
-        self.input_batch, self.input_hw = static_input(m)
+        apply_sidecar(self, m)
 
     # -- numpy in, numpy/torch out --------------------------------------------------------------------
     def _run(self, x: np.ndarray, names: list[str], size: Sequence[int] | None = None) -> list[np.ndarray]:

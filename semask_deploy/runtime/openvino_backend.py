@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, RuntimeBackendError, require
-from .artifact import OUTPUT_SIZE, graph_input, output_size_feed, static_input
+from .artifact import OUTPUT_SIZE, apply_sidecar, graph_input, output_size_feed
 from .cpu_info import require_native_bf16
 
 #: user-facing precision → OpenVINO inference precision hint
@@ -171,13 +171,7 @@ class OpenVinoBackend:
         first = next(i for i in self.compiled.inputs if i.get_any_name() != OUTPUT_SIZE)
         self.input_name = first.get_any_name()
         self.accepts_uint8 = bool(m.get("preprocess_in_graph")) or str(first.get_element_type()) in ("u8", "<Type: 'uint8_t'>")
-        self.num_classes = int(m["num_classes"])
-        self.class_names = tuple(m["classes"])
-        self.palette = [tuple(int(v) for v in c) for c in m["palette"]]
-        self.test_scale = tuple(m["test_scale"])
-        self.crop_size = tuple(m["crop_size"])
-        self.precision = m.get("precision", "fp32")
-        self.input_batch, self.input_hw = static_input(m)
+        apply_sidecar(self, m)
 
     def _run(self, x: np.ndarray, size: Sequence[int] | None = None) -> dict[str, np.ndarray]:
         feed = {self.input_name: x}

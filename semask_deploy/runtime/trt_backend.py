@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, RuntimeBackendError
-from .artifact import OUTPUT_SIZE, graph_input, output_size_feed, static_input
+from .artifact import OUTPUT_SIZE, apply_sidecar, graph_input, output_size_feed
 
 
 class TensorRTBackend:
@@ -66,13 +66,7 @@ class TensorRTBackend:
         self.output_names = list(self.runner.output_names)
         self.has_logits = "logits" in self.output_names
         self.accepts_uint8 = bool(m.get("preprocess_in_graph")) or self.runner.dtypes[self.input_name] == np.uint8
-        self.num_classes = int(m["num_classes"])
-        self.class_names = tuple(m["classes"])
-        self.palette = [tuple(int(v) for v in c) for c in m["palette"]]
-        self.test_scale = tuple(m["test_scale"])
-        self.crop_size = tuple(m["crop_size"])
-        self.precision = m.get("precision", "fp32")
-        self.input_batch, self.input_hw = static_input(m)
+        apply_sidecar(self, m)
 
     def logits(self, x: np.ndarray) -> torch.Tensor:
         """Normalised float32 (N, 3, H, W) → float32 logits (N, K, H, W) on the CPU."""
