@@ -101,7 +101,8 @@ inline void writePpm(std::string const& path, Image const& img) {  // for tests 
 inline std::pair<int, int> keepRatioSize(int w, int h, int longEdge, int shortEdge) {
     double const lo = std::max(longEdge, shortEdge), sh = std::min(longEdge, shortEdge);
     double const f = std::min(lo / std::max(w, h), sh / std::min(w, h));
-    return {static_cast<int>(w * f + 0.5), static_cast<int>(h * f + 0.5)};
+    // a 1xN strip never becomes 0 pixels high (as rescale_size)
+    return {std::max(1, static_cast<int>(w * f + 0.5)), std::max(1, static_cast<int>(h * f + 0.5))};
 }
 
 // ---------------------------------------------------------------------------------------------- image resize
