@@ -179,7 +179,11 @@ def attention_roles(model: Any) -> AttentionRoles:
                 roles.final.append(node.name)
             if node.op_type == "Resize":
                 cls = g.producer.get(node.input[0])
-                while cls is not None and cls.op_type == "Transpose":  # the channels-last labels head
+                # through the channels-last labels head's Transpose and, in graphs with the output_size input,
+                # the first resize (logits → input size) before the one to output_size
+                while cls is not None and cls.op_type in ("Transpose", "Resize"):
+                    if cls.op_type == "Resize" and cls.name not in roles.final:
+                        roles.final.append(cls.name)
                     cls = g.producer.get(cls.input[0])
                 if cls is not None and cls.op_type == "Conv" and cls.name not in roles.classifier:
                     roles.classifier.append(cls.name)
