@@ -72,11 +72,16 @@ def _check(compiled: Any, onnx_path: Path, x: np.ndarray, min_agree: float) -> d
     from semask_deploy.export.verify import make_session
 
     session = make_session(onnx_path)
-    names = [o.name for o in session.get_outputs()]
-    ref = dict(zip(names, session.run(None, {session.get_inputs()[0].name: x})))
+    from semask_deploy.runtime.artifact import OUTPUT_SIZE, output_size_feed
     from semask_deploy.runtime.openvino_backend import _output_name
 
-    got = {_output_name(k): np.asarray(v) for k, v in compiled.create_infer_request().infer({0: x}).items()}
+    names = [o.name for o in session.get_outputs()]
+    image = next(i.name for i in session.get_inputs() if i.name != OUTPUT_SIZE)
+    feed = {image: x}
+    if any(i.name == OUTPUT_SIZE for i in session.get_inputs()):  # labels at the input size
+        feed[OUTPUT_SIZE] = output_size_feed(x, None, nhwc=x.dtype == np.uint8)
+    ref = dict(zip(names, session.run(None, feed)))
+    got = {_output_name(k): np.asarray(v) for k, v in compiled.create_infer_request().infer(feed).items()}
     agree = float((got["labels"] == ref["labels"]).mean())
     check: dict[str, Any] = {"input_shape": list(x.shape), "reference": "the same ONNX in ONNX Runtime (CPU)",
                              "label_agreement": agree}
