@@ -17,28 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .fapn import ConvNorm
 from .msdeform_attn import MSDeformAttn, encoder_reference_points
 from .position_encoding import sine_position_encoding
-
-
-class ConvNorm(nn.Conv2d):
-    """detectron2's ``Conv2d`` with a ``norm`` submodule and an optional ReLU: conv → norm → act.
-
-    Keys: ``weight`` (``bias``), ``norm.weight``, ``norm.bias``.
-    """
-
-    def __init__(
-        self, cin: int, cout: int, kernel: int, *, bias: bool, norm: nn.Module | None, relu: bool = False
-    ) -> None:
-        super().__init__(cin, cout, kernel, padding=kernel // 2, bias=bias)
-        self.norm = norm
-        self.relu = relu
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = super().forward(x)
-        if self.norm is not None:
-            x = self.norm(x)
-        return F.relu(x) if self.relu else x
 
 
 class DeformableEncoderLayer(nn.Module):
