@@ -8,7 +8,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+
+# Under pytest-xdist (`-n 2`, README "Run the tests") each worker is a process of its own: one intra-op thread
+# per worker, so that two workers do not oversubscribe a 2-core machine (test subprocesses inherit it).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+
+if os.environ.get("PYTEST_XDIST_WORKER") and os.environ["OMP_NUM_THREADS"].isdigit():
+    torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
 
 # Triton kernels run on the CPU interpreter when there is no GPU; the variable must be set before triton is
 # imported anywhere in the session.

@@ -32,6 +32,7 @@ def test_demo_int8_with_default_options_passes_its_gate(tmp_path, monkeypatch):
     assert meta["tensorrt_check"]["ok"]
 
 
+@pytest.mark.slow  # a full int8 export with calibration and verification (~25 CPU-seconds)
 def test_failed_gate_writes_nothing_and_says_what_to_try(tmp_path, monkeypatch):
     monkeypatch.setenv("SEMASK_CACHE_DIR", str(tmp_path / "cache"))
     impossible = verify.Tolerance(max_rel_l2=None, min_label_agreement=1.01, min_miou_agreement=None)

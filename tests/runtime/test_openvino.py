@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,18 +12,10 @@ from semask_deploy.runtime import cpu_info
 
 pytest.importorskip("openvino")
 
-SMALL_CKPT = Path(__file__).resolve().parents[1] / "data" / "semask_small_synthetic8.pth"
+# the fp32 dynamic export with logits of the small trained test model, shared with the export tests (one per session)
+from export._shared import SMALL_CKPT, small_export  # noqa: E402
+
 _CACHE: dict[str, object] = {}
-
-
-def small_export(tmp_path_factory):
-    """fp32 dynamic export with logits of the small trained test model (once per session)."""
-    if "small" not in _CACHE:
-        from semask_deploy.export.pipeline import ExportOptions, run_export
-
-        out = tmp_path_factory.mktemp("ov_small_export")
-        _CACHE["small"] = run_export(ExportOptions(ckpt=SMALL_CKPT, out=out, with_logits=True, quiet=True))
-    return _CACHE["small"]
 
 
 def small_model():
@@ -51,6 +42,7 @@ def _torch_labels(x):
         return model(torch.from_numpy(x)).argmax(1).numpy()
 
 
+@pytest.mark.slow  # needs a full ONNX export (~2 CPU-minutes for the small model)
 def test_openvino_f32_matches_torch(tmp_path_factory):
     from semask_deploy.runtime import Segmenter
 
@@ -72,6 +64,7 @@ def test_openvino_f32_matches_torch(tmp_path_factory):
     assert be.describe()["ran"]["hint"] == "f32"
 
 
+@pytest.mark.slow  # needs a full ONNX export (~2 CPU-minutes for the small model)
 @pytest.mark.skipif(not cpu_info.native_bf16(), reason="this CPU has no native bf16 (avx512_bf16/AMX)")
 def test_openvino_bf16_where_native(tmp_path_factory):
     from semask_deploy.runtime.openvino_backend import OpenVinoBackend
@@ -83,6 +76,7 @@ def test_openvino_bf16_where_native(tmp_path_factory):
     assert (be.labels(x) == _torch_labels(x)).mean() >= 0.99
 
 
+@pytest.mark.slow  # needs a full ONNX export (~2 CPU-minutes for the small model)
 def test_bf16_without_native_support_is_an_error(tmp_path_factory, monkeypatch):
     from semask_deploy.runtime import Segmenter
 
@@ -95,6 +89,7 @@ def test_bf16_without_native_support_is_an_error(tmp_path_factory, monkeypatch):
     assert cpu_info.native_bf16()
 
 
+@pytest.mark.slow  # needs a full ONNX export (~2 CPU-minutes for the small model)
 def test_bad_backend_and_precision_combinations(tmp_path_factory):
     from semask_deploy.runtime import Segmenter
 
