@@ -44,9 +44,9 @@ from semask_deploy.export.labels_head import (  # noqa: F401 - public names of t
 
 DEFAULT_OPSET = 20
 # 20: GELU is one Gelu op (ONNX Runtime, OpenVINO and TensorRT run it fused; at 18 it is five elementwise ops
-# that ONNX Runtime does not fuse in the exporter's form). 18–19 are supported (converted by the exporter);
-# 17 would need onnx's version converter, which has no Pad 18→17 adapter; 22+ would turn SDPA into one
-# Attention op (23) that the precision passes do not handle.
+# that ONNX Runtime does not fuse in the exporter's form); --opset 18–21 stay available. 17 would need onnx's
+# version converter, which has no Pad 18→17 adapter; 22+ would turn SDPA into one Attention op (23) that the
+# precision passes do not handle.
 MIN_OPSET, MAX_OPSET = 18, 21
 INPUT_FLOAT, INPUT_UINT8 = "image", "image_uint8"
 DIM_NAMES = ("N", "H", "W")

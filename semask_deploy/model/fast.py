@@ -170,8 +170,8 @@ def window_attention_core(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scale: 
 def unscaled_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """softmax(q·kᵀ) · v for many small windows: q, k (G, n, K), v (G, n, C) → (G, n, C).
 
-    Plain batched GEMMs on the CPU (PyTorch's CPU SDPA is slower for 49/144-token windows);
-    ``F.scaled_dot_product_attention(scale=1)`` on CUDA and when traced.
+    Plain batched GEMMs on the CPU (PyTorch's CPU SDPA is slower for 49/144-token windows) and when traced;
+    ``F.scaled_dot_product_attention(scale=1)`` on CUDA.
     """
     if is_tracing():  # exported as Transpose/MatMul/Softmax/MatMul (ONNX Runtime fuses the transpose)
         return torch.softmax(q @ k.transpose(-2, -1), dim=-1) @ v

@@ -256,7 +256,6 @@ class WindowAttention(nn.Module):
         out = out.view(-1, nwh // self.num_heads, self.num_heads, n, c // self.num_heads)
         return out.permute(0, 1, 3, 2, 4).reshape(bw, n, c)
 
-
     def _attend_traced(self, qkv: Tensor, bias: Tensor) -> Tensor:
         """:meth:`attend` as plain MatMul/Add/Softmax for export, with the fewest copies ONNX runtimes make.
 
@@ -277,9 +276,10 @@ class WindowAttention(nn.Module):
 
 
 # Traced graphs compute the qkv projection on the real tokens and pad its output with the qkv bias (what a
-# zero-padded token projects to) when the channel count makes the saved GEMM work outweigh the two extra
-# copies of the 3C-wide map (SeMask-T at 512×512 in ONNX Runtime: a win at 384 and 768 channels, where the
-# windows are 20–72 % padding; a loss at 96).
+# zero-padded token projects to) when the channel count makes the saved GEMM work (4·C² multiply-adds per
+# padded token, qkv and proj) outweigh the two extra copies of the 3C-wide map (6·C floats per token). For
+# SeMask-T at 512×512 (windows 8 / 20 / 20 / 72 % padding at 96 / 192 / 384 / 768 channels) that is a clear
+# win from 384 channels, a loss at 96; OpenVINO's FullyConnected time fell from 611 to 580 ms (1 thread).
 QKV_BEFORE_PAD_MIN_CHANNELS = 256
 
 
