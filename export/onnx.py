@@ -37,10 +37,16 @@ from typing import Any
 
 from semask_deploy.config import IMAGENET_MEAN, IMAGENET_STD
 from semask_deploy.errors import ConfigError, ExportError, require
+from semask_deploy.export.labels_head import (  # noqa: F401 - public names of this module
+    OUTPUT_SIZE, add_output_size_input, nhwc_labels_head, openvino_labels_head, reduce_argmax_head,
+    undo_nhwc_labels_head,
+)
 
-DEFAULT_OPSET = 18
-# 18: the dynamo exporter's own opset; 17 would need onnx's version converter, which has no Pad 18→17 adapter.
-# 22+ would turn SDPA into one Attention op (23) that the precision passes do not handle.
+DEFAULT_OPSET = 20
+# 20: GELU is one Gelu op (ONNX Runtime, OpenVINO and TensorRT run it fused; at 18 it is five elementwise ops
+# that ONNX Runtime does not fuse in the exporter's form); --opset 18–21 stay available. 17 would need onnx's
+# version converter, which has no Pad 18→17 adapter; 22+ would turn SDPA into one Attention op (23) that the
+# precision passes do not handle.
 MIN_OPSET, MAX_OPSET = 18, 21
 INPUT_FLOAT, INPUT_UINT8 = "image", "image_uint8"
 DIM_NAMES = ("N", "H", "W")
@@ -260,6 +266,8 @@ def export_onnx(
     if got_opset != int(opset):
         proto = _convert_opset(proto, int(opset), notes)
     _name_dims(proto, axes, dyn_flags, input_name)
+    if preprocess:
+        _shapes_after_cast(proto, input_name)
     if labels_head not in ("nhwc", "nchw"):
         raise ConfigError(f"labels_head must be 'nhwc' or 'nchw', got {labels_head!r}")
     if labels_head == "nhwc" and nhwc_labels_head(proto):
@@ -290,168 +298,20 @@ def export_onnx(
     )
 
 
-def nhwc_labels_head(proto: Any) -> bool:
-    """Rewrite ``ArgMax(Resize(logits_nchw), axis=1)`` into ``ArgMax(Resize(Transpose(logits, NHWC)), axis=3)``.
+def _shapes_after_cast(proto: Any, input_name: str) -> None:
+    """Read the uint8 input's shape from its Cast to float instead (in place; same shape).
 
-    The same bilinear weights over H and W (ONNX Runtime computes the identical values), but the
-    full-resolution tensor is channels-last, so the argmax scans contiguous memory and the resize runs
-    ORT's NHWC kernel: 34 ms instead of 133 ms for 150 classes at 512×512 on 2 cores. A ``logits``
-    output keeps its NCHW resize. Returns whether the pattern was found (in place).
+    TensorRT takes a uint8 network input only into a Cast (and its ONNX parser has no uint8 Shape); the
+    exporter may read the batch size straight off the input.
     """
-    import numpy as np
-    from onnx import helper, numpy_helper
-
-    g = proto.graph
-    producer = {o: n for n in g.node for o in n.output}
-    argmax = next((n for n in g.node if n.op_type == "ArgMax"), None)
-    if argmax is None:
-        return False
-    axis = next((a.i for a in argmax.attribute if a.name == "axis"), 0)
-    resize = producer.get(argmax.input[0])
-    if axis != 1 or resize is None or resize.op_type != "Resize" or len(resize.input) < 4 or not resize.input[3]:
-        return False
-    if any(resize.input[i] for i in (1, 2) if i < len(resize.input)):
-        return False  # roi/scales given: not the exporter's sizes form
-    x, sizes = resize.input[0], resize.input[3]
-    perm = [0, 2, 3, 1]
-    inits = {t.name: t for t in g.initializer}
-    new_nodes = [helper.make_node("Transpose", [x], ["labels_head_nhwc"], perm=perm, name="labels_head_transpose")]
-    if sizes in inits:
-        arr = numpy_helper.to_array(inits[sizes])
-        g.initializer.append(numpy_helper.from_array(arr[perm].copy(), "labels_head_sizes"))
-    else:
-        g.initializer.append(numpy_helper.from_array(np.array(perm, dtype=np.int64), "labels_head_perm"))
-        new_nodes.append(helper.make_node("Gather", [sizes, "labels_head_perm"], ["labels_head_sizes"], axis=0,
-                                          name="labels_head_sizes_gather"))
-    attrs = {a.name: helper.get_attribute_value(a) for a in resize.attribute}
-    attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in attrs.items()}
-    new_nodes.append(helper.make_node("Resize", ["labels_head_nhwc", "", "", "labels_head_sizes"],
-                                      ["labels_head_resized"], name="labels_head_resize", **attrs))
-    for a in argmax.attribute:
-        if a.name == "axis":
-            a.i = 3
-    argmax.input[0] = "labels_head_resized"
-    index = list(g.node).index(argmax)
-    for k, node in enumerate(new_nodes):
-        g.node.insert(index + k, node)
-    if not any(resize.output[0] in n.input for n in g.node) and resize.output[0] not in {o.name for o in g.output}:
-        g.node.remove(resize)  # labels-only graph: the NCHW full-resolution resize is gone
-    return True
-
-
-OUTPUT_SIZE = "output_size"
-
-
-def add_output_size_input(proto: Any) -> bool:
-    """Give the graph the official second resize: a graph input ``output_size`` int64 [2] = (Ho, Wo).
-
-    ``labels`` becomes ``ArgMax(Resize(logits_at_input_size, (Ho, Wo)))``: the logits the graph already
-    resized to its input size (H, W) are resized again, bilinearly (``half_pixel`` = torch's
-    ``align_corners=False``, no antialiasing), to the size the caller asks for — the original image's
-    size in mmseg's test pipeline (keep-ratio resize → model → logits to (H, W) → logits to the original
-    size → argmax) — and the argmax is taken there. Works on either labels head (channels-last or NCHW)
-    and keeps its layout, so the full-size tensor is scanned over its contiguous class axis where the
-    head is channels-last. ``output_size`` = (H, W) gives exactly the labels at the input size (the second
-    resize is then the identity). A ``logits`` output is unchanged (N, K, H, W). Returns whether the
-    pattern was found (in place).
-    """
-    import numpy as np
-    from onnx import TensorProto, helper, numpy_helper
-
-    g = proto.graph
-    producer = {o: n for n in g.node for o in n.output}
-    node = producer.get("labels")
-    for _ in range(4):
-        if node is None or node.op_type == "ArgMax":
-            break
-        node = producer.get(node.input[0])
-    if node is None or node.op_type != "ArgMax" or any(i.name == OUTPUT_SIZE for i in g.input):
-        return False
-    argmax = node
-    axis = next((a.i for a in argmax.attribute if a.name == "axis"), 0)
-    if axis not in (1, 3):
-        return False
-    x = argmax.input[0]
-    consts = {"output_size_n": [0], "output_size_one": [1], "output_size_two": [2], "output_size_four": [4]}
-    for name, value in consts.items():
-        g.initializer.append(numpy_helper.from_array(np.array(value, dtype=np.int64), name))
-    nodes = [helper.make_node("Shape", [x], ["output_size_xshape"], name="output_size_shape")]
-    if axis == 3:  # channels-last: sizes = (N, Ho, Wo, K)
-        nodes += [
-            helper.make_node("Slice", ["output_size_xshape", "output_size_n", "output_size_one"], ["output_size_batch"],
-                             name="output_size_batch"),
-            helper.make_node("Slice", ["output_size_xshape", "output_size_two", "output_size_four"],
-                             ["output_size_hwk"], name="output_size_hwk"),
-            helper.make_node("Slice", ["output_size_hwk", "output_size_one", "output_size_two"], ["output_size_k"],
-                             name="output_size_k"),
-            helper.make_node("Concat", ["output_size_batch", OUTPUT_SIZE, "output_size_k"], ["output_size_sizes"],
-                             axis=0, name="output_size_concat"),
-        ]
-    else:  # NCHW: sizes = (N, K, Ho, Wo)
-        nodes += [
-            helper.make_node("Slice", ["output_size_xshape", "output_size_n", "output_size_two"], ["output_size_nk"],
-                             name="output_size_nk"),
-            helper.make_node("Concat", ["output_size_nk", OUTPUT_SIZE], ["output_size_sizes"], axis=0,
-                             name="output_size_concat"),
-        ]
-    nodes.append(helper.make_node("Resize", [x, "", "", "output_size_sizes"], ["output_size_resized"],
-                                  name="output_size_resize", mode="linear",
-                                  coordinate_transformation_mode="half_pixel"))
-    argmax.input[0] = "output_size_resized"
-    index = list(g.node).index(argmax)
-    for k, n in enumerate(nodes):
-        g.node.insert(index + k, n)
-    g.input.append(helper.make_tensor_value_info(OUTPUT_SIZE, TensorProto.INT64, [2]))
-    out = next(o for o in g.output if o.name == "labels")
-    dims = out.type.tensor_type.shape.dim
-    if len(dims) == 3:
-        dims[1].ClearField("dim_value")
-        dims[1].dim_param = "Ho"
-        dims[2].ClearField("dim_value")
-        dims[2].dim_param = "Wo"
-    return True
-
-
-def undo_nhwc_labels_head(proto: Any) -> bool:
-    """The inverse of :func:`nhwc_labels_head`: ``ArgMax(Resize(logits_nchw), axis=1)`` again (in place).
-
-    For OpenVINO, whose CPU plugin runs the channels-last full-resolution Interpolate on a slow path (706 ms
-    vs 61 ms for 150 classes at 512×512): the same labels, NCHW resize. Returns whether the head was found.
-    """
-    import numpy as np
-    from onnx import numpy_helper
-
-    g = proto.graph
-    nodes = {n.name: n for n in g.node}
-    resize, transpose = nodes.get("labels_head_resize"), nodes.get("labels_head_transpose")
-    if resize is None or transpose is None:
-        return False
-    argmax = next((n for n in g.node if n.op_type == "ArgMax" and n.input[0] == resize.output[0]), None)
-    if argmax is None:
-        return False
-    inits = {t.name: t for t in g.initializer}
-    sizes = resize.input[3]
-    gather = nodes.get("labels_head_sizes_gather")
-    if gather is not None and gather.output[0] == sizes:
-        original = gather.input[0]
-    elif sizes in inits:
-        arr = numpy_helper.to_array(inits[sizes])
-        original = "labels_head_sizes_nchw"
-        g.initializer.append(numpy_helper.from_array(arr[[0, 3, 1, 2]].astype(np.int64), original))
-    else:
-        return False
-    resize.input[0] = transpose.input[0]
-    resize.input[3] = original
-    for a in argmax.attribute:
-        if a.name == "axis":
-            a.i = 1
-    g.node.remove(transpose)
-    if gather is not None and not any(sizes in n.input for n in g.node):
-        g.node.remove(gather)
-    for name in (sizes, "labels_head_perm"):
-        if name in inits and not any(name in n.input for n in g.node):
-            g.initializer.remove(inits[name])
-    return True
+    cast = next((n for n in proto.graph.node if n.op_type == "Cast" and n.input[0] == input_name), None)
+    if cast is None:
+        return
+    proto.graph.node.remove(cast)
+    proto.graph.node.insert(0, cast)  # its only input is the graph input: first in topological order
+    for node in proto.graph.node:
+        if node.op_type == "Shape" and node.input[0] == input_name:
+            node.input[0] = cast.output[0]
 
 
 def _convert_opset(proto: Any, opset: int, notes: list[str]) -> Any:
@@ -461,7 +321,7 @@ def _convert_opset(proto: Any, opset: int, notes: list[str]) -> Any:
     try:
         converted = version_converter.convert_version(proto, opset)
     except Exception as exc:  # noqa: BLE001
-        raise ExportError(f"could not convert the graph to opset {opset} ({_first_line(exc)}); use --opset 18") from exc
+        raise ExportError(f"could not convert the graph to opset {opset} ({_first_line(exc)}); use --opset {DEFAULT_OPSET}") from exc
     notes.append(f"converted from the exporter's opset to {opset} with onnx.version_converter")
     return converted
 

@@ -1,8 +1,8 @@
 """ONNX → OpenVINO IR (``semask-export --fmt openvino``): ``<name>_ov.xml`` + ``<name>_ov.bin`` + ``<name>_ov.json``.
 
-The IR is the verified ONNX converted by ``openvino.convert_model`` and saved with its weights in the
-ONNX's precision (``compress_to_fp16=False``: OpenVINO's default would silently store fp32 weights as
-fp16). Int8 Q/DQ exports keep their FakeQuantize nodes, which OpenVINO's CPU plugin runs as int8.
+The IR is the verified ONNX, with the labels head OpenVINO runs fast (max-reduce argmax, NCHW resize:
+the same labels), read by OpenVINO and saved with its weights in the ONNX's precision
+(``compress_to_fp16=False``: OpenVINO's default would silently store fp32 weights as fp16). Int8 Q/DQ exports keep their FakeQuantize nodes, which OpenVINO's CPU plugin runs as int8.
 After saving, the IR is compiled at an explicit f32 hint and run once against the ONNX in ONNX
 Runtime on the same input; the result and what OpenVINO reports it ran are recorded in the sidecar.
 Files are written in a temporary folder and renamed into place (the ``.bin`` before the ``.xml``).
@@ -45,13 +45,14 @@ def convert_to_ir(onnx_path: Path, xml_path: Path, check_input: np.ndarray | Non
         ExportError: conversion failed or the IR disagrees with the ONNX.
     """
     ov = require("openvino", "openvino")
-    from semask_deploy.runtime.openvino_backend import compile_model
+    from semask_deploy.runtime.openvino_backend import _model_source, compile_model
 
     xml_path = Path(xml_path)
     work = Path(tempfile.mkdtemp(prefix=f".{xml_path.stem}.", suffix=".tmp", dir=xml_path.parent))
     try:
         try:
-            model = ov.convert_model(str(onnx_path))
+            # the ONNX with OpenVINO's fast labels head (max-reduce argmax, NCHW resize): the same labels
+            model = ov.Core().read_model(_model_source(Path(onnx_path)))
             ov.save_model(model, str(work / xml_path.name), compress_to_fp16=False)
         except Exception as exc:  # noqa: BLE001
             raise ExportError(f"OpenVINO could not convert {onnx_path.name}: {str(exc).splitlines()[0][:300]}") from exc

@@ -37,6 +37,7 @@ from semask_deploy.errors import (
     SemaskError,
     require,
 )
+from semask_deploy.export.onnx import DEFAULT_OPSET
 
 FORMATS = ("onnx", "trt", "all", "openvino", "aoti")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -69,7 +70,7 @@ class ExportOptions:
     name: str | None = None
     force: bool = False
     verify: bool = True
-    opset: int = 18
+    opset: int = DEFAULT_OPSET
     int8_activations: str = "s8"
     int8_calibration: str = "percentile"
     workspace_gb: float = 4.0
@@ -182,8 +183,8 @@ def check_options(o: ExportOptions) -> None:
     from semask_deploy.export.onnx import MAX_OPSET, MIN_OPSET
 
     if not MIN_OPSET <= int(o.opset) <= MAX_OPSET:
-        raise ConfigError(f"--opset must be between {MIN_OPSET} and {MAX_OPSET}, got {o.opset} (the exporter works at "
-                          "opset 18; onnx cannot lower its Pad ops to 17)")
+        raise ConfigError(f"--opset must be between {MIN_OPSET} and {MAX_OPSET}, got {o.opset} (onnx cannot lower the "
+                          "exporter's Pad ops to 17)")
     if o.calib_count < 1:
         raise ConfigError(f"--calib-count must be at least 1, got {o.calib_count}")
     from semask_deploy.export.precision import CALIBRATIONS
@@ -329,11 +330,9 @@ def run_export(o: ExportOptions) -> ExportResult:
         t = steps.start(f"exporting {cfg.name} to ONNX (opset {o.opset}, {dyn}, {batch_txt}"
                         f"{', uint8 NHWC input' if o.preprocess else ''}{', + logits' if o.with_logits else ''})")
         fp32_path = work / "fp32.onnx"
-        # labels head: channels-last for ONNX Runtime (~100 ms less per 512x512 image); NCHW for TensorRT (its
-        # resize handles it natively) and OpenVINO (its channels-last Interpolate ran 10x slower)
+        # labels head (export.labels_head): channels-last for ONNX Runtime; the traced NCHW form for TensorRT
+        # (its resize handles it natively) and OpenVINO (converted to its max-reduce form when read)
         labels_head = "nchw" if build or to_ov else "nhwc"
-        # channels-last labels head: ~100 ms less per 512x512 image in ONNX Runtime; engines get the traced
-        # NCHW form, which TensorRT's resize handles natively
         info = export_onnx(model, fp32_path, with_logits=o.with_logits, preprocess=o.preprocess,
                            static_hw=shapes.static_hw, static_batch=shapes.static_batch, opset=o.opset,
                            labels_head=labels_head, output_size=o.output_size)

@@ -49,7 +49,7 @@ from semask_deploy.errors import ConfigError, ExportError, require
 FLOAT, FLOAT16 = 1, 10
 ALWAYS_FP32 = ("LayerNormalization", "Softmax", "GroupNormalization", "InstanceNormalization")
 _TYPE_AGNOSTIC = ("Shape", "Size")  # read only the shape: never cast their input
-_CHAIN_OPS = ("Add", "Sub", "Mul", "Div", "Cast", "Where")
+_CHAIN_OPS = ("Add", "Sub", "Mul", "Div", "Cast", "Where", "Reshape")
 INT8_ACTIVATIONS = ("s8", "u8")
 # activation range estimators (ONNX Runtime calibrators): name -> (CalibrationMethod member, extra options)
 CALIBRATIONS: dict[str, tuple[str, dict[str, Any]]] = {

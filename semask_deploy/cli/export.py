@@ -7,6 +7,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from semask_deploy.export.onnx import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+
 from ._common import main_wrapper, parse_hw
 
 EPILOG = """examples:
@@ -106,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="artifact name without suffix (default: <checkpoint stem>_<precision>)")
     p.add_argument("--force", action="store_true", help="overwrite existing artifacts")
     p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
-    p.add_argument("--opset", type=int, default=18, help="ONNX opset, 18-21 (default: 18)")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                   help=f"ONNX opset, {MIN_OPSET}-{MAX_OPSET} (default: {DEFAULT_OPSET})")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     return p
 

@@ -65,7 +65,11 @@ def linear(layer: nn.Linear, x: Tensor, gelu: bool = False) -> Tensor:
     if _MKLDNN_LINEAR and _inference_cpu_fp32(x, layer.weight):
         y = torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "none", [], "")
         return torch.ops.aten.gelu_(y) if gelu else y
-    y = layer(x)  # as a module call, so hooks (FlopCounterMode, profilers) see the layer
+    if is_tracing() and x.dim() > 2:
+        # exported as Reshape → Gemm → Reshape: ONNX Runtime fuses a 2-D MatMul + Add only (dynamic shapes)
+        y = layer(x.reshape(-1, x.shape[-1])).view(*x.shape[:-1], layer.out_features)
+    else:
+        y = layer(x)  # as a module call, so hooks (FlopCounterMode, profilers) see the layer
     return F.gelu(y) if gelu else y
 
 
@@ -166,11 +170,11 @@ def window_attention_core(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scale: 
 def unscaled_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """softmax(q·kᵀ) · v for many small windows: q, k (G, n, K), v (G, n, C) → (G, n, C).
 
-    Plain batched GEMMs on the CPU (PyTorch's CPU SDPA is slower for 49/144-token windows);
-    ``F.scaled_dot_product_attention(scale=1)`` on CUDA and when traced.
+    Plain batched GEMMs on the CPU (PyTorch's CPU SDPA is slower for 49/144-token windows) and when traced;
+    ``F.scaled_dot_product_attention(scale=1)`` on CUDA.
     """
-    if is_tracing():
-        return unscaled_sdpa(q, k, v)
+    if is_tracing():  # exported as Transpose/MatMul/Softmax/MatMul (ONNX Runtime fuses the transpose)
+        return torch.softmax(q @ k.transpose(-2, -1), dim=-1) @ v
     if q.is_cuda or q.dtype != torch.float32:
         return F.scaled_dot_product_attention(q, k, v, scale=1.0)
     return torch.bmm(torch.softmax(torch.bmm(q, k.transpose(1, 2)), dim=-1), v)

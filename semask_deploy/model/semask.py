@@ -23,7 +23,8 @@ from ..config import SeMaskConfig
 from . import fast
 from ._tracing import is_tracing
 from .swin import (
-    PatchEmbed, PatchMerging, SwinBlock, padded_size, window_gather_index, window_partition, window_reverse,
+    PatchEmbed, PatchMerging, SwinBlock, pad_with_vector, padded_size, window_gather_index, window_partition,
+    window_reverse,
 )
 
 
@@ -121,24 +122,12 @@ class SemanticLayer(nn.Module):
             out = fast.unscaled_attention(windows(q, None), windows(k, sa.mlp_cls_k.bias), windows(v, sa.mlp_v.bias))
             return out.view(b, -1, c).index_select(1, inverse), q
         hp, wp = padded_size(h, win), padded_size(w, win)
-        q_w = window_partition(_pad_with(q.view(b, h, w, -1), hp, wp, None), win)
-        k_w = window_partition(_pad_with(k.view(b, h, w, -1), hp, wp, sa.mlp_cls_k.bias), win)
-        v_w = window_partition(_pad_with(v.view(b, h, w, c), hp, wp, sa.mlp_v.bias), win)
+        q_w = window_partition(pad_with_vector(q.view(b, h, w, -1), hp, wp, None), win)
+        k_w = window_partition(pad_with_vector(k.view(b, h, w, -1), hp, wp, sa.mlp_cls_k.bias), win)
+        v_w = window_partition(pad_with_vector(v.view(b, h, w, c), hp, wp, sa.mlp_v.bias), win)
         out = fast.unscaled_attention(q_w, k_w, v_w)
         out = window_reverse(out, win, hp, wp)[:, :h, :w].reshape(b, n, c)
         return out, q
-
-
-def _pad_with(x: Tensor, hp: int, wp: int, value: Tensor | None) -> Tensor:
-    """Pad (B, H, W, D) right/bottom to (B, Hp, Wp, D) with zeros, or with the vector ``value`` (D,).
-
-    A zero-padded token passed through a Linear equals its bias, so padding the projection's output with
-    the bias is the same as projecting the zero-padded input — without projecting the padding.
-    """
-    h, w = x.shape[1], x.shape[2]
-    if value is None:
-        return F.pad(x, (0, 0, 0, wp - w, 0, hp - h))
-    return F.pad(x - value, (0, 0, 0, wp - w, 0, hp - h)) + value
 
 
 class SeMaskStage(nn.Module):

@@ -137,6 +137,21 @@ def head_major_index(
     return rows, pad_slots, pad_src, back
 
 
+def pad_with_vector(x: Tensor, hp: int, wp: int, value: Tensor | None) -> Tensor:
+    """Pad (B, H, W, D) right/bottom to (B, Hp, Wp, D) with the vector ``value`` (D,) (zeros when None).
+
+    A zero-padded token passed through a Linear equals its bias, so padding a projection's output with the
+    bias equals projecting the zero-padded input, without the GEMM over the padding. Concatenation of the
+    broadcast vector (not ``pad(x − v) + v``): no extra pass over the map.
+    """
+    if value is None:
+        return F.pad(x, (0, 0, 0, wp - x.shape[2], 0, hp - x.shape[1]))
+    b, h, w, d = x.shape
+    value = value.to(x.dtype)
+    x = torch.cat([x, value.expand(b, h, wp - w, d)], dim=2)
+    return torch.cat([x, value.expand(b, hp - h, wp, d)], dim=1)
+
+
 class PatchEmbed(nn.Module):
     """Pad W then H to a multiple of the patch, Conv patch×patch stride patch, LayerNorm.
 
@@ -232,12 +247,40 @@ class WindowAttention(nn.Module):
         bw, n, c3 = qkv.shape
         c = c3 // 3
         nwh = bias.shape[0]
+        if is_tracing():
+            return self._attend_traced(qkv, bias)
         qkv = qkv.view(-1, nwh // self.num_heads, n, 3, self.num_heads, c // self.num_heads)
         qkv = qkv.permute(3, 0, 1, 4, 2, 5).reshape(3, -1, nwh, n, c // self.num_heads)
         q, k, v = qkv[0], qkv[1], qkv[2]  # B, nW·heads, n, d (contiguous slices of one buffer)
         out = fast.window_attention_core(q, k, v, bias, self.scale)
         out = out.view(-1, nwh // self.num_heads, self.num_heads, n, c // self.num_heads)
         return out.permute(0, 1, 3, 2, 4).reshape(bw, n, c)
+
+    def _attend_traced(self, qkv: Tensor, bias: Tensor) -> Tensor:
+        """:meth:`attend` as plain MatMul/Add/Softmax for export, with the fewest copies ONNX runtimes make.
+
+        q, k and v are split from the (…, 3, heads, d) layout and each transposed once (k straight to
+        (…, d, n)), the scale is applied to the q·kᵀ product (ONNX Runtime folds it into the MatMul) and the
+        bias is broadcast over the batch. SDPA's exported form instead permutes the whole qkv block, copies it
+        again to split it, transposes k and scales q and k separately.
+        """
+        bw, n, c3 = qkv.shape
+        heads = self.num_heads
+        d = c3 // (3 * heads)
+        nw = bias.shape[0] // heads
+        q, k, v = qkv.view(bw, n, 3, heads, d).unbind(2)
+        scores = (q.transpose(1, 2) @ k.permute(0, 2, 3, 1)) * self.scale  # B·nW, heads, n, n
+        scores = scores.view(-1, nw, heads, n, n) + bias.view(1, nw, heads, n, n)
+        attn = scores.view(bw, heads, n, n).softmax(dim=-1)
+        return (attn @ v.transpose(1, 2)).transpose(1, 2).reshape(bw, n, heads * d)
+
+
+# Traced graphs compute the qkv projection on the real tokens and pad its output with the qkv bias (what a
+# zero-padded token projects to) when the channel count makes the saved GEMM work (4·C² multiply-adds per
+# padded token, qkv and proj) outweigh the two extra copies of the 3C-wide map (6·C floats per token). For
+# SeMask-T at 512×512 (windows 8 / 20 / 20 / 72 % padding at 96 / 192 / 384 / 768 channels) that is a clear
+# win from 384 channels, a loss at 96; OpenVINO's FullyConnected time fell from 611 to 580 ms (1 thread).
+QKV_BEFORE_PAD_MIN_CHANNELS = 256
 
 
 class SwinBlock(nn.Module):
@@ -299,7 +342,13 @@ class SwinBlock(nn.Module):
         hp, wp = padded_size(h, win), padded_size(w_, win)
         if self.backend == "sdpa" and not is_tracing():
             return self._attention_gathered(xn, hp, wp)
-        x = F.pad(xn, (0, 0, 0, wp - w_, 0, hp - h))
+        qkv_first = self.backend != "eager" and c >= QKV_BEFORE_PAD_MIN_CHANNELS
+        if qkv_first:  # traced: qkv on the real tokens only; a zero-padded token's q, k, v are the qkv bias
+            x = pad_with_vector(fast.linear(self.attn.qkv, xn), hp, wp, self.attn.qkv.bias)
+        else:
+            x = F.pad(xn, (0, 0, 0, wp - w_, 0, hp - h))
+            if self.backend != "eager":
+                x = fast.linear(self.attn.qkv, x)
         if shift:
             x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
         windows = window_partition(x, win)
@@ -307,11 +356,12 @@ class SwinBlock(nn.Module):
             mask = shift_region_mask(hp, wp, win, shift, xn.device) if shift else None
             out = self.attn.forward_eager(windows, mask)
         else:
-            out = self.attn.forward_sdpa(windows, self._sdpa_bias(hp, wp, xn.device, xn.dtype))
+            out = self.attn.attend(windows, self._sdpa_bias(hp, wp, xn.device, xn.dtype))
         x = window_reverse(out, win, hp, wp)
         if shift:
             x = torch.roll(x, shifts=(shift, shift), dims=(1, 2))
-        return x[:, :h, :w_, :]
+        x = x[:, :h, :w_, :]
+        return x if self.backend == "eager" else fast.linear(self.attn.proj, x)
 
     def _attention_gathered(self, xn: Tensor, hp: int, wp: int) -> Tensor:
         """The sdpa path: pad/shift/partition/head split done by one row gather and undone by another.

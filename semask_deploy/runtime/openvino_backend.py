@@ -18,20 +18,24 @@ layers per runtime precision (:attr:`OpenVinoBackend.ran`), recorded by benchmar
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, OrderedDict
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from ..errors import ConfigError, RuntimeBackendError, require
+from ..errors import ConfigError, RuntimeBackendError, SemaskError, require
 from .artifact import OUTPUT_SIZE, apply_sidecar, graph_input, output_size_feed
 from .cpu_info import require_native_bf16
 
 #: user-facing precision → OpenVINO inference precision hint
 HINTS = {"fp32": "f32", "f32": "f32", "bf16": "bf16"}
 OV_SUFFIXES = (".xml",)
+#: ``static_shapes`` of :class:`OpenVinoBackend`
+SHAPE_MODES = ("auto", "static", "dynamic")
+#: static specialisations kept per backend (each holds its own compiled copy of the weights)
+STATIC_CACHE = 4
 
 
 def _openvino() -> Any:
@@ -64,34 +68,64 @@ def compile_model(path: str | Path, *, precision: str | None = "fp32", threads: 
     Returns:
         (compiled model, ``ran``: ``{"hint": str, "layers": {runtime precision: count}}``).
     """
+    core, model = read_model(path)
+    compiled = _compile(core, model, inference_hint(precision), threads, Path(path).name)
+    return compiled, ran_precision(compiled)
+
+
+def read_model(path: str | Path) -> tuple[Any, Any]:
+    """(``ov.Core``, ``ov.Model``) of an ``.onnx`` (with OpenVINO's labels head) or ``.xml``."""
     ov = _openvino()
-    hint = inference_hint(precision)
     core = ov.Core()
     try:
-        model = core.read_model(_model_source(Path(path)))
+        return core, core.read_model(_model_source(Path(path)))
     except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError with a long text
         raise RuntimeBackendError(f"OpenVINO cannot read {Path(path).name}: {str(exc).splitlines()[0][:300]}") from exc
+
+
+def _compile(core: Any, model: Any, hint: str, threads: int | None, name: str) -> Any:
     config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
     if threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)
     try:
-        compiled = core.compile_model(model, "CPU", config)
+        return core.compile_model(model, "CPU", config)
     except Exception as exc:  # noqa: BLE001
-        raise RuntimeBackendError(f"OpenVINO cannot compile {Path(path).name}: {str(exc).splitlines()[0][:300]}") from exc
-    return compiled, ran_precision(compiled)
+        raise RuntimeBackendError(f"OpenVINO cannot compile {name}: {str(exc).splitlines()[0][:300]}") from exc
+
+
+def specialize(model: Any, input_name: str, shape: Sequence[int], output_size: Sequence[int] | None) -> Any:
+    """A copy of the dynamic model with every shape fixed: the input's ``shape`` and, for graphs with the
+    ``output_size`` input, that input replaced by the constant ``output_size``.
+
+    OpenVINO's CPU plugin runs a fully static SeMask-T graph ~25 % faster than the dynamic one at 512×512
+    (layouts chosen ahead, no shape inference per run; a second resize to the same size folds away).
+    """
+    ov = _openvino()
+    m = model.clone()
+    for param in list(m.get_parameters()):
+        if param.output(0).get_any_name() == OUTPUT_SIZE and output_size is not None:
+            const = ov.op.Constant(np.array(output_size, dtype=np.int64))
+            param.output(0).replace(const.output(0))
+            m.remove_parameter(param)
+    m.reshape({input_name: ov.PartialShape([int(v) for v in shape])})
+    return m
 
 
 def _model_source(path: Path) -> Any:
-    """The path, or for an ONNX with our channels-last labels head (the ONNX Runtime default) the same graph
-    with the NCHW head as serialized bytes: OpenVINO's channels-last full-size Interpolate is ~10× slower."""
+    """The path, or for an ONNX the same graph with the labels head OpenVINO runs fast, as serialized bytes.
+
+    OpenVINO's channels-last full-size Interpolate (the ONNX Runtime head) is ~10× slower than the NCHW one,
+    and its ArgMax over the class axis of an NCHW map ~4× slower than the max-reduce form
+    (:func:`semask_deploy.export.labels_head.openvino_labels_head`; the same labels).
+    """
     if path.suffix.lower() != ".onnx":
         return str(path)
     import onnx
 
-    from semask_deploy.export.onnx import undo_nhwc_labels_head
+    from semask_deploy.export.labels_head import openvino_labels_head
 
     proto = onnx.load(str(path))
-    if proto.ByteSize() > 1_900_000_000 or not undo_nhwc_labels_head(proto):
+    if proto.ByteSize() > 1_900_000_000 or not openvino_labels_head(proto):
         return str(path)
     return proto.SerializeToString()
 
@@ -141,6 +175,10 @@ class OpenVinoBackend:
         path: the ``.onnx`` or ``.xml`` (its ``.json`` sidecar must be beside it).
         precision: ``fp32`` (default) or ``bf16`` for the float layers (see the module docstring).
         threads: CPU threads (default: OpenVINO's choice).
+        static_shapes: ``auto`` (default): an input size (and output size) seen a second time gets a model
+            compiled for exactly that size (:func:`specialize`; ~25 % faster, a one-off compile of a few
+            seconds), kept for the last :data:`STATIC_CACHE` sizes; ``static``: at the first occurrence;
+            ``dynamic``: the dynamic model only. The labels are the same in all modes.
 
     Attributes:
         has_logits, num_classes, class_names, palette, test_scale, crop_size: from the sidecar.
@@ -152,7 +190,7 @@ class OpenVinoBackend:
     kind = "openvino"
 
     def __init__(self, path: str | Path, *, device: str = "cpu", precision: str | None = "fp32",
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, static_shapes: str = "auto") -> None:
         from semask_deploy.export.metadata import read_sidecar
 
         if device != "cpu":
@@ -160,9 +198,16 @@ class OpenVinoBackend:
         self.path = Path(path)
         if not self.path.is_file():
             raise RuntimeBackendError(f"model file not found: {self.path}")
+        if static_shapes not in SHAPE_MODES:
+            raise ConfigError(f"static_shapes must be one of {', '.join(SHAPE_MODES)}, got {static_shapes!r}")
         self.meta: dict[str, Any] = read_sidecar(self.path)
-        self.compiled, self.ran = compile_model(self.path, precision=precision, threads=threads)
+        self._hint, self._threads, self.static_shapes = inference_hint(precision), threads, static_shapes
+        self._core, self._model = read_model(self.path)
+        self.compiled = _compile(self._core, self._model, self._hint, threads, self.path.name)
+        self.ran = ran_precision(self.compiled)
         self.request = self.compiled.create_infer_request()
+        self._static: OrderedDict[tuple, Any] = OrderedDict()  # (shape, output size) → infer request
+        self._seen: Counter[tuple] = Counter()
         m = self.meta
         self.output_names = [_output_name(o) for o in self.compiled.outputs]
         self.has_logits = "logits" in self.output_names
@@ -181,11 +226,36 @@ class OpenVinoBackend:
         if self.has_output_size:
             feed[OUTPUT_SIZE] = output_size_feed(x, size, self.accepts_uint8)
         try:
-            res = self.request.infer(feed)
+            request = self._request_for(x.shape, feed.get(OUTPUT_SIZE))
+            if request is not self.request:  # a specialisation: the output size is a constant in it
+                feed.pop(OUTPUT_SIZE, None)
+            res = request.infer(feed)
+        except SemaskError:
+            raise
         except Exception as exc:  # noqa: BLE001
             raise RuntimeBackendError(f"OpenVINO failed on an input of shape {tuple(x.shape)} {x.dtype}: "
                                       f"{str(exc).splitlines()[0][:300]}") from exc
         return {_output_name(k): v for k, v in res.items()}
+
+    def _request_for(self, shape: Sequence[int], output_size: np.ndarray | None) -> Any:
+        """The infer request for this input: the dynamic model's, or a static specialisation's
+        (:func:`specialize`; ``static_shapes``: ``auto`` compiles one when a size comes a second time,
+        ``static`` at once, ``dynamic`` never; the latest :data:`STATIC_CACHE` are kept)."""
+        if self.static_shapes == "dynamic":
+            return self.request
+        key = (tuple(int(v) for v in shape), None if output_size is None else tuple(int(v) for v in output_size))
+        if key in self._static:
+            self._static.move_to_end(key)
+            return self._static[key]
+        self._seen[key] += 1
+        if self.static_shapes == "auto" and self._seen[key] < 2:
+            return self.request
+        model = specialize(self._model, self.input_name, key[0], key[1])
+        compiled = _compile(self._core, model, self._hint, self._threads, self.path.name)
+        self._static[key] = compiled.create_infer_request()
+        if len(self._static) > STATIC_CACHE:
+            self._static.popitem(last=False)
+        return self._static[key]
 
     def logits(self, x: np.ndarray) -> torch.Tensor:
         """Normalised float32 (N, 3, H, W) → float32 logits (N, K, H, W)."""
@@ -202,4 +272,5 @@ class OpenVinoBackend:
 
     def describe(self) -> dict[str, Any]:
         return {"backend": "openvino", "precision": self.precision, "ran": self.ran, "input": self.input_name,
-                "outputs": self.output_names, "output_size_input": self.has_output_size}
+                "outputs": self.output_names, "output_size_input": self.has_output_size,
+                "static_shapes": self.static_shapes}

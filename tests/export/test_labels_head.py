@@ -60,3 +60,64 @@ def test_nhwc_head_and_its_inverse_keep_the_labels(static):
     assert next(a.i for a in argmax.attribute if a.name == "axis") == 1
     np.testing.assert_array_equal(_labels(nhwc, low, image), want)
     assert not undo_nhwc_labels_head(traced)  # no channels-last head: left alone
+
+
+def _run(model, feed, runtime):
+    if runtime == "ort":
+        sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        return sess.run(["labels"], feed)[0]
+    ov = pytest.importorskip("openvino")
+    compiled = ov.Core().compile_model(ov.Core().read_model(model.SerializeToString()), "CPU",
+                                       {"INFERENCE_PRECISION_HINT": "f32"})
+    return next(iter(compiled.create_infer_request().infer(feed).values()))
+
+
+def test_reduce_argmax_head_keeps_first_index_ties_and_labels():
+    """Integer-valued scores make many ties: the max-reduce form must pick the first index, as ArgMax does."""
+    from semask_deploy.export.labels_head import reduce_argmax_head
+
+    rng = np.random.default_rng(1)
+    low = rng.integers(0, 3, (2, 5, 10, 14)).astype(np.float32)
+    image = np.zeros((2, 3, 10, 14), np.float32)  # same size: the resize is exact, the ties survive it
+    feed = {"low": low, "image": image}
+    traced = _head_graph(static=False)
+    want = _run(traced, feed, "ort")
+    assert (low.max(1, keepdims=True) == low).sum(1).max() > 1  # there are ties
+    reduced = _head_graph(static=False)
+    assert reduce_argmax_head(reduced)
+    onnx.checker.check_model(reduced)
+    assert not any(n.op_type == "ArgMax" for n in reduced.graph.node)
+    for runtime in ("ort", "openvino"):
+        got = _run(reduced, feed, runtime)
+        np.testing.assert_array_equal(got.astype(np.int64), want)
+
+
+@pytest.mark.parametrize("nhwc", [True, False])
+def test_openvino_head_with_output_size_gives_the_traced_labels(nhwc):
+    """Channels-last (or NCHW) head + the second resize to output_size → NCHW resizes + max-reduce argmax."""
+    from semask_deploy.export.labels_head import (
+        add_output_size_input, nhwc_labels_head, openvino_labels_head,
+    )
+    from semask_deploy.export.onnx import clean_graph
+
+    rng = np.random.default_rng(2)
+    low = rng.standard_normal((1, 5, 10, 14)).astype(np.float32)
+    image = np.zeros((1, 3, 37, 53), np.float32)
+    graphs = []
+    for _ in range(2):
+        g = _head_graph(static=False)
+        if nhwc:
+            assert nhwc_labels_head(g)
+        assert add_output_size_input(g)
+        graphs.append(clean_graph(g)[0])  # as exported: the clean-up renames shared constants
+    exported, for_openvino = graphs
+    assert openvino_labels_head(for_openvino)
+    onnx.checker.check_model(for_openvino)
+    ops = [n.op_type for n in for_openvino.graph.node]
+    assert "ArgMax" not in ops and "Transpose" not in ops and ops.count("Resize") == 2
+    for size in ((37, 53), (20, 71)):
+        feed = {"low": low, "image": image, "output_size": np.array(size, np.int64)}
+        want = _run(exported, feed, "ort")
+        assert want.shape == (1, *size)
+        for runtime in ("ort", "openvino"):
+            np.testing.assert_array_equal(_run(for_openvino, feed, runtime).astype(np.int64), want)

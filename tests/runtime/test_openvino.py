@@ -65,6 +65,38 @@ def test_openvino_f32_matches_torch(tmp_path_factory):
 
 
 @pytest.mark.slow  # needs a full ONNX export (~2 CPU-minutes for the small model)
+def test_static_specialisations_give_the_dynamic_labels(tmp_path_factory):
+    """auto: a size seen twice gets its own static compile (output size baked in); labels never change."""
+    from semask_deploy.runtime.openvino_backend import STATIC_CACHE, OpenVinoBackend
+
+    res = small_export(tmp_path_factory)
+    dynamic = OpenVinoBackend(res.onnx_path, static_shapes="dynamic")
+    auto = OpenVinoBackend(res.onnx_path)
+    assert auto.static_shapes == "auto" and auto.describe()["static_shapes"] == "auto"
+    x, y = _scene(), _scene((64, 96), seed=7)
+
+    def same(a, b):  # other kernels, other float rounding: a near-tie may flip
+        assert a.shape == b.shape and (a == b).mean() >= 0.9999
+
+    for size in (None, (50, 77)):
+        want = dynamic.labels(x, size)
+        np.testing.assert_array_equal(auto.labels(x, size), want)  # first time: the dynamic model itself
+        assert len(auto._static) == (0 if size is None else 1)
+        same(auto.labels(x, size), want)  # second time: compiled for it
+        same(auto.labels(x, size), want)
+    assert len(auto._static) == 2
+    got, want = auto.logits(x).numpy(), dynamic.logits(x).numpy()
+    assert np.linalg.norm(got - want) / np.linalg.norm(want) <= 1e-5
+    assert len(auto._static) == 2  # logits at the input size: the first key again
+    static = OpenVinoBackend(res.onnx_path, static_shapes="static")
+    for i in range(STATIC_CACHE + 1):
+        same(static.labels(y, (30 + i, 40)), dynamic.labels(y, (30 + i, 40)))
+    assert len(static._static) == STATIC_CACHE  # the oldest was dropped
+    with pytest.raises(ConfigError, match="static_shapes"):
+        OpenVinoBackend(res.onnx_path, static_shapes="sometimes")
+
+
+@pytest.mark.slow  # needs a full ONNX export (~2 CPU-minutes for the small model)
 @pytest.mark.skipif(not cpu_info.native_bf16(), reason="this CPU has no native bf16 (avx512_bf16/AMX)")
 def test_openvino_bf16_where_native(tmp_path_factory):
     from semask_deploy.runtime.openvino_backend import OpenVinoBackend
