@@ -73,6 +73,17 @@ def nhwc_labels_head(proto: Any) -> bool:
     return True
 
 
+def _labels_argmax(g: Any) -> Any | None:
+    """The ArgMax that makes the ``labels`` output (through at most a few Casts), or None."""
+    producer = {o: n for n in g.node for o in n.output}
+    node = producer.get("labels")
+    for _ in range(4):
+        if node is None or node.op_type == "ArgMax":
+            return node
+        node = producer.get(node.input[0])
+    return None
+
+
 def add_output_size_input(proto: Any) -> bool:
     """Give the graph the official second resize: a graph input ``output_size`` int64 [2] = (Ho, Wo).
 
@@ -90,13 +101,8 @@ def add_output_size_input(proto: Any) -> bool:
     from onnx import TensorProto, helper, numpy_helper
 
     g = proto.graph
-    producer = {o: n for n in g.node for o in n.output}
-    node = producer.get("labels")
-    for _ in range(4):
-        if node is None or node.op_type == "ArgMax":
-            break
-        node = producer.get(node.input[0])
-    if node is None or node.op_type != "ArgMax" or any(i.name == OUTPUT_SIZE for i in g.input):
+    node = _labels_argmax(g)
+    if node is None or any(i.name == OUTPUT_SIZE for i in g.input):
         return False
     argmax = node
     axis = next((a.i for a in argmax.attribute if a.name == "axis"), 0)
@@ -233,13 +239,8 @@ def reduce_argmax_head(proto: Any) -> bool:
     from onnx import TensorProto, helper, numpy_helper
 
     g = proto.graph
-    producer = {o: n for n in g.node for o in n.output}
-    node = producer.get("labels")
-    for _ in range(4):
-        if node is None or node.op_type == "ArgMax":
-            break
-        node = producer.get(node.input[0])
-    if node is None or node.op_type != "ArgMax":
+    node = _labels_argmax(g)
+    if node is None:
         return False
     argmax = node
     attrs = {a.name: helper.get_attribute_value(a) for a in argmax.attribute}
