@@ -6,7 +6,9 @@ of medians is reported for ``model.predict(x)`` (labels at the input size), ``mo
 at input resolution) and ``model.forward_lowres(x)`` (the network alone: logits at stride 4).
 
 ``model(x)`` returns a fresh N×K×H×W float tensor (157 MB at 512×512×150): allocating and first-touching it
-costs the same in both paths (~85–120 ms here), which caps that row's ratio.
+costs the same in both paths (~85–120 ms here), which caps that row's ratio. A torch-profiler breakdown of
+one ``model(x)`` per path (:mod:`.op_profile`) shows where the time goes and the best ratio the default
+path could reach at the same multiply-adds.
 
     python -m semask_deploy.benchmarks.cpu_speed --out benchmarks/results/cpu
 """
@@ -16,24 +18,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
 
+from . import op_profile
+
 
 def cpu_name() -> str:
-    """CPU model and widest vector ISA, e.g. ``AMD EPYC (avx2)`` — results differ a lot between CPUs."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or platform.machine()
-    model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "")
-    flags = next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), [])
-    isa = next((f for f in ("amx_tile", "avx512f", "avx2") if f in flags), "")
-    return f"{model or platform.machine()} ({isa})" if isa else (model or platform.machine())
+    """CPU model and its ISA features, e.g. ``AMD EPYC (AVX2)`` — results differ a lot between CPUs."""
+    from semask_deploy.runtime.cpu_info import cpu_model, isa_text
+
+    return f"{cpu_model()} ({isa_text()})"
 
 
 CALLS = {"predict": "predict", "forward": "__call__", "lowres": "forward_lowres"}
@@ -45,8 +43,9 @@ def _time(fn, x) -> float:
     return time.perf_counter() - t0
 
 
-def run(size: int = 512, runs: int = 10, warmup: int = 2, threads: int = 2, variant: str = "semask_swin_t_ade20k"):
-    """Time eager vs sdpa; returns a JSON-ready dict."""
+def run(size: int = 512, runs: int = 10, warmup: int = 2, threads: int = 2, variant: str = "semask_swin_t_ade20k",
+        profile: bool = True):
+    """Time eager vs sdpa (and profile one ``model(x)`` of each); returns a JSON-ready dict."""
     from semask_deploy.config import VARIANTS
     from semask_deploy.model import SeMaskSegmentor
 
@@ -80,11 +79,12 @@ def run(size: int = 512, runs: int = 10, warmup: int = 2, threads: int = 2, vari
             }
             results[what]["speedup_median"] = results[what]["eager"]["median_ms"] / results[what]["sdpa"]["median_ms"]
             results[what]["speedup_min"] = results[what]["eager"]["min_ms"] / results[what]["sdpa"]["min_ms"]
+        profiles = {k: op_profile.profile_call(lambda m=m: m(x), repeats=2) for k, m in models.items()} if profile else None
     return {
         "variant": variant, "input": [1, 3, size, size], "dtype": "float32", "threads": threads, "runs": runs,
         "warmup": warmup, "max_abs_logit_diff_sdpa_vs_eager": err, "label_agreement": agree,
         "torch": torch.__version__, "cpu": cpu_name(),
-        "load_average": os.getloadavg(), "results": results,
+        "load_average": os.getloadavg(), "results": results, "profile_forward": profiles,
     }
 
 
@@ -104,6 +104,10 @@ def to_markdown(r: dict) -> str:
               f"{r['max_abs_logit_diff_sdpa_vs_eager']:.1e}, label agreement {r['label_agreement'] * 100:.3f} %; "
               f"load average during the run {tuple(round(v, 2) for v in r['load_average'])}; torch {r['torch']}; "
               f"CPU {r['cpu']}."]
+    if r.get("profile_forward"):
+        lines += ["", "## Where `model(x)` spends its time (torch profiler, one call per path, self time)", ""]
+        lines += op_profile.to_markdown(r["profile_forward"]["eager"], r["profile_forward"]["sdpa"],
+                                        names=("eager", "default (sdpa)"))
     return "\n".join(lines) + "\n"
 
 

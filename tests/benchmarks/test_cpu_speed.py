@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from semask_deploy.benchmarks import cpu_speed
+from semask_deploy.benchmarks import cpu_speed, op_profile
 
 
 def test_cpu_speed_small_run_reports_every_call():
@@ -15,3 +15,33 @@ def test_cpu_speed_small_run_reports_every_call():
     for call in cpu_speed.CALLS.values():
         assert f"`model.{call}(x)`" in md
     assert r["cpu"] in md
+
+
+def test_cpu_speed_profiles_model_call_and_states_the_limit():
+    r = cpu_speed.run(size=64, runs=1, warmup=0, threads=1)
+    prof = r["profile_forward"]
+    for path in ("eager", "sdpa"):
+        groups = prof[path]["groups"]
+        assert groups[op_profile.GEMM] > 0 and abs(sum(groups.values()) - prof[path]["total_ms"]) < 1e-6
+        assert prof[path]["top"] and all(ms > 0 for _, ms in prof[path]["top"])
+    md = cpu_speed.to_markdown(r)
+    assert "Where `model(x)` spends its time" in md and "could be at most" in md
+
+
+def test_op_groups():
+    assert op_profile.group_of("aten::upsample_bilinear2d") == "resize"  # not a Linear, despite the name
+    assert op_profile.group_of("aten::addmm") == op_profile.GEMM
+    assert op_profile.group_of("mkldnn::_linear_pointwise") == op_profile.GEMM
+    assert op_profile.group_of("aten::baddbmm") == op_profile.GEMM
+    assert op_profile.group_of("aten::_softmax") == "softmax"
+    assert op_profile.group_of("aten::native_layer_norm") == "normalisation"
+    assert op_profile.group_of("aten::constant_pad_nd").startswith("copies")
+    assert op_profile.group_of("aten::argmax") == "argmax"
+    assert op_profile.group_of("aten::some_new_op") == op_profile.OTHER
+
+
+def test_limit_is_eager_total_over_fast_gemm_time():
+    eager = {"total_ms": 1800.0, "groups": {op_profile.GEMM: 900.0, "other": 900.0}, "top": [["aten::addmm", 900.0]]}
+    fast = {"total_ms": 1000.0, "groups": {op_profile.GEMM: 800.0, "other": 200.0}, "top": [["aten::addmm", 800.0]]}
+    assert "at most 2.25×" in op_profile.limit_text(eager, fast)
+    assert "80 %" in "\n".join(op_profile.to_markdown(eager, fast))
