@@ -251,13 +251,18 @@ def reduce_argmax_head(proto: Any) -> bool:
     shape = [1] * rank
     shape[axis] = -1
     p = "labels_reduce_"
+    # ReduceMax/ReduceMin take their axes as an input from opset 18, as an attribute before
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 18)
+    axes_in, axes_attr = ([p + "axes"], {}) if opset >= 18 else ([], {"axes": [axis]})
     consts = {p + "axes": np.array([axis], np.int64), p + "axis_start": np.array([axis], np.int64),
               p + "axis_end": np.array([axis + 1], np.int64), p + "iota_shape": np.array(shape, np.int64),
               p + "zero": np.array(0, np.int32), p + "one": np.array(1, np.int32)}
+    if opset < 18:
+        del consts[p + "axes"]
     for name, value in consts.items():
         g.initializer.append(numpy_helper.from_array(value, name))
     nodes = [
-        helper.make_node("ReduceMax", [x, p + "axes"], [p + "max"], keepdims=1, name=p + "max"),
+        helper.make_node("ReduceMax", [x, *axes_in], [p + "max"], keepdims=1, name=p + "max", **axes_attr),
         helper.make_node("Equal", [x, p + "max"], [p + "is_max"], name=p + "is_max"),
         helper.make_node("Shape", [x], [p + "shape"], name=p + "shape"),
         helper.make_node("Slice", [p + "shape", p + "axis_start", p + "axis_end"], [p + "k64"], name=p + "k64"),
@@ -267,7 +272,8 @@ def reduce_argmax_head(proto: Any) -> bool:
         helper.make_node("Reshape", [p + "range", p + "iota_shape"], [p + "iota"], name=p + "iota"),
         helper.make_node("Sub", [p + "k", p + "one"], [p + "last"], name=p + "last"),
         helper.make_node("Where", [p + "is_max", p + "iota", p + "last"], [p + "candidates"], name=p + "candidates"),
-        helper.make_node("ReduceMin", [p + "candidates", p + "axes"], [p + "min"], keepdims=0, name=p + "min"),
+        helper.make_node("ReduceMin", [p + "candidates", *axes_in], [p + "min"], keepdims=0, name=p + "min",
+                         **axes_attr),
         # int64 as ArgMax gives (on the (N, H, W) labels only: cheap); the exported Cast to int32 follows
         helper.make_node("Cast", [p + "min"], [out], to=TensorProto.INT64, name=p + "int64"),
     ]

@@ -9,7 +9,7 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 
-def _head_graph(static: bool) -> "onnx.ModelProto":
+def _head_graph(static: bool, opset: int = 18) -> "onnx.ModelProto":
     """logits_low (N, K, h, w) → Resize to (N, K, H, W) given by the image's shape → ArgMax axis 1 → labels."""
     from onnx import TensorProto, helper, numpy_helper
 
@@ -32,7 +32,7 @@ def _head_graph(static: bool) -> "onnx.ModelProto":
               helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, "H", "W"])]
     out = [helper.make_tensor_value_info("labels", TensorProto.INT64, ["N", "H", "W"])]
     graph = helper.make_graph(nodes, "head", inputs, out, initializer=inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
 def _labels(model, low, image):
@@ -72,7 +72,8 @@ def _run(model, feed, runtime):
     return next(iter(compiled.create_infer_request().infer(feed).values()))
 
 
-def test_reduce_argmax_head_keeps_first_index_ties_and_labels():
+@pytest.mark.parametrize("opset", [17, 18])  # the reductions' axes: an attribute before opset 18, an input from it
+def test_reduce_argmax_head_keeps_first_index_ties_and_labels(opset):
     """Integer-valued scores make many ties: the max-reduce form must pick the first index, as ArgMax does."""
     from semask_deploy.export.labels_head import reduce_argmax_head
 
@@ -80,15 +81,16 @@ def test_reduce_argmax_head_keeps_first_index_ties_and_labels():
     low = rng.integers(0, 3, (2, 5, 10, 14)).astype(np.float32)
     image = np.zeros((2, 3, 10, 14), np.float32)  # same size: the resize is exact, the ties survive it
     feed = {"low": low, "image": image}
-    traced = _head_graph(static=False)
+    traced = _head_graph(static=False, opset=opset)
     want = _run(traced, feed, "ort")
     assert (low.max(1, keepdims=True) == low).sum(1).max() > 1  # there are ties
-    reduced = _head_graph(static=False)
+    reduced = _head_graph(static=False, opset=opset)
     assert reduce_argmax_head(reduced)
     onnx.checker.check_model(reduced)
     assert not any(n.op_type == "ArgMax" for n in reduced.graph.node)
     for runtime in ("ort", "openvino"):
         got = _run(reduced, feed, runtime)
+        assert got.shape == want.shape
         np.testing.assert_array_equal(got.astype(np.int64), want)
 
 
