@@ -6,7 +6,7 @@ from semask_deploy.benchmarks import cpu_speed, op_profile
 
 
 def test_cpu_speed_small_run_reports_every_call():
-    r = cpu_speed.run(size=64, runs=1, warmup=0, threads=1)
+    r = cpu_speed.run(size=64, runs=1, warmup=0, threads=1, profile=False)
     assert set(r["results"]) == set(cpu_speed.CALLS)
     for res in r["results"].values():
         assert res["eager"]["median_ms"] > 0 and res["sdpa"]["median_ms"] > 0
@@ -17,14 +17,22 @@ def test_cpu_speed_small_run_reports_every_call():
     assert r["cpu"] in md
 
 
-def test_cpu_speed_profiles_model_call_and_states_the_limit():
-    r = cpu_speed.run(size=64, runs=1, warmup=0, threads=1)
+def test_cpu_speed_profiles_model_call_and_states_the_limit(tmp_path):
+    """The command as a user runs it (in its own process: the torch profiler stays out of the test worker)."""
+    import json
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "semask_deploy.benchmarks.cpu_speed", "--size", "64", "--runs", "1", "--threads", "1",
+           "--out", str(tmp_path)]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=600)
+    r = json.loads((tmp_path / "cpu_speed.json").read_text())
     prof = r["profile_forward"]
     for path in ("eager", "sdpa"):
         groups = prof[path]["groups"]
         assert groups[op_profile.GEMM] > 0 and abs(sum(groups.values()) - prof[path]["total_ms"]) < 1e-6
         assert prof[path]["top"] and all(ms > 0 for _, ms in prof[path]["top"])
-    md = cpu_speed.to_markdown(r)
+    md = (tmp_path / "cpu_speed.md").read_text()
     assert "Where `model(x)` spends its time" in md and "could be at most" in md
 
 

@@ -162,6 +162,11 @@ def test_int8_qdq_structure_and_tolerance(int8_path, fp32_path, reference):
     zps = [t for t in m.graph.initializer if t.name.endswith("zero_point")]
     assert zps and all(t.data_type == onnx.TensorProto.INT8 for t in zps)
     assert all(not onnx.numpy_helper.to_array(t).any() for t in zps)
+    # weights in a 7-bit range: u8×s8 pairs must not saturate int16 on CPUs without VNNI
+    weights = [onnx.numpy_helper.to_array(t) for t in m.graph.initializer if t.data_type == onnx.TensorProto.INT8
+               and not t.name.endswith("zero_point")]
+    assert weights and max(int(np.abs(w.astype(np.int32)).max()) for w in weights) <= 64
+    assert "7-bit" in info["weights"]
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     agree, miou = _agreement(sess, reference)
     assert agree >= 0.99 and miou >= 0.97, (agree, miou)
