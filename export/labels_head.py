@@ -254,11 +254,11 @@ def reduce_argmax_head(proto: Any) -> bool:
     # ReduceMax/ReduceMin take their axes as an input from opset 18, as an attribute before
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 18)
     axes_in, axes_attr = ([p + "axes"], {}) if opset >= 18 else ([], {"axes": [axis]})
-    consts = {p + "axes": np.array([axis], np.int64), p + "axis_start": np.array([axis], np.int64),
-              p + "axis_end": np.array([axis + 1], np.int64), p + "iota_shape": np.array(shape, np.int64),
-              p + "zero": np.array(0, np.int32), p + "one": np.array(1, np.int32)}
-    if opset < 18:
-        del consts[p + "axes"]
+    consts = {p + "axis_start": np.array([axis], np.int64), p + "axis_end": np.array([axis + 1], np.int64),
+              p + "iota_shape": np.array(shape, np.int64), p + "zero": np.array(0, np.int32),
+              p + "one": np.array(1, np.int32)}
+    if axes_in:
+        consts[p + "axes"] = np.array([axis], np.int64)
     for name, value in consts.items():
         g.initializer.append(numpy_helper.from_array(value, name))
     nodes = [
