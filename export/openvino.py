@@ -45,14 +45,14 @@ def convert_to_ir(onnx_path: Path, xml_path: Path, check_input: np.ndarray | Non
         ExportError: conversion failed or the IR disagrees with the ONNX.
     """
     ov = require("openvino", "openvino")
-    from semask_deploy.runtime.openvino_backend import _model_source, compile_model
+    from semask_deploy.runtime.openvino_backend import _model_source, compile_model, shared_core
 
     xml_path = Path(xml_path)
     work = Path(tempfile.mkdtemp(prefix=f".{xml_path.stem}.", suffix=".tmp", dir=xml_path.parent))
     try:
         try:
             # the ONNX with OpenVINO's fast labels head (max-reduce argmax, NCHW resize): the same labels
-            model = ov.Core().read_model(_model_source(Path(onnx_path)))
+            model = shared_core().read_model(_model_source(Path(onnx_path)))
             ov.save_model(model, str(work / xml_path.name), compress_to_fp16=False)
         except Exception as exc:  # noqa: BLE001
             raise ExportError(f"OpenVINO could not convert {onnx_path.name}: {str(exc).splitlines()[0][:300]}") from exc

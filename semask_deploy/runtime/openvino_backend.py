@@ -18,6 +18,7 @@ layers per runtime precision (:attr:`OpenVinoBackend.ran`), recorded by benchmar
 
 from __future__ import annotations
 
+import threading
 from collections import Counter, OrderedDict
 from pathlib import Path
 from typing import Any, Sequence
@@ -28,6 +29,7 @@ import torch
 from ..errors import ConfigError, RuntimeBackendError, SemaskError, require
 from .artifact import OUTPUT_SIZE, apply_sidecar, graph_input, output_size_feed
 from .cpu_info import require_native_bf16
+from .signal_stack import keep_signal_stack
 
 #: user-facing precision → OpenVINO inference precision hint
 HINTS = {"fp32": "f32", "f32": "f32", "bf16": "bf16"}
@@ -41,6 +43,26 @@ STATIC_CACHE = 2
 
 def _openvino() -> Any:
     return require("openvino", "openvino")
+
+
+_CORE: Any = None
+_CORE_LOCK = threading.Lock()
+
+
+def shared_core() -> Any:
+    """The process's one ``ov.Core``, its CPU plugin loaded under :func:`.signal_stack.keep_signal_stack`.
+
+    One core means one CPU plugin for all our models, and the plugin is never destroyed before the process
+    ends, so it cannot leave a dangling alternate signal stack behind (:mod:`.signal_stack`).
+    """
+    global _CORE
+    with _CORE_LOCK:
+        if _CORE is None:
+            core = _openvino().Core()
+            with keep_signal_stack():
+                core.get_property("CPU", "FULL_DEVICE_NAME")  # loads the CPU plugin now
+            _CORE = core
+        return _CORE
 
 
 def inference_hint(precision: str | None) -> str:
@@ -76,8 +98,7 @@ def compile_model(path: str | Path, *, precision: str | None = "fp32", threads: 
 
 def read_model(path: str | Path) -> tuple[Any, Any]:
     """(``ov.Core``, ``ov.Model``) of an ``.onnx`` (with OpenVINO's labels head) or ``.xml``."""
-    ov = _openvino()
-    core = ov.Core()
+    core = shared_core()
     try:
         return core, core.read_model(_model_source(Path(path)))
     except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError with a long text
@@ -89,7 +110,8 @@ def _compile(core: Any, model: Any, hint: str, threads: int | None, name: str) -
     if threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)
     try:
-        return core.compile_model(model, "CPU", config)
+        with keep_signal_stack():
+            return core.compile_model(model, "CPU", config)
     except Exception as exc:  # noqa: BLE001
         raise RuntimeBackendError(f"OpenVINO cannot compile {name}: {str(exc).splitlines()[0][:300]}") from exc
 

@@ -66,9 +66,11 @@ def _run(model, feed, runtime):
     if runtime == "ort":
         sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
         return sess.run(["labels"], feed)[0]
-    ov = pytest.importorskip("openvino")
-    compiled = ov.Core().compile_model(ov.Core().read_model(model.SerializeToString()), "CPU",
-                                       {"INFERENCE_PRECISION_HINT": "f32"})
+    pytest.importorskip("openvino")
+    from semask_deploy.runtime.openvino_backend import _compile, shared_core
+
+    core = shared_core()
+    compiled = _compile(core, core.read_model(model.SerializeToString()), "f32", None, "labels head")
     return next(iter(compiled.create_infer_request().infer(feed).values()))
 
 
