@@ -1,0 +1,128 @@
+"""ONNX graph pass: the head's 3×3 convolutions as Winograd F(4×4, 3×3) in standard ops (CPU runtimes).
+
+The Semantic-FPN head spends most of its multiply-adds in 3×3, stride-1 convolutions with 256 outputs
+(:mod:`semask_deploy.model.winograd` does the same in PyTorch). This pass replaces each such ``Conv`` (the
+exporter's optimizer has folded the BatchNormalization into it) by a subgraph of plain ONNX ops that stays
+dynamic in N, H and W:
+
+    Pad (1 top/left; to a multiple of 4, +1, bottom/right)
+    → Conv 6×6, stride 4, one group per channel, 36 outputs each = (Bᵀ⊗Bᵀ) d for every 6×6 tile
+    → Reshape/Transpose (N, 36, Cin, T) → MatMul U (36, Cout, Cin) = the 36 per-position channel GEMMs
+    → MatMul (Aᵀ⊗Aᵀ) (16×36) → Reshape (N, 16·Cout, tiles_h, tiles_w) → DepthToSpace 4 (DCR)
+    → Slice to (H, W) → Add bias
+
+U = G g Gᵀ is computed in float64 from the weight. The GEMM work drops 4× (36 products per
+4×4 output tile instead of 144); the transforms cost ~81 multiply-adds per input pixel and channel. Accuracy
+in fp32: ~6e-6 of the largest output (direct convolution ~5e-7).
+
+Not applied by ``semask-export``: on SeMask-T at 512×512 (``benchmarks/winograd_onnx.py``, a 2-core AVX2 AMD
+EPYC) the whole graph got only 1.07× (1 thread) / 1.02× (2 threads) faster on ONNX Runtime and 1.05× / 1.03×
+on OpenVINO f32, with the same labels: too little, so far, for a CPU-only variant of the graph. TensorRT
+chooses its own convolution algorithms (Winograd among them), so a TensorRT graph would keep plain convs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from semask_deploy.model.winograd import _AT, _BT, _G
+
+#: convolutions with fewer input channels are left alone: their input transform costs more than it saves
+#: (the PyTorch measurement of ``semask_deploy.model.fast._winograd_pays``)
+MIN_IN_CHANNELS = 192
+
+
+def _attribute(node: Any, name: str, default: Any) -> Any:
+    from onnx import helper
+
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def _eligible(node: Any, weights: dict[str, np.ndarray], min_in_channels: int) -> bool:
+    if node.op_type != "Conv" or len(node.input) < 2 or any(name not in weights for name in node.input[1:] if name):
+        return False
+    w = weights[node.input[1]]
+    return (w.ndim == 4 and w.shape[2:] == (3, 3) and w.shape[1] >= min_in_channels
+            and list(_attribute(node, "strides", [1, 1])) == [1, 1]
+            and list(_attribute(node, "pads", [0, 0, 0, 0])) == [1, 1, 1, 1]
+            and list(_attribute(node, "dilations", [1, 1])) == [1, 1]
+            and _attribute(node, "group", 1) == 1
+            and _attribute(node, "auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET"))
+
+
+def _subgraph(prefix: str, x: str, out: str, w: np.ndarray, b: np.ndarray) -> tuple[list[Any], list[Any]]:
+    """The nodes and initializers computing ``out`` = conv3x3(x, w) + b by Winograd F(4×4, 3×3)."""
+    from onnx import helper, numpy_helper
+
+    cout, cin = w.shape[:2]
+    bt, g, at = (m.numpy() for m in (_BT, _G, _AT))
+    inits: list[Any] = []
+    nodes: list[Any] = []
+
+    def const(name: str, value: np.ndarray) -> str:
+        inits.append(numpy_helper.from_array(value, prefix + name))
+        return prefix + name
+
+    def op(kind: str, inputs: list[str], name: str, **attrs: Any) -> str:
+        nodes.append(helper.make_node(kind, inputs, [prefix + name], name=prefix + name, **attrs))
+        return prefix + name
+
+    u = np.einsum("ik,ockl,jl->ijoc", g, w, g).reshape(36, cout, cin).astype(np.float32)
+    tile_in = np.tile(np.kron(bt, bt).reshape(36, 1, 6, 6), (cin, 1, 1, 1)).astype(np.float32)
+    zeros, ones = const("zeros", np.zeros(2, np.int64)), const("ones", np.ones(2, np.int64))
+    hw = op("Shape", [x], "hw", start=2, end=4)
+    # bottom/right padding: 1 + (−H mod 4), so that (H + pads − 2) is a multiple of 4
+    tail = op("Add", [op("Mod", [op("Neg", [hw], "neg"), const("four", np.full(2, 4, np.int64))], "rem"), ones], "tail")
+    padded = op("Pad", [x, op("Concat", [zeros, ones, zeros, tail], "pads", axis=0)], "padded")
+    v = op("Conv", [padded, const("tile_in", tile_in)], "v", group=cin, strides=[4, 4], kernel_shape=[6, 6])
+    v = op("Transpose", [op("Reshape", [v, const("vshape", np.array([0, cin, 36, -1], np.int64))], "vr")], "vt",
+           perm=[0, 2, 1, 3])
+    m = op("MatMul", [const("u", u), v], "m")  # (N, 36, Cout, T)
+    m = op("Reshape", [m, const("mshape", np.array([0, 36, -1], np.int64))], "mr")
+    y = op("MatMul", [const("tile_out", np.kron(at, at).astype(np.float32)), m], "y")  # (N, 16, Cout·T)
+    tiles = op("Shape", [prefix + "v"], "tiles", start=2, end=4)
+    yshape = op("Concat", [const("yhead", np.array([0, 16 * cout], np.int64)), tiles], "yshape", axis=0)
+    y = op("DepthToSpace", [op("Reshape", [y, yshape], "yr")], "d2s", blocksize=4, mode="DCR")
+    y = op("Slice", [y, zeros, hw, const("axes", np.array([2, 3], np.int64))], "crop")
+    nodes.append(helper.make_node("Add", [y, const("bias", b.reshape(1, cout, 1, 1).astype(np.float32))], [out],
+                                  name=prefix + "bias_add"))
+    return nodes, inits
+
+
+def winograd_convs(proto: Any, min_in_channels: int = MIN_IN_CHANNELS) -> int:
+    """Rewrite every eligible 3×3 convolution of ``proto`` in place; returns how many were rewritten.
+
+    Eligible: ``Conv`` with a constant 3×3 weight (and bias), stride 1, padding 1, no dilation, one group and at least
+    ``min_in_channels`` input channels.
+    """
+    from onnx import numpy_helper
+
+    g = proto.graph
+    weights = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    replaced: dict[int, list[Any]] = {}
+    new_inits: list[Any] = []
+    for i, node in enumerate(g.node):
+        if not _eligible(node, weights, min_in_channels):
+            continue
+        w = weights[node.input[1]].astype(np.float64)
+        b = weights[node.input[2]] if len(node.input) > 2 and node.input[2] else np.zeros(w.shape[0])
+        sub, inits = _subgraph(f"winograd{len(replaced)}/", node.input[0], node.output[0], w, b)
+        replaced[i] = sub
+        new_inits += inits
+    if not replaced:
+        return 0
+    order: list[Any] = []
+    for i, n in enumerate(g.node):
+        order += replaced.get(i, [n])
+    del g.node[:]
+    g.node.extend(order)
+    used = {name for n in g.node for name in n.input}
+    kept = [t for t in g.initializer if t.name in used]
+    del g.initializer[:]
+    g.initializer.extend(kept + new_inits)
+    return len(replaced)
