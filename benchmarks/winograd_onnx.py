@@ -12,7 +12,6 @@ one process and are timed interleaved, rotating the order; ratios are p50 / p50 
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -56,6 +55,7 @@ def run(work: Path, threads: list[int], runs: int, log: Callable[[str], None]) -
     from semask_deploy.runtime.openvino_backend import _compile, _model_source, shared_core
 
     from .cpu_deploy import _feed, _ort
+    from .harness import time_interleaved
 
     paths = _exports(work, log)
     x = np.random.default_rng(0).standard_normal((1, 3, 512, 512), dtype=np.float32)
@@ -78,19 +78,12 @@ def run(work: Path, threads: list[int], runs: int, log: Callable[[str], None]) -
             if name != "naive":
                 labels[f"OpenVINO f32 {name}"] = next(iter(req.infer(feed).values())).copy()
         names = list(fns)
-        for fn in fns.values():
-            fn()
-        times: dict[str, list[float]] = {n: [] for n in names}
-        for r in range(runs):
-            for name in names[r % len(names):] + names[:r % len(names)]:
-                t0 = time.perf_counter()
-                fns[name]()
-                times[name].append(time.perf_counter() - t0)
-        p50 = {n: statistics.median(v) * 1e3 for n, v in times.items()}
+        stats = time_interleaved(fns, runs=runs, warmup=1)
+        p50 = {n: stats[n].p50 for n in names}
         for name in names:
             runtime = "ORT" if name.startswith("ORT") else "OpenVINO f32"
             base = f"{runtime} {'ours' if runtime == 'ORT' else 'ours_nchw'}"
-            row = {"threads": nt, "row": name, "p50_ms": p50[name], "min_ms": min(times[name]) * 1e3,
+            row = {"threads": nt, "row": name, "p50_ms": p50[name], "min_ms": stats[name].min,
                    "vs_naive": p50[f"{runtime} naive"] / p50[name], "vs_ours": p50[base] / p50[name]}
             if name in labels and name != base:
                 row["labels_equal_ours"] = float((labels[name] == labels[base]).mean())

@@ -16,9 +16,9 @@ U = G g Gᵀ is computed in float64 from the weight. The GEMM work drops 4× (36
 in fp32: ~6e-6 of the largest output (direct convolution ~5e-7).
 
 Not applied by ``semask-export``: on SeMask-T at 512×512 (``benchmarks/winograd_onnx.py``, a 2-core AVX2 AMD
-EPYC) the whole graph got only 1.07× (1 thread) / 1.02× (2 threads) faster on ONNX Runtime and 1.05× / 1.03×
-on OpenVINO f32, with the same labels: too little, so far, for a CPU-only variant of the graph. TensorRT
-chooses its own convolution algorithms (Winograd among them), so a TensorRT graph would keep plain convs.
+EPYC, two runs) the whole graph came out 1.02–1.11× (ONNX Runtime) and 0.93–1.05× (OpenVINO f32) of the graph
+as exported, with the same labels: no gain beyond the run-to-run noise, so no CPU-only variant of the graph.
+TensorRT chooses its own convolution algorithms (Winograd among them), so a TensorRT graph keeps plain convs.
 """
 
 from __future__ import annotations
