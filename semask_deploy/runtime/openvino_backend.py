@@ -59,8 +59,11 @@ def shared_core() -> Any:
     with _CORE_LOCK:
         if _CORE is None:
             core = _openvino().Core()
-            with keep_signal_stack():
-                core.get_property("CPU", "FULL_DEVICE_NAME")  # loads the CPU plugin now
+            try:
+                with keep_signal_stack():
+                    core.get_property("CPU", "FULL_DEVICE_NAME")  # loads the CPU plugin now
+            except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError with a long text
+                raise RuntimeBackendError(f"OpenVINO cannot load its CPU plugin: {str(exc).splitlines()[0][:300]}") from exc
             _CORE = core
         return _CORE
 
