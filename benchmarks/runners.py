@@ -148,7 +148,7 @@ _EXPORTS: dict[tuple[str, ...], ExportedOnnx] = {}
 
 
 def export_onnx(checkpoint: Path, precision: str, out_dir: Path, *, calib_images: np.ndarray,
-                device: str = "cpu", int8_activations: str = "u8") -> ExportedOnnx:
+                device: str = "cpu", int8_activations: str = "u8", winograd: bool = False) -> ExportedOnnx:
     """Export ``checkpoint`` to an ONNX file of ``precision`` with ``labels`` and ``logits`` outputs.
 
     THE plug point between the benchmark and ``semask_deploy.export``: everything the benchmark needs from
@@ -165,6 +165,8 @@ def export_onnx(checkpoint: Path, precision: str, out_dir: Path, *, calib_images
         calib_images: uint8 (M, H, W, 3) RGB calibration images (int8 only).
         device: unused (export runs on the CPU); kept for exporters that trace on the GPU.
         int8_activations: ``u8`` (fastest in ONNX Runtime on x86) or ``s8`` (TensorRT needs it).
+        winograd: (fp32 only) the graph ``semask-export`` writes for ONNX Runtime: the shared fp32 export
+            with its 3×3 convs as Winograd (``export.winograd``), written as ``model_fp32_winograd.onnx``.
 
     Raises:
         Skip: the exporter is not installed. SemaskError: the export failed.
@@ -191,9 +193,24 @@ def export_onnx(checkpoint: Path, precision: str, out_dir: Path, *, calib_images
         fp32 = ExportedOnnx(path, time.perf_counter() - t0, 0.0, True,
                             {"opset": info.opset, "onnx_nodes": info.num_nodes, "simplifier": info.simplifier})
         _EXPORTS[base_key] = fp32
-    if precision == "fp32":
+    if precision == "fp32" and not winograd:
         return fp32
     import onnx
+
+    if precision == "fp32":
+        from semask_deploy.export.winograd import winograd_convs
+
+        key = base_key[:2] + ("fp32_winograd",)
+        if key not in _EXPORTS or not _EXPORTS[key].path.is_file():
+            path = out_dir / "model_fp32_winograd.onnx"
+            t0 = time.perf_counter()
+            proto = onnx.load(str(fp32.path))
+            convs = winograd_convs(proto)
+            with atomic_path(path) as tmp:
+                onnx.save(proto, str(tmp))
+            _EXPORTS[key] = ExportedOnnx(path, fp32.export_s + time.perf_counter() - t0, 0.0, True,
+                                         {**fp32.info, "winograd_convs": convs})
+        return _EXPORTS[key]
 
     suffix = precision if precision == "fp16" else f"int8_{int8_activations}"
     key = base_key[:2] + (suffix,)
@@ -505,7 +522,7 @@ def make_runner(
     if backend in ("onnxruntime", "tensorrt"):
         act = "u8" if backend == "onnxruntime" and device == "cpu" else "s8"
         exported = export_onnx(checkpoint, precision, workdir, calib_images=calib_images, device=device,
-                               int8_activations=act)
+                               int8_activations=act, winograd=backend == "onnxruntime" and device == "cpu")
         if backend == "onnxruntime":
             return OnnxRuntimeRunner(exported, precision, device, threads=threads)
         return TensorRTRunner(exported, precision, device, workdir / f"model_{precision}.engine", shapes)

@@ -8,7 +8,7 @@ Importing this package is cheap: torch, onnx, onnxruntime and tensorrt load only
 Modules: ``onnx`` (torch → ONNX), ``precision`` (fp16 graph pass, int8 calibration + QDQ), ``metadata``
 (the ``<name>.json`` sidecar), ``verify`` (ONNX Runtime parity vs PyTorch), ``pipeline`` (a whole
 ``semask-export`` run), ``tensorrt`` (engine builds), ``trt_check`` (offline TensorRT parser check),
-``winograd`` (the head's 3×3 convs as Winograd F(4×4, 3×3) in plain ONNX ops; measured, not applied).
+``winograd`` (3×3 convs as Winograd F(4×4, 3×3) in plain ONNX ops, in the fp32 ONNX Runtime graph).
 """
 
 from __future__ import annotations

@@ -183,6 +183,7 @@ def export_onnx(
     simplify: bool = True,
     labels_head: str = "nhwc",
     output_size: bool = False,
+    winograd: bool = False,
 ) -> OnnxExportInfo:
     """Export a :class:`~semask_deploy.model.SeMaskSegmentor` to ONNX (fp32).
 
@@ -201,6 +202,10 @@ def export_onnx(
         output_size: add the graph input ``output_size`` int64 [2] (Ho, Wo): ``labels`` are then taken at that
             size after a second bilinear resize of the logits (the official pipeline's resize back to the
             original image; :func:`add_output_size_input`).
+        winograd: rewrite the 3×3 convolutions as Winograd F(4×4, 3×3) in plain ONNX ops
+            (:func:`~semask_deploy.export.winograd.winograd_convs`): the same outputs to ~1e-5, 1.3–1.8× faster
+            per convolution in ONNX Runtime on a CPU. For the fp32 ONNX Runtime graph only (TensorRT and
+            OpenVINO pick their own convolution algorithms; Winograd's transforms do not suit int8 or fp16).
 
     Returns:
         :class:`OnnxExportInfo`.
@@ -280,6 +285,12 @@ def export_onnx(
     simplifier = "none"
     if simplify:
         proto, simplifier = clean_graph(proto)
+    if winograd:  # after the clean-up: BatchNormalization is folded into the conv weights by then
+        from semask_deploy.export.winograd import winograd_convs
+
+        rewritten = winograd_convs(proto)
+        if rewritten:
+            notes.append(f"{rewritten} 3×3 convolutions as Winograd F(4×4, 3×3) (export.winograd)")
     _name_dims(proto, axes, dyn_flags, input_name, labels_at_input_size=not output_size)
     try:
         onnx.checker.check_model(proto, full_check=False)

@@ -333,9 +333,12 @@ def run_export(o: ExportOptions) -> ExportResult:
         # labels head (export.labels_head): channels-last for ONNX Runtime; the traced NCHW form for TensorRT
         # (its resize handles it natively) and OpenVINO (converted to its max-reduce form when read)
         labels_head = "nchw" if build or to_ov else "nhwc"
+        # Winograd 3×3 convs (export.winograd) only in the fp32 ONNX Runtime graph: TensorRT and OpenVINO choose
+        # their own conv algorithms, and Q/DQ or fp16 graphs keep plain convs
+        winograd = labels_head == "nhwc" and o.precision == "fp32"
         info = export_onnx(model, fp32_path, with_logits=o.with_logits, preprocess=o.preprocess,
                            static_hw=shapes.static_hw, static_batch=shapes.static_batch, opset=o.opset,
-                           labels_head=labels_head, output_size=o.output_size)
+                           labels_head=labels_head, output_size=o.output_size, winograd=winograd)
         steps.info(f"{info.num_nodes} nodes after {info.simplifier} ({time.perf_counter() - t:.0f} s)")
 
         t = steps.start(f"precision {o.precision}")
@@ -384,7 +387,7 @@ def run_export(o: ExportOptions) -> ExportResult:
             preprocess=o.preprocess, opset=info.opset, source=source,
             extra={"tensorrt_check": result.trt_check, "precision_details": details, "verification": verification,
                    "export": {"seconds": None, "trace_shape": info.trace_shape, "onnx_nodes": info.num_nodes,
-                              "labels_head": labels_head,
+                              "labels_head": labels_head, "winograd": winograd,
                               "op_counts": info.op_counts, "simplifier": info.simplifier,
                               "attention_backend_traced": "sdpa", "notes": info.notes}},
         )

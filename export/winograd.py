@@ -15,10 +15,13 @@ U = G g Gᵀ is computed in float64 from the weight. The GEMM work drops 4× (36
 4×4 output tile instead of 144); the transforms cost ~81 multiply-adds per input pixel and channel. Accuracy
 in fp32: ~6e-6 of the largest output (direct convolution ~5e-7).
 
-Not applied by ``semask-export``: on SeMask-T at 512×512 (``benchmarks/winograd_onnx.py``, a 2-core AVX2 AMD
-EPYC, two runs) the whole graph came out 1.02–1.11× (ONNX Runtime) and 0.93–1.05× (OpenVINO f32) of the graph
-as exported, with the same labels: no gain beyond the run-to-run noise, so no CPU-only variant of the graph.
-TensorRT chooses its own convolution algorithms (Winograd among them), so a TensorRT graph keeps plain convs.
+Applied by ``semask-export`` to the fp32 ONNX Runtime graph (``export_onnx(..., winograd=True)``), to every
+eligible conv. ``benchmarks/winograd_onnx.py`` on a 2-core AVX2 AMD EPYC: each head conv alone is 1.3–2.0× faster
+in ONNX Runtime (96–1536 input channels, maps 128² to 16²; only an 8×8 map is slower, 1 vs 2 ms), but the whole
+SeMask-T graph at 512×512 gains far less — 1.08× (1 thread) and 0.99× (2 threads) in the committed run, 1.01–1.05×
+in others — because the transforms (DepthToSpace, Pad, Slice, and the ×2 upsamples that lose ONNX Runtime's
+blocked-layout kernel) are memory-bound and do not scale with threads. TensorRT and OpenVINO graphs keep plain
+convs (they choose their own algorithms; OpenVINO f32 measured 1.00–1.06×), and so do fp16 and int8 graphs.
 """
 
 from __future__ import annotations
@@ -29,9 +32,11 @@ import numpy as np
 
 from semask_deploy.model.winograd import _AT, _BT, _G
 
-#: convolutions with fewer input channels are left alone: their input transform costs more than it saves
-#: (the PyTorch measurement of ``semask_deploy.model.fast._winograd_pays``)
-MIN_IN_CHANNELS = 192
+#: convolutions with fewer input channels are left alone: their input transform would cost more than the GEMM
+#: saves. In ONNX Runtime every head conv of our models (96 to 1536 input channels) measured 1.3–1.8× faster
+#: (``benchmarks/winograd_onnx.py``, per-convolution table); the PyTorch path has its own rule
+#: (``semask_deploy.model.fast._winograd_pays``)
+MIN_IN_CHANNELS = 64
 
 
 def _attribute(node: Any, name: str, default: Any) -> Any:

@@ -92,6 +92,7 @@ def test_subprocess_fmt_all_without_tensorrt_keeps_the_onnx(tmp_path):
     assert names == ["semask_small_synthetic8_fp16.json", "semask_small_synthetic8_fp16.onnx"]
     meta = json.loads((out / "semask_small_synthetic8_fp16.json").read_text())
     assert meta["precision"] == "fp16" and meta["verification"]["ok"] and meta["tensorrt_check"]["ok"]
+    assert meta["export"]["winograd"] is False  # Winograd 3×3 convs are for the fp32 ONNX Runtime graph only
 
 
 def _bad(args: list[str], tmp_path: Path, capsys) -> str:

@@ -347,10 +347,10 @@ class SwinBlock(nn.Module):
             x = pad_with_vector(fast.linear(self.attn.qkv, xn), hp, wp, self.attn.qkv.bias)
         else:
             x = F.pad(xn, (0, 0, 0, wp - w_, 0, hp - h))
-            if self.backend != "eager":
-                x = fast.linear(self.attn.qkv, x)
         if shift:
             x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
+        if not qkv_first and self.backend != "eager":  # after the roll: it then moves C, not 3C, channels
+            x = fast.linear(self.attn.qkv, x)
         windows = window_partition(x, win)
         if self.backend == "eager":
             mask = shift_region_mask(hp, wp, win, shift, xn.device) if shift else None

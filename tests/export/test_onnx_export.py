@@ -81,6 +81,12 @@ def test_graph_is_dynamic_clean_and_checked(exported):
     assert sum(n.op_type == "Resize" for n in m.graph.node) == 12
     assert any(n.name == "labels_head_resize" for n in m.graph.node)
     assert any(n.name == "output_size_resize" for n in m.graph.node)
+    # the fp32 ONNX Runtime graph: the two 3×3 head convs with ≥ 64 input channels (64→32, 128→32) as Winograd,
+    # the other five stay convs (plus the patch embed's, the two 6×6 input transforms and conv_seg)
+    assert sum(n.op_type == "DepthToSpace" for n in m.graph.node) == 2
+    assert sum(n.op_type == "Conv" and n.name.endswith("/v") for n in m.graph.node) == 2
+    assert exported.metadata["export"]["winograd"] is True
+    assert any("2 3×3 convolutions as Winograd" in note for note in exported.metadata["export"]["notes"])
     # verification ran on two sizes other than the opt shape (labels at the input size and at another size)
     ver = exported.verification
     assert ver["ok"] and len(ver["cases"]) == 4
