@@ -10,8 +10,8 @@ p50 / p50 within the same run and thread count. Rows:
 * ``naive ONNX (ORT)`` / ``naive ONNX (OpenVINO f32)``: what a user gets in one line —
   ``torch.onnx.export(model_eager, x, dynamo=True)`` of the reference (eager) model, static size, the
   logits at the input size as output (timed without the argmax, which favours it);
-* ``ours ONNX (ORT)``: the default ``semask-export`` graph (dynamic N/H/W, labels out, fed ``output_size`` =
-  the input size: the official second resize is in the graph and runs);
+* ``ours ONNX (ORT)``: the default ``semask-export`` graph (dynamic N/H/W, Winograd 3×3 convs, labels out, fed
+  ``output_size`` = the input size: the official second resize is in the graph and runs);
 * ``ours OpenVINO f32/bf16/int8``: the graph ``semask-export --fmt openvino`` converts (NCHW resize, the
   max-reduce argmax of ``export.labels_head``), dynamic; ``…, static shapes``: the same graph specialised to
   the input's size (``runtime.openvino_backend.specialize``), what the OpenVINO backend runs by default
@@ -70,7 +70,7 @@ def _our_exports(model: Any, work: Path, log: Callable[[str], None], calib: list
         log(f"reusing {work}")
         return paths
     t0 = time.perf_counter()
-    export_onnx(model, paths["ours"], output_size=True)
+    export_onnx(model, paths["ours"], output_size=True, winograd=True)  # what semask-export writes for ORT at fp32
     export_onnx(model, paths["ours_nchw"], labels_head="nchw", output_size=True)
     log(f"our exports in {time.perf_counter() - t0:.0f} s")
     t0 = time.perf_counter()

@@ -147,22 +147,22 @@ def whole_graphs(work: Path, threads: list[int], runs: int, log: Callable[[str],
 
 def _markdown(cpu: dict[str, Any], isa: str, versions: str, runs: int, convs: list[dict[str, Any]],
               graphs: list[dict[str, Any]]) -> str:
+    from .report import _md_table
+
     lines = ["# Winograd F(4×4, 3×3) 3×3 convs in our ONNX — per convolution and SeMask-T 512×512, fp32", "",
              f"CPU: {cpu['model']}, {cpu['logical_cpus']} logical CPUs; ISA: {isa}. {versions}. "
              f"{runs} interleaved runs after one warm-up, one process; p50 times.", "",
-             "## One conv 3×3 (→ 256) + ReLU, ONNX Runtime", "",
-             "| input channels | map | threads | direct ms | Winograd ms | speed-up | max error / max |",
-             "|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in convs:
-        lines.append(f"| {r['cin']} | {r['size']}² | {r['threads']} | {r['direct_ms']:.2f} | {r['winograd_ms']:.2f} "
-                     f"| {r['speedup']:.2f}× | {r['max_err_rel']:.1e} |")
-    lines += ["", "## Whole graphs", "",
-              "| threads | graph | p50 ms | min ms | vs naive | vs plain convs | labels = plain |",
-              "|---:|---|---:|---:|---:|---:|---:|"]
-    for r in graphs:
-        eq = f"{100 * r['labels_equal_plain']:.2f} %" if "labels_equal_plain" in r else ""
-        lines.append(f"| {r['threads']} | {r['row']} | {r['p50_ms']:.0f} | {r['min_ms']:.0f} | {r['vs_naive']:.2f}× "
-                     f"| {r['vs_plain']:.2f}× | {eq} |")
+             "## One conv 3×3 (→ 256) + ReLU, ONNX Runtime", ""]
+    lines += _md_table(["input channels", "map", "threads", "direct ms", "Winograd ms", "speed-up", "max error / max"],
+                       ([str(r["cin"]), f"{r['size']}²", str(r["threads"]), f"{r['direct_ms']:.2f}",
+                         f"{r['winograd_ms']:.2f}", f"{r['speedup']:.2f}×", f"{r['max_err_rel']:.1e}"] for r in convs),
+                       align="rrrrrrr")
+    lines += ["", "## Whole graphs", ""]
+    lines += _md_table(["threads", "graph", "p50 ms", "min ms", "vs naive", "vs plain convs", "labels = plain"],
+                       ([str(r["threads"]), r["row"], f"{r['p50_ms']:.0f}", f"{r['min_ms']:.0f}", f"{r['vs_naive']:.2f}×",
+                         f"{r['vs_plain']:.2f}×",
+                         f"{100 * r['labels_equal_plain']:.2f} %" if "labels_equal_plain" in r else ""]
+                        for r in graphs), align="rlrrrrr")
     lines += ["", "naive = the reference model exported with `torch.onnx.export(..., dynamo=True)`, static 512×512, "
               "logits out (no argmax); ours = the fp32 graph `semask-export` writes for ONNX Runtime (dynamic, "
               "Winograd convs, labels out, `output_size` fed); ours_plain = the same with plain convs; ours_nchw = "

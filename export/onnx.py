@@ -203,7 +203,7 @@ def export_onnx(
             size after a second bilinear resize of the logits (the official pipeline's resize back to the
             original image; :func:`add_output_size_input`).
         winograd: rewrite the 3×3 convolutions as Winograd F(4×4, 3×3) in plain ONNX ops
-            (:func:`~semask_deploy.export.winograd.winograd_convs`): the same outputs to ~1e-5, 1.3–1.8× faster
+            (:func:`~semask_deploy.export.winograd.winograd_convs`): the same outputs to ~1e-5, 1.3–2.0× faster
             per convolution in ONNX Runtime on a CPU. For the fp32 ONNX Runtime graph only (TensorRT and
             OpenVINO pick their own convolution algorithms; Winograd's transforms do not suit int8 or fp16).
 

@@ -64,6 +64,7 @@ class ExportOptions:
     max_batch: int | None = None
     with_logits: bool = False
     output_size: bool = True  # graph input output_size (Ho, Wo): labels at the original size (official, exact)
+    winograd: bool = True  # the fp32 ONNX Runtime graph's 3×3 convs as Winograd (export.winograd)
     preprocess: bool = False
     timing_cache: Path | None = None
     out: Path = Path("exported")
@@ -335,7 +336,7 @@ def run_export(o: ExportOptions) -> ExportResult:
         labels_head = "nchw" if build or to_ov else "nhwc"
         # Winograd 3×3 convs (export.winograd) only in the fp32 ONNX Runtime graph: TensorRT and OpenVINO choose
         # their own conv algorithms, and Q/DQ or fp16 graphs keep plain convs
-        winograd = labels_head == "nhwc" and o.precision == "fp32"
+        winograd = o.winograd and labels_head == "nhwc" and o.precision == "fp32"
         info = export_onnx(model, fp32_path, with_logits=o.with_logits, preprocess=o.preprocess,
                            static_hw=shapes.static_hw, static_batch=shapes.static_batch, opset=o.opset,
                            labels_head=labels_head, output_size=o.output_size, winograd=winograd)

@@ -131,3 +131,55 @@ def winograd_convs(proto: Any, min_in_channels: int = MIN_IN_CHANNELS) -> int:
     del g.initializer[:]
     g.initializer.extend(kept + new_inits)
     return len(replaced)
+
+
+def plain_convs(proto: Any) -> int:
+    """The inverse of :func:`winograd_convs`: every Winograd subgraph back to one ``Conv`` 3×3 (in place).
+
+    For runtimes that choose their own convolution algorithms and may run in reduced precision (OpenVINO
+    reads our ONNX Runtime graph this way: Winograd's transforms amplify bf16 rounding). The weight comes back
+    from U = G g Gᵀ as g = G⁺ U G⁺ᵀ (G has full column rank, so this is exact up to fp32 rounding of U).
+    Subgraphs are found by the node names :func:`winograd_convs` gives them; one that was altered since is
+    left alone. Returns how many were restored.
+    """
+    import re
+
+    from onnx import helper, numpy_helper
+
+    g = proto.graph
+    inits = {t.name: t for t in g.initializer}
+    groups: dict[str, list[Any]] = {}
+    for node in g.node:
+        match = re.match(r"(winograd\d+/)", node.name)
+        if match:
+            groups.setdefault(match.group(1), []).append(node)
+    pinv = np.linalg.pinv(_G.numpy().astype(np.float64))  # (3, 6)
+    restored = 0
+    for prefix, sub in groups.items():
+        by_name = {n.name[len(prefix):]: n for n in sub}
+        pad, add = by_name.get("padded"), by_name.get("bias_add")
+        u_init, b_init = inits.get(prefix + "u"), inits.get(prefix + "bias")
+        if pad is None or add is None or u_init is None or b_init is None:
+            continue
+        inner = {o for n in sub for o in n.output} - {add.output[0]}
+        if any(name in inner for n in g.node if n not in sub for name in n.input) or inner & {o.name for o in g.output}:
+            continue  # an intermediate value is used outside the subgraph: not ours to fold
+        u = numpy_helper.to_array(u_init).astype(np.float64)  # (36, Cout, Cin)
+        cout, cin = u.shape[1:]
+        w = np.einsum("ki,ijoc,lj->ockl", pinv, u.reshape(6, 6, cout, cin), pinv).astype(np.float32)
+        b = numpy_helper.to_array(b_init).reshape(cout).astype(np.float32)
+        g.initializer.extend([numpy_helper.from_array(w, prefix + "weight"),
+                              numpy_helper.from_array(b, prefix + "conv_bias")])
+        conv = helper.make_node("Conv", [pad.input[0], prefix + "weight", prefix + "conv_bias"], [add.output[0]],
+                                name=prefix + "conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+        index = min(list(g.node).index(n) for n in sub)  # where the subgraph began: x is computed by then
+        for node in sub:
+            g.node.remove(node)
+        g.node.insert(index, conv)
+        restored += 1
+    if restored:
+        used = {name for n in g.node for name in n.input}
+        kept = [t for t in g.initializer if t.name in used]
+        del g.initializer[:]
+        g.initializer.extend(kept)
+    return restored

@@ -191,6 +191,6 @@ def test_help_lists_the_options(capsys):
     assert exc.value.code == 0
     out = capsys.readouterr().out
     for flag in ("--ckpt", "--fmt", "--precision", "--calib-images", "--static", "--min-shape", "--max-batch",
-                 "--with-logits", "--preprocess", "--timing-cache", "--force", "--no-verify", "--opset", "--check-trt"):
+                 "--with-logits", "--no-winograd", "--preprocess", "--timing-cache", "--force", "--no-verify", "--opset", "--check-trt"):
         assert flag in out
     assert np.all([s in out for s in ("fp16", "int8")])

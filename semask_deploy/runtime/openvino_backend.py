@@ -138,20 +138,26 @@ def specialize(model: Any, input_name: str, shape: Sequence[int], output_size: S
 
 
 def _model_source(path: Path) -> Any:
-    """The path, or for an ONNX the same graph with the labels head OpenVINO runs fast, as serialized bytes.
+    """The path, or for an ONNX the same graph as OpenVINO should run it, as serialized bytes.
 
     OpenVINO's channels-last full-size Interpolate (the ONNX Runtime head) is ~10× slower than the NCHW one,
     and its ArgMax over the class axis of an NCHW map ~4× slower than the max-reduce form
-    (:func:`semask_deploy.export.labels_head.openvino_labels_head`; the same labels).
+    (:func:`semask_deploy.export.labels_head.openvino_labels_head`; the same labels). The ONNX Runtime graph's
+    Winograd convolutions become plain convs again (:func:`semask_deploy.export.winograd.plain_convs`):
+    OpenVINO picks its own algorithms, and Winograd's transforms would amplify bf16 rounding.
     """
     if path.suffix.lower() != ".onnx":
         return str(path)
     import onnx
 
     from semask_deploy.export.labels_head import openvino_labels_head
+    from semask_deploy.export.winograd import plain_convs
 
     proto = onnx.load(str(path))
-    if proto.ByteSize() > 1_900_000_000 or not openvino_labels_head(proto):
+    if proto.ByteSize() > 1_900_000_000:
+        return str(path)
+    head = openvino_labels_head(proto)
+    if not (plain_convs(proto) or head):
         return str(path)
     return proto.SerializeToString()
 

@@ -86,6 +86,7 @@ def test_graph_is_dynamic_clean_and_checked(exported):
     assert sum(n.op_type == "DepthToSpace" for n in m.graph.node) == 2
     assert sum(n.op_type == "Conv" and n.name.endswith("/v") for n in m.graph.node) == 2
     assert exported.metadata["export"]["winograd"] is True
+    assert exported.metadata["tensorrt_check"]["ok"]  # plain ONNX ops that TensorRT's parser takes, too
     assert any("2 3×3 convolutions as Winograd" in note for note in exported.metadata["export"]["notes"])
     # verification ran on two sizes other than the opt shape (labels at the input size and at another size)
     ver = exported.verification
@@ -111,7 +112,8 @@ def test_trace_size_is_generic():
 @pytest.fixture(scope="module")
 def static_preprocess(tmp_path_factory):
     out = tmp_path_factory.mktemp("static_pre")
-    return run_export(ExportOptions(ckpt=SMALL_CKPT, out=out, static=(64, 96), batch=2, preprocess=True, quiet=True))
+    return run_export(ExportOptions(ckpt=SMALL_CKPT, out=out, static=(64, 96), batch=2, preprocess=True, quiet=True,
+                                    winograd=False))  # semask-export --no-winograd
 
 
 @pytest.mark.slow  # needs a full ONNX export (~2 CPU-minutes for the small model)
@@ -132,6 +134,7 @@ def test_static_preprocess_graph_equals_normalise_plus_model(static_preprocess, 
     with pytest.raises(Exception, match="dimensions"):  # static: another size is rejected by ONNX Runtime
         sess.run(None, {"image_uint8": _images(2, 64, 64), "output_size": np.array([64, 64], np.int64)})
     meta = static_preprocess.metadata
+    assert meta["export"]["winograd"] is False and not any(n.op_type == "DepthToSpace" for n in m.graph.node)
     assert meta["preprocess_in_graph"] and meta["input_layout"] == "NHWC"
     assert meta["dynamic"] == {"N": False, "H": False, "W": False}
     assert meta["profiles"] == [{"image_uint8": {"min": [2, 64, 96, 3], "opt": [2, 64, 96, 3], "max": [2, 64, 96, 3]},

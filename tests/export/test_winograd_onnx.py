@@ -60,3 +60,25 @@ def test_other_convolutions_are_left_alone():
     before = proto.SerializeToString()
     assert winograd_convs(proto, min_in_channels=1) == 0
     assert proto.SerializeToString() == before
+
+
+def test_plain_convs_restores_the_convolutions():
+    """What OpenVINO is given: the Winograd subgraphs folded back into Conv 3×3 with the original weights."""
+    from semask_deploy.export.winograd import plain_convs
+
+    torch.manual_seed(0)
+    module = nn.Sequential(ConvBnRelu(96, 64), ConvBnRelu(64, 40)).eval()
+    proto = _dynamic_onnx(module, 96)
+    direct = onnx.ModelProto()
+    direct.CopyFrom(proto)
+    assert winograd_convs(proto, min_in_channels=64) == 2
+    assert plain_convs(proto) == 2
+    onnx.checker.check_model(proto)
+    assert [n.op_type for n in proto.graph.node] == [n.op_type for n in direct.graph.node]
+    restored = {t.name: t for t in proto.graph.initializer}
+    assert all(not name.startswith("winograd") or name.endswith(("/weight", "/conv_bias")) for name in restored)
+    x = torch.randn(2, 96, 21, 14).numpy()
+    want = ort.InferenceSession(direct.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+    assert plain_convs(proto) == 0  # nothing left to restore

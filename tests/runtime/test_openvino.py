@@ -62,6 +62,15 @@ def test_openvino_f32_matches_torch(tmp_path_factory):
         want = model(torch.from_numpy(x)).numpy()
     assert np.linalg.norm(logits - want) / np.linalg.norm(want) <= 1e-4
     assert be.describe()["ran"]["hint"] == "f32"
+    # the ONNX Runtime graph's Winograd convs reach OpenVINO as plain convs (export.winograd.plain_convs)
+    import onnx
+
+    from semask_deploy.runtime.openvino_backend import _model_source
+
+    assert sum(n.op_type == "DepthToSpace" for n in onnx.load(str(res.onnx_path)).graph.node) == 2
+    given = onnx.load_from_string(_model_source(res.onnx_path))
+    assert not any(n.op_type == "DepthToSpace" or n.name.startswith("winograd") and n.op_type != "Conv"
+                   for n in given.graph.node)
 
 
 @pytest.mark.slow  # needs a full ONNX export (~2 CPU-minutes for the small model)
