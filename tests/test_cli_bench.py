@@ -200,9 +200,15 @@ def test_real_exporter_fp32_fp16_int8(ckpt, tmp_path):
     assert cells["fp32"]["max_abs"] < 1e-3 and cells["fp32"]["pixel_agreement"] > 0.999
     assert cells["fp16"]["rel_l2"] < 1e-2 and cells["fp16"]["quant_s"] > 0
     assert cells["int8"]["build"]["int8"] == "uint8 asymmetric" and cells["int8"]["quant_s"] > 0
-    assert cells["fp16"]["export_s"] == cells["fp32"]["export_s"] == cells["int8"]["export_s"] > 0
+    # fp16 and int8 start from the shared fp32 export; ONNX Runtime fp32 on the CPU runs what semask-export writes for
+    # it: that export with its 3×3 convs as Winograd (the pass's time counts as export time)
+    assert cells["fp32"]["export_s"] >= cells["fp16"]["export_s"] == cells["int8"]["export_s"] > 0
     assert sorted(p.name for p in (tmp_path / "artifacts").glob("*.onnx")) == [
-        "model_fp16.onnx", "model_fp32.onnx", "model_int8_u8.onnx"]
+        "model_fp16.onnx", "model_fp32.onnx", "model_fp32_winograd.onnx", "model_int8_u8.onnx"]
+    import onnx
+
+    winograd = onnx.load(str(tmp_path / "artifacts" / "model_fp32_winograd.onnx"))
+    assert cells["fp32"]["build"]["winograd_convs"] == sum(n.op_type == "DepthToSpace" for n in winograd.graph.node)
 
 
 def _code(argv) -> int:
