@@ -21,7 +21,8 @@ in ONNX Runtime (96–1536 input channels, maps 128² to 16²; only an 8×8 map 
 SeMask-T graph at 512×512 gains far less — 1.08× (1 thread) and 0.99× (2 threads) in the committed run, 1.01–1.05×
 in others — because the transforms (DepthToSpace, Pad, Slice, and the ×2 upsamples that lose ONNX Runtime's
 blocked-layout kernel) are memory-bound and do not scale with threads. TensorRT and OpenVINO graphs keep plain
-convs (they choose their own algorithms; OpenVINO f32 measured 1.00–1.06×), and so do fp16 and int8 graphs.
+convs (they choose their own algorithms; OpenVINO f32 measured 1.00–1.06×), and so do fp16 and int8 graphs;
+the OpenVINO backend turns a Winograd graph back into plain convs (:func:`plain_convs`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import numpy as np
 from semask_deploy.model.winograd import _AT, _BT, _G
 
 #: convolutions with fewer input channels are left alone: their input transform would cost more than the GEMM
-#: saves. In ONNX Runtime every head conv of our models (96 to 1536 input channels) measured 1.3–1.8× faster
+#: saves. In ONNX Runtime every head conv of our models (96 to 1536 input channels) measured 1.3–2.0× faster
 #: (``benchmarks/winograd_onnx.py``, per-convolution table); the PyTorch path has its own rule
 #: (``semask_deploy.model.fast._winograd_pays``)
 MIN_IN_CHANNELS = 64
@@ -148,21 +149,27 @@ def plain_convs(proto: Any) -> int:
 
     g = proto.graph
     inits = {t.name: t for t in g.initializer}
-    groups: dict[str, list[Any]] = {}
-    for node in g.node:
+    groups: dict[str, list[int]] = {}
+    consumers: dict[str, list[str]] = {}
+    for i, node in enumerate(g.node):
         match = re.match(r"(winograd\d+/)", node.name)
         if match:
-            groups.setdefault(match.group(1), []).append(node)
+            groups.setdefault(match.group(1), []).append(i)
+        for name in node.input:
+            consumers.setdefault(name, []).append(node.name)
+    graph_outputs = {o.name for o in g.output}
     pinv = np.linalg.pinv(_G.numpy().astype(np.float64))  # (3, 6)
-    restored = 0
-    for prefix, sub in groups.items():
+    replaced: dict[int, Any] = {}  # first node index of a subgraph → its Conv
+    dropped: set[int] = set()
+    for prefix, indices in groups.items():
+        sub = [g.node[i] for i in indices]
         by_name = {n.name[len(prefix):]: n for n in sub}
         pad, add = by_name.get("padded"), by_name.get("bias_add")
         u_init, b_init = inits.get(prefix + "u"), inits.get(prefix + "bias")
         if pad is None or add is None or u_init is None or b_init is None:
             continue
         inner = {o for n in sub for o in n.output} - {add.output[0]}
-        if any(name in inner for n in g.node if n not in sub for name in n.input) or inner & {o.name for o in g.output}:
+        if inner & graph_outputs or any(not c.startswith(prefix) for v in inner for c in consumers.get(v, [])):
             continue  # an intermediate value is used outside the subgraph: not ours to fold
         u = numpy_helper.to_array(u_init).astype(np.float64)  # (36, Cout, Cin)
         cout, cin = u.shape[1:]
@@ -170,14 +177,16 @@ def plain_convs(proto: Any) -> int:
         b = numpy_helper.to_array(b_init).reshape(cout).astype(np.float32)
         g.initializer.extend([numpy_helper.from_array(w, prefix + "weight"),
                               numpy_helper.from_array(b, prefix + "conv_bias")])
-        conv = helper.make_node("Conv", [pad.input[0], prefix + "weight", prefix + "conv_bias"], [add.output[0]],
-                                name=prefix + "conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1])
-        index = min(list(g.node).index(n) for n in sub)  # where the subgraph began: x is computed by then
-        for node in sub:
-            g.node.remove(node)
-        g.node.insert(index, conv)
-        restored += 1
+        # at the subgraph's first node: its input x is computed by then, its consumers come after
+        replaced[min(indices)] = helper.make_node("Conv", [pad.input[0], prefix + "weight", prefix + "conv_bias"],
+                                                  [add.output[0]], name=prefix + "conv", kernel_shape=[3, 3],
+                                                  pads=[1, 1, 1, 1])
+        dropped.update(indices)
+    restored = len(replaced)
     if restored:
+        order = [replaced[i] if i in replaced else n for i, n in enumerate(g.node) if i in replaced or i not in dropped]
+        del g.node[:]
+        g.node.extend(order)
         used = {name for n in g.node for name in n.input}
         kept = [t for t in g.initializer if t.name in used]
         del g.initializer[:]
