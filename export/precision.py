@@ -270,7 +270,7 @@ def convert_fp16(model: Any, keep_fp32: Iterable[str] | None = None) -> Any:
     """Mixed-precision copy of an fp32 ONNX model (see the module docstring).
 
     Args:
-        model: fp32 ``onnx.ModelProto``.
+        model: fp32 ``onnx.ModelProto`` (Winograd convs of an ONNX Runtime graph become plain convs again).
         keep_fp32: node names that must stay fp32; default: :func:`attention_roles`' ``keep_fp32()``.
 
     Returns:
@@ -279,7 +279,10 @@ def convert_fp16(model: Any, keep_fp32: Iterable[str] | None = None) -> Any:
     onnx = require("onnx", "dev")
     from onnx import helper, numpy_helper
 
+    from semask_deploy.export.winograd import plain_convs
+
     model = onnx.ModelProto.FromString(model.SerializeToString())
+    plain_convs(model)  # an ONNX Runtime fp32 graph's Winograd convs: their transforms lose too much in fp16
     keep = set(keep_fp32) if keep_fp32 is not None else attention_roles(model).keep_fp32()
     g = _Graph(model)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 18)
@@ -491,7 +494,8 @@ def quantize_int8(
     """Static int8 QDQ quantization of an fp32 ONNX file with ONNX Runtime.
 
     Args:
-        fp32_path: the fp32 ONNX (dynamic or static).
+        fp32_path: the fp32 ONNX (dynamic or static; an ONNX Runtime graph's Winograd convs are quantized as the
+            plain convs they stand for, :func:`semask_deploy.export.winograd.plain_convs`).
         out_path: where to write the QDQ model (callers pass a temporary path and rename).
         inputs: calibration batches, each ``{input}`` array of the model's input dtype/layout.
         activations: ``"s8"`` (int8 symmetric, TensorRT-compatible) or ``"u8"`` (uint8 asymmetric, fastest
@@ -526,6 +530,12 @@ def quantize_int8(
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     model_bytes = fp32_path.read_bytes()
     model = onnx.load_from_string(model_bytes)
+    from semask_deploy.export.winograd import plain_convs
+
+    plain_copy = None
+    if plain_convs(model):  # an ONNX Runtime fp32 graph: quantize plain convs, not Winograd's transforms
+        model_bytes = model.SerializeToString()
+        plain_copy = out_path.with_name(f".{out_path.stem}.{os.getpid()}.plain.onnx")
     roles = attention_roles(model)
     excluded = sorted((set(exclude) if exclude is not None
                        else roles.keep_fp32() | set(roles.final) | set(roles.classifier)) | set(extra_exclude))
@@ -560,8 +570,10 @@ def quantize_int8(
     level = root.level
     root.setLevel(logging.ERROR)  # ORT logs "consider pre-processing" warnings on the root logger
     try:
+        if plain_copy is not None:
+            plain_copy.write_bytes(model_bytes)
         quantize_static(
-            str(fp32_path), str(out_path), reader,
+            str(plain_copy or fp32_path), str(out_path), reader,
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=op_types,
             per_channel=per_channel,
@@ -586,6 +598,8 @@ def quantize_int8(
         root.setLevel(level)
         if tmp_cache is not None and tmp_cache.exists():
             tmp_cache.unlink()
+        if plain_copy is not None:
+            plain_copy.unlink(missing_ok=True)
         if reader is not None and reader.bar is not None:
             reader.bar.close()
     quantized = onnx.load(str(out_path), load_external_data=False)

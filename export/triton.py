@@ -35,9 +35,10 @@ def run_export_triton(o, gpu: bool = False, python_runtime: bool = False) -> lis
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".triton.", suffix=".tmp", dir=out))
     try:
-        # the repository's post-processing model resizes the logits to the image size: no output_size input
+        # the repository's post-processing model resizes the logits to the image size: no output_size input;
+        # ONNX Runtime on a GPU runs cuDNN's convolutions, not Winograd written out in ONNX ops
         inner = dataclasses.replace(o, fmt="trt" if engine else "onnx", with_logits=True, output_size=False,
-                                    max_batch=max_batch,
+                                    max_batch=max_batch, winograd=o.winograd and not gpu,
                                     out=work, force=True)
         res = run_export(inner)
         artifact = res.engine_path if engine else res.onnx_path

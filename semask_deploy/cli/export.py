@@ -103,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-winograd", dest="winograd", action="store_false",
                    help="keep the 3x3 head convolutions plain in the fp32 ONNX Runtime graph (default: Winograd "
                    "F(4x4,3x3) in plain ONNX ops, outputs within ~1e-5; measured 1.3-2x per conv, 0.99-1.08x "
-                   "for the whole graph on 1-2 cores; TensorRT/OpenVINO/fp16/int8 graphs never use it)")
+                   "for the whole graph on 1-2 cores; use this for ONNX Runtime on a GPU; TensorRT/OpenVINO/fp16/int8 "
+                   "graphs never use it)")
     p.add_argument("--preprocess", action="store_true",
                    help="input uint8 (N,H,W,3) RGB 'image_uint8', normalised inside the graph")
     p.add_argument("--timing-cache", type=Path, metavar="FILE", help="TensorRT timing cache (read and updated)")

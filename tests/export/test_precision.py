@@ -103,6 +103,7 @@ def test_attention_roles_of_the_small_graph(fp32_path):
 def test_fp16_graph_keeps_sensitive_ops_in_fp32(fp32_path, fp16_model):
     m = fp16_model
     onnx.checker.check_model(m)
+    assert not any(n.op_type == "DepthToSpace" for n in m.graph.node)  # plain convs, not the fp32 graph's Winograd
     types = _types(m)
     assert m.graph.input[0].type.tensor_type.elem_type == F32
     assert {o.name: o.type.tensor_type.elem_type for o in m.graph.output} == {
@@ -136,6 +137,10 @@ def test_int8_qdq_structure_and_tolerance(int8_path, fp32_path, reference):
     path, info, _, _ = int8_path
     m = onnx.load(str(path))
     onnx.checker.check_model(m)
+    # the fp32 source is the ONNX Runtime graph: its Winograd convs are quantized as the plain convs they stand for
+    assert any(n.op_type == "DepthToSpace" for n in onnx.load(str(fp32_path)).graph.node)
+    assert not any(n.op_type == "DepthToSpace" for n in m.graph.node)
+    assert not list(path.parent.glob(".*plain.onnx"))  # the plain copy it quantized is gone
     q = [n for n in m.graph.node if n.op_type == "QuantizeLinear"]
     dq = [n for n in m.graph.node if n.op_type == "DequantizeLinear"]
     assert q and dq and info["qdq_nodes"] == len(q) + len(dq)
