@@ -11,7 +11,8 @@ p50 / p50 within the same run and thread count. Rows:
   ``torch.onnx.export(model_eager, x, dynamo=True)`` of the reference (eager) model, static size, the
   logits at the input size as output (timed without the argmax, which favours it);
 * ``ours ONNX (ORT)``: the default ``semask-export`` graph (dynamic N/H/W, Winograd 3×3 convs, labels out, fed
-  ``output_size`` = the input size: the official second resize is in the graph and runs);
+  ``output_size`` = the input size: the official second resize is in the graph and runs); ``ours int8 Q/DQ
+  (ORT)``: its ``--precision int8`` version (plain convs; convs and Linear layers int8);
 * ``ours OpenVINO f32/bf16/int8``: the graph ``semask-export --fmt openvino`` converts (NCHW resize, the
   max-reduce argmax of ``export.labels_head``), dynamic; ``…, static shapes``: the same graph specialised to
   the input's size (``runtime.openvino_backend.specialize``), what the OpenVINO backend runs by default
@@ -57,15 +58,16 @@ def _naive_export(model: Any, hw: tuple[int, int], path: Path) -> None:
         torch.onnx.export(model, (x,), str(path), dynamo=True, input_names=["image"], output_names=["logits"])
 
 
-def _our_exports(model: Any, work: Path, log: Callable[[str], None], calib: list[np.ndarray],
-                 calibration: str | None = None) -> dict[str, Path]:
+def _our_exports(model: Any, work: Path, log: Callable[[str], None], calib: list[np.ndarray]) -> dict[str, Path]:
     """The graphs ``semask-export`` writes by default (dynamic N/H/W, the ``output_size`` input): the ONNX
     Runtime graph (channels-last labels head), the graph ``--fmt openvino`` converts (NCHW head; OpenVINO
-    reads it with its max-reduce head) and that graph's int8 Q/DQ version (default calibration unless given)."""
+    reads it with its max-reduce head) and the int8 Q/DQ versions of both (default calibration), as
+    ``--precision int8`` writes them for each runtime."""
+    from semask_deploy.export.int8 import quantize_int8
     from semask_deploy.export.onnx import export_onnx
-    from semask_deploy.export.precision import quantize_int8
 
-    paths = {"ours": work / "ours.onnx", "ours_nchw": work / "ours_nchw.onnx", "int8": work / "ours_int8.onnx"}
+    paths = {"ours": work / "ours.onnx", "ours_nchw": work / "ours_nchw.onnx", "int8": work / "ours_int8.onnx",
+             "int8_ort": work / "ours_int8_ort.onnx"}
     if all(p.is_file() for p in paths.values()):
         log(f"reusing {work}")
         return paths
@@ -74,8 +76,8 @@ def _our_exports(model: Any, work: Path, log: Callable[[str], None], calib: list
     export_onnx(model, paths["ours_nchw"], labels_head="nchw", output_size=True)
     log(f"our exports in {time.perf_counter() - t0:.0f} s")
     t0 = time.perf_counter()
-    extra = {} if calibration is None else {"calibration": calibration}
-    quantize_int8(paths["ours_nchw"], paths["int8"], calib, use_cache=False, progress=False, **extra)
+    quantize_int8(paths["ours_nchw"], paths["int8"], calib, use_cache=False, progress=False)
+    quantize_int8(paths["ours"], paths["int8_ort"], calib, use_cache=False, progress=False)
     log(f"int8 Q/DQ in {time.perf_counter() - t0:.0f} s")
     return paths
 
@@ -132,9 +134,7 @@ def speed(variant: str, sizes: list[tuple[int, int]], threads: list[int], runs: 
         fast.load_state_dict(eager.state_dict())
         calib = [normalize(SyntheticScenes(num_classes=eager.config.num_classes, size=sizes[0], seed=i,
                                            length=1)[0][0])[None] for i in range(4)]
-        # random weights make degenerate activations that the percentile histograms cannot bin: min-max
-        # scales here (the speed of the int8 graph does not depend on them; agreement is judged on the demo)
-        ours = _our_exports(fast, work, log, calib, calibration="minmax")
+        ours = _our_exports(fast, work, log, calib)  # int8 agreement is judged on the demo model
     k = eager.config.num_classes
     rows: list[dict[str, Any]] = []
     for hw in sizes:
@@ -159,7 +159,8 @@ def speed(variant: str, sizes: list[tuple[int, int]], threads: list[int], runs: 
             fns["torch fp32 (model.predict)"] = tp(fast)
             if native_bf16():
                 fns["torch bf16 autocast"] = tp(fast, bf16=True)
-            for name, path, out in (("naive ONNX (ORT)", naive, "logits"), ("ours ONNX (ORT)", ours["ours"], "labels")):
+            for name, path, out in (("naive ONNX (ORT)", naive, "logits"), ("ours ONNX (ORT)", ours["ours"], "labels"),
+                                    ("ours int8 Q/DQ (ORT)", ours["int8_ort"], "labels")):
                 sess = _ort(path, nt)
                 feed = _feed(x, [i.name for i in sess.get_inputs()])
                 fns[name] = (lambda s, o, f: (lambda: s.run([o], f)))(sess, out, feed)
@@ -231,7 +232,7 @@ def agreement(work: Path, count: int, hw: tuple[int, int], log: Callable[[str], 
         fn, _ = _ov(path, prec, 2)
         runners[name] = (kind, (lambda f: (lambda x: np.asarray(next(v for p, v in f(x).items()
                                                                      if "labels" in p.get_names()))))(fn))
-    sess = _ort(demo["int8"], 2)
+    sess = _ort(demo["int8_ort"], 2)
     names = [i.name for i in sess.get_inputs()]
     runners["ONNX Runtime int8"] = ("int8", lambda x: sess.run(["labels"], _feed(x, names))[0])
     rows = []

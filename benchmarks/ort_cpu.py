@@ -62,7 +62,8 @@ def build_artifacts(work: Path, size: int, variant: str, log: Callable[[str], No
     import onnx
     import torch
     from semask_deploy.export.onnx import clean_graph, export_onnx, nhwc_labels_head
-    from semask_deploy.export.precision import convert_fp16, quantize_int8
+    from semask_deploy.export.int8 import quantize_int8
+    from semask_deploy.export.precision import convert_fp16
 
     from semask_deploy.api import build_model
     from semask_deploy.config import VARIANTS

@@ -70,7 +70,7 @@ def run(out: Path, scenes: int = 16, size: int = 512, calib_count: int = 32, run
     from semask_deploy.data.synthetic import SyntheticScenes
     from semask_deploy.data.transforms import normalize
     from semask_deploy.export.onnx import export_onnx
-    from semask_deploy.export.precision import quantize_int8
+    from semask_deploy.export.int8 import quantize_int8
     from semask_deploy.export.verify import make_session
     from semask_deploy.runtime.cpu_info import cpu_model, cpu_summary, native_bf16
     from semask_deploy.runtime.torch_backend import bf16_autocast

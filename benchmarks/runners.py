@@ -154,7 +154,7 @@ def export_onnx(checkpoint: Path, precision: str, out_dir: Path, *, calib_images
     THE plug point between the benchmark and ``semask_deploy.export``: everything the benchmark needs from
     the exporter goes through this function. It uses the exporter's public functions:
     ``export.onnx.export_onnx`` (fp32, dynamic N/H/W, timed as ``export_s``), then
-    ``export.precision.convert_fp16`` or ``export.precision.quantize_int8`` (timed as ``quant_s``; int8
+    ``export.precision.convert_fp16`` or ``export.int8.quantize_int8`` (timed as ``quant_s``; int8
     calibration on ``calib_images``, without the calibration cache so the time is real). The fp32 export
     is done once per (checkpoint, folder) and shared by every precision and backend of a run.
 
@@ -176,6 +176,7 @@ def export_onnx(checkpoint: Path, precision: str, out_dir: Path, *, calib_images
         raise Skip(why)
     from semask_deploy.api import load_model
     from semask_deploy.data import normalize
+    from semask_deploy.export import int8 as int8_mod
     from semask_deploy.export import onnx as onnx_export
     from semask_deploy.export import precision as precision_mod
     from semask_deploy.fileio import atomic_path
@@ -225,7 +226,7 @@ def export_onnx(checkpoint: Path, precision: str, out_dir: Path, *, calib_images
     elif precision == "int8":
         calib = [normalize(img)[None] for img in calib_images]
         with atomic_path(path) as tmp:
-            q = precision_mod.quantize_int8(fp32.path, tmp, calib, activations=int8_activations,
+            q = int8_mod.quantize_int8(fp32.path, tmp, calib, activations=int8_activations,
                                             use_cache=False, progress=False)
         extra = {"int8": q.get("activations"), "weights": q.get("weights"), "qdq_nodes": q.get("qdq_nodes"),
                  "calibration_samples": q.get("calibration_samples")}

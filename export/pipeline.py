@@ -188,7 +188,7 @@ def check_options(o: ExportOptions) -> None:
                           "exporter's Pad ops to 17)")
     if o.calib_count < 1:
         raise ConfigError(f"--calib-count must be at least 1, got {o.calib_count}")
-    from semask_deploy.export.precision import CALIBRATIONS
+    from semask_deploy.export.int8 import CALIBRATIONS
 
     if o.int8_calibration not in CALIBRATIONS:
         raise ConfigError(f"--int8-calibration must be one of {', '.join(CALIBRATIONS)}, got {o.int8_calibration!r}")
@@ -348,8 +348,10 @@ def run_export(o: ExportOptions) -> ExportResult:
             roles: dict[str, int] = {}
             for layer in details["float_layers"]:
                 roles[layer["role"]] = roles.get(layer["role"], 0) + 1
-            steps.info(f"{details['calibration']} calibration; Conv/MatMul kept float: "
+            steps.info(f"{details['calibration']} calibration; Conv/MatMul/Gemm kept float: "
                        + (", ".join(f"{n} {r}" for r, n in sorted(roles.items())) or "none"))
+        if o.precision == "int8" and o.fmt != "trt":  # a CPU artifact
+            _note_int8_speed(steps)
         steps.info(f"done ({time.perf_counter() - t:.0f} s)")
 
         verification = None
@@ -452,6 +454,16 @@ def _verify_images(o: ExportOptions, sizes: list[tuple[int, int]], num_classes: 
     return imgs, f"synthetic scenes at {', '.join(_hw(s) for s in sizes)}"
 
 
+def _note_int8_speed(steps: _Steps) -> None:
+    """Say so when this machine's CPU lacks int8 dot products: int8 is then no faster than fp32 on it."""
+    from semask_deploy.runtime.cpu_info import cpu_model, int8_dot_product, isa_text
+
+    if not int8_dot_product():
+        steps.info(f"note: this CPU ({cpu_model()}: {isa_text()}) has no int8 dot-product instructions, so int8 "
+                   "runs no faster than fp32 on it; int8 pays off on CPUs with AVX-512 VNNI, AVX-VNNI or AMX, "
+                   "and on GPUs")
+
+
 def _apply_precision(o: ExportOptions, fp32_path: Path, work: Path, calib: list[np.ndarray],
                      shapes: Shapes, calib_desc: str) -> tuple[Path, dict[str, Any]]:
     from semask_deploy.errors import require
@@ -459,12 +471,8 @@ def _apply_precision(o: ExportOptions, fp32_path: Path, work: Path, calib: list[
     if o.precision == "fp32":
         return fp32_path, {"kind": "fp32"}
     onnx = require("onnx", "dev")
-    from semask_deploy.export.precision import (
-        attention_roles,
-        convert_fp16,
-        precision_summary,
-        quantize_int8,
-    )
+    from semask_deploy.export.int8 import quantize_int8
+    from semask_deploy.export.precision import attention_roles, convert_fp16, precision_summary
 
     out = work / f"{o.precision}.onnx"
     if o.precision == "fp16":

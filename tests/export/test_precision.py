@@ -15,7 +15,8 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 import torch  # noqa: E402
-from semask_deploy.export.precision import attention_roles, convert_fp16, quantize_int8  # noqa: E402
+from semask_deploy.export.int8 import quantize_int8  # noqa: E402
+from semask_deploy.export.precision import attention_roles, convert_fp16  # noqa: E402
 from semask_deploy.export.trt_check import check_onnx_for_tensorrt  # noqa: E402
 
 from semask_deploy.data.synthetic import SyntheticScenes  # noqa: E402
@@ -154,13 +155,24 @@ def test_int8_qdq_structure_and_tolerance(int8_path, fp32_path, reference):
         assert all(producer.get(i) is None or producer[i].op_type != "DequantizeLinear" for i in node.input), name
     convs = [n for n in m.graph.node if n.op_type == "Conv" and n.name not in roles.classifier]
     assert convs and all(producer[n.input[1]].op_type == "DequantizeLinear" for n in convs)
-    # MatMul outputs stay float (scores, residual stream); Conv outputs are quantized (int8 convs in ORT)
+    # the Swin Linear layers (Gemm on token matrices: most of the backbone's FLOPs) are int8 too, as MatMuls
+    # with their bias Add (ONNX Runtime computes a Q/DQ MatMul in int8, a Q/DQ Gemm only fake-quantized); the
+    # semantic-score projections stay float, and float_layers lists them like every other float Conv/MatMul
+    fp32_gemms = [n for n in onnx.load(str(fp32_path)).graph.node if n.op_type == "Gemm"]
+    assert len(fp32_gemms) >= 4 * 2 * 4 and not any(n.op_type == "Gemm" for n in m.graph.node)
+    linears = [by_name[n.name] for n in fp32_gemms]
+    assert all(n.op_type == "MatMul" for n in linears)
+    int8_linears = [n for n in linears if producer[n.input[1]].op_type == "DequantizeLinear"]
+    assert len(int8_linears) >= 4 * 2 * 4  # qkv, proj, fc1, fc2 of 4 stages × 2 blocks
+    float_nodes = {layer["node"] for layer in info["float_layers"]}
+    assert {n.name for n in linears} - {n.name for n in int8_linears} <= float_nodes
+    # MatMul/Gemm outputs stay float (scores, residual stream); Conv outputs are quantized (int8 convs in ORT)
     consumers = {}
     for n in m.graph.node:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
     for n in m.graph.node:
-        if n.op_type == "MatMul":
+        if n.op_type in ("MatMul", "Gemm"):
             assert all(c.op_type != "QuantizeLinear" for c in consumers.get(n.output[0], [])), n.name
     assert any(c.op_type == "QuantizeLinear" for n in convs for c in consumers.get(n.output[0], []))
     # symmetric int8 (TensorRT-compatible): int8 zero points, all zero, float biases

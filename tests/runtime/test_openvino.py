@@ -165,3 +165,29 @@ def test_export_int8_openvino_ir(tmp_path):
     assert layers.get("i8", 0) > 0, layers  # (u8 also counts boolean masks in float graphs)
     x = _scene(seed=11)
     assert (seg.backend.labels(x) == _torch_labels(x)).mean() >= 0.96
+
+
+def test_identity_resizes_of_a_static_model_are_bypassed():
+    """A linear resize to its own input's size returns the input: specialize() drops it, nothing else."""
+    import openvino as ov
+    import openvino.opset11 as ops
+
+    from semask_deploy.runtime.openvino_backend import _drop_identity_resizes
+
+    def resize(x, hw, mode="linear_onnx"):
+        return ops.interpolate(x, ops.constant(np.array(hw, np.int64)), mode, "sizes", axes=[2, 3],
+                               coordinate_transformation_mode="half_pixel")
+
+    param = ops.parameter([1, 3, 5, 7], np.float32, name="x")
+    same = resize(param, [5, 7])                  # identity: dropped
+    up = resize(same, [10, 14])                   # an upsample: kept
+    back = resize(up, [10, 14], mode="cubic")     # same shape but cubic: kept (only linear modes are dropped)
+    model = ov.Model([back], [param])
+    x = np.random.default_rng(0).standard_normal((1, 3, 5, 7)).astype(np.float32)
+    core = ov.Core()
+    want = core.compile_model(model.clone(), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})({"x": x})[0]
+    assert _drop_identity_resizes(model) == 1
+    model.validate_nodes_and_infer_types()
+    assert sum(op.get_type_name() == "Interpolate" for op in model.get_ordered_ops()) == 2
+    got = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})({"x": x})[0]
+    np.testing.assert_array_equal(got, want)
