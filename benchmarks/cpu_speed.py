@@ -24,14 +24,9 @@ from pathlib import Path
 
 import torch
 
+from semask_deploy.runtime.cpu_info import cpu_description
+
 from . import op_profile
-
-
-def cpu_name() -> str:
-    """CPU model and its ISA features, e.g. ``AMD EPYC (AVX2)`` — results differ a lot between CPUs."""
-    from semask_deploy.runtime.cpu_info import cpu_model, isa_text
-
-    return f"{cpu_model()} ({isa_text()})"
 
 
 CALLS = {"predict": "predict", "forward": "__call__", "lowres": "forward_lowres"}
@@ -83,7 +78,7 @@ def run(size: int = 512, runs: int = 10, warmup: int = 2, threads: int = 2, vari
     return {
         "variant": variant, "input": [1, 3, size, size], "dtype": "float32", "threads": threads, "runs": runs,
         "warmup": warmup, "max_abs_logit_diff_sdpa_vs_eager": err, "label_agreement": agree,
-        "torch": torch.__version__, "cpu": cpu_name(),
+        "torch": torch.__version__, "cpu": cpu_description(),
         "load_average": os.getloadavg(), "results": results, "profile_forward": profiles,
     }
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .cpu_speed import cpu_name
+from semask_deploy.runtime.cpu_info import cpu_description
 
 
 def semask_l_mask2former_ade20k():
@@ -103,7 +103,7 @@ def run(size: int = 640, runs: int = 2, warmup: int = 1, threads: int = 1) -> di
         "model": cfg.name, "params": sum(p.numel() for p in ref.parameters()), "input": [1, 3, size, size],
         "dtype": "float32", "threads": threads, "runs": runs, "warmup": warmup,
         "max_abs_score_diff_sdpa_vs_eager": err, "label_agreement": agree, "torch": torch.__version__,
-        "cpu": cpu_name(), "load_average": os.getloadavg(), "results": results, "profile_ms": profile,
+        "cpu": cpu_description(), "load_average": os.getloadavg(), "results": results, "profile_ms": profile,
     }
 
 

@@ -67,6 +67,11 @@ def isa_text() -> str:
     return ", ".join(present) if present else "none of " + "/".join(ISA_FLAGS)
 
 
+def cpu_description() -> str:
+    """``"AMD EPYC (AVX2)"``: the model and its ISA features in one string, for reports."""
+    return f"{cpu_model()} ({isa_text()})"
+
+
 def native_bf16() -> bool:
     """Whether the CPU computes bf16 natively (``avx512_bf16`` or AMX-BF16)."""
     flags = cpu_flags()

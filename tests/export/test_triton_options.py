@@ -1,0 +1,34 @@
+"""What ``--fmt triton`` / ``triton-trt`` asks of the ONNX export (no export is run: the call is intercepted)."""
+
+from __future__ import annotations
+
+import pytest
+
+from semask_deploy.export import pipeline
+from semask_deploy.export.pipeline import ExportOptions
+from semask_deploy.export.triton import run_export_triton
+
+
+class _Intercepted(Exception):
+    pass
+
+
+@pytest.mark.parametrize("fmt, gpu, want_fmt, want_winograd", [
+    ("triton", False, "onnx", True),   # ONNX Runtime on the CPU: the Winograd graph
+    ("triton", True, "onnx", False),   # ONNX Runtime on a GPU: cuDNN's convolutions, plain convs
+    ("triton-trt", True, "trt", False),  # (the pipeline never gives a TensorRT graph Winograd anyway)
+])
+def test_triton_export_options(monkeypatch, tmp_path, fmt, gpu, want_fmt, want_winograd):
+    seen = []
+
+    def fake_run_export(o):
+        seen.append(o)
+        raise _Intercepted
+
+    monkeypatch.setattr(pipeline, "run_export", fake_run_export)
+    with pytest.raises(_Intercepted):
+        run_export_triton(ExportOptions(demo=True, fmt=fmt, out=tmp_path / "repo", quiet=True), gpu=gpu)
+    (inner,) = seen
+    assert inner.fmt == want_fmt and inner.winograd is want_winograd
+    assert inner.with_logits and not inner.output_size and inner.max_batch == 4
+    assert not [p for p in (tmp_path / "repo").rglob("*")]  # the work folder is gone again
