@@ -42,9 +42,8 @@ convs, MatMuls and the Linear layers are int8; the classifier conv, the semantic
 softmax/LayerNorm stay float (the sidecar's
 precision_details.float_layers lists them); calibration ranges are cached in $SEMASK_CACHE_DIR (default
 ~/.cache/semask-deploy). --int8-activations s8 (default) gives symmetric int8 Q/DQ that TensorRT accepts;
-u8 is faster with ONNX Runtime on x86 CPUs but not accepted by TensorRT. int8 is faster than fp32 only
-on CPUs with int8 dot products (AVX-512 VNNI, AVX-VNNI, AMX) and on GPUs; the export says when its own CPU
-has none.
+u8 is faster with ONNX Runtime on x86 CPUs but not accepted by TensorRT. int8 gains most on CPUs with int8
+dot products (AVX-512 VNNI, AVX-VNNI, AMX) and on GPUs; the export says when its own CPU has none.
 
 --fmt aoti writes <out>/<name>_aoti.pt2 (+ <name>_aoti.json): an AOTInductor package
 (torch._inductor.aoti_compile_and_package) of the fp32 model, same input and outputs, for

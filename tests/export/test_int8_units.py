@@ -69,7 +69,7 @@ class _Steps:
         self.lines.append(text)
 
 
-def test_int8_export_says_when_this_cpu_makes_int8_no_faster(monkeypatch):
+def test_int8_export_says_when_this_cpu_has_no_int8_dot_products(monkeypatch):
     monkeypatch.setattr(cpu_info, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
     steps = _Steps()
     pipeline._note_int8_speed(steps)
