@@ -82,8 +82,8 @@ def int8_dot_product() -> bool:
     """Whether the CPU has int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI or AMX-INT8).
 
     Without them, x86 int8 GEMMs multiply through saturating int16 pairs (``vpmaddubsw``) or widen to int16.
-    Measured on an AVX2-only EPYC (SeMask-T, 512×512 and 499×667): ONNX Runtime int8 1.21–1.34× its fp32, OpenVINO int8
-    no faster than f32.
+    Measured on an AVX2-only EPYC (SeMask-T, 512×512 and 499×667): ONNX Runtime int8 1.21–1.34× its fp32,
+    OpenVINO int8 no faster than f32.
     """
     flags = cpu_flags()
     return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & flags)
