@@ -456,10 +456,10 @@ def _verify_images(o: ExportOptions, sizes: list[tuple[int, int]], num_classes: 
 
 def _note_int8_speed(steps: _Steps) -> None:
     """Say so when this machine's CPU lacks int8 dot products: int8 gains little or nothing on it."""
-    from semask_deploy.runtime.cpu_info import cpu_model, int8_dot_product, isa_text
+    from semask_deploy.runtime.cpu_info import cpu_description, int8_dot_product
 
     if not int8_dot_product():
-        steps.info(f"note: this CPU ({cpu_model()}: {isa_text()}) has no int8 dot-product instructions: int8 "
+        steps.info(f"note: this CPU, {cpu_description()}, has no int8 dot-product instructions: int8 "
                    "gains little on it (measured on such a CPU: ONNX Runtime 1.2-1.3x fp32, OpenVINO none); "
                    "int8 pays off on CPUs with AVX-512 VNNI, AVX-VNNI or AMX, and on GPUs")
 
