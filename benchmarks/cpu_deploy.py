@@ -24,7 +24,9 @@ p50 / p50 within the same run and thread count. Rows:
 **Agreement** — the trained demo model on synthetic scenes: labels and mIoU of each reduced-precision
 backend against torch fp32 (the thresholds of issue 11: bf16 ≥ 99 % / ≥ 98 %, int8 ≥ 98 % / ≥ 95 %).
 
-Every result carries the CPU model and its ISA flags (AVX2 / AVX-512 / VNNI / bf16 / AMX).
+Every result carries the CPU model and its ISA flags (AVX2 / AVX-512 / VNNI / bf16 / AMX). The report ends
+with issue 11's goals judged on this run (:func:`goals`: each ratio at every size and thread count, and the
+agreement the reduced-precision goals also need), so one run on a given CPU says which goals that CPU meets.
 """
 
 from __future__ import annotations
@@ -41,6 +43,17 @@ from typing import Any
 import numpy as np
 
 THRESHOLDS = {"bf16": (0.99, 0.98), "int8": (0.98, 0.95)}
+#: issue 11's speed goals: (goal, speed row, ratio column, minimum ratio, agreement row that must pass or None);
+#: OpenVINO rows are the static-shape ones: what the backend runs from the second image of a size on
+GOALS = (
+    ("our fp32 ONNX ≥ 1.2× the naive export, ONNX Runtime", "ours ONNX (ORT)", "vs_naive_ort", 1.2, None),
+    ("our fp32 ONNX ≥ 1.2× the naive export, OpenVINO", "ours OpenVINO f32, static shapes", "vs_naive_openvino", 1.2,
+     None),
+    ("OpenVINO bf16 ≥ 2.5× torch eager, agreement met", "ours OpenVINO bf16, static shapes", "vs_torch_eager", 2.5,
+     "OpenVINO bf16"),
+    ("OpenVINO int8 ≥ 3× torch eager, agreement met", "ours OpenVINO int8, static shapes", "vs_torch_eager", 3.0,
+     "OpenVINO int8"),
+)
 
 
 def _ort(path: Path, threads: int) -> Any:
@@ -248,6 +261,41 @@ def agreement(work: Path, count: int, hw: tuple[int, int], log: Callable[[str], 
     return rows
 
 
+def goals(r: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 11's goals judged on one result: for each, the ratio at every size × thread count, the worst of
+    them, and whether the goal is met at all of them (None: the row was not run, e.g. bf16 on a CPU without
+    native bf16)."""
+    out = []
+    agreement_ok = {row["backend"]: row["ok"] for row in r["agreement"]}
+    for goal, backend, column, need, agreement_row in GOALS:
+        ratios = {f"{row['size'][0]}×{row['size'][1]}, {row['threads']} thr": row[column]
+                  for row in r["speed"] if row["backend"] == backend}
+        agreed = None if agreement_row is None else agreement_ok.get(agreement_row)
+        if not ratios:
+            out.append({"goal": goal, "backend": backend, "ratios": {}, "worst": None, "met": None})
+            continue
+        worst = min(ratios, key=ratios.get)
+        met = all(v >= need for v in ratios.values()) and agreed is not False
+        out.append({"goal": goal, "backend": backend, "ratios": ratios, "worst": [worst, ratios[worst]],
+                    "agreement_ok": agreed, "met": met})
+    return out
+
+
+def goals_markdown(r: dict[str, Any]) -> list[str]:
+    lines = ["## Issue 11 goals on this CPU", "",
+             "| goal | row | ratio at each size, threads | worst | met |", "|---|---|---|---:|---|"]
+    for g in goals(r):
+        if g["met"] is None:
+            lines.append(f"| {g['goal']} | {g['backend']} | not run on this CPU | — | — |")
+            continue
+        each = "; ".join(f"{k}: {v:.2f}×" for k, v in g["ratios"].items())
+        agreement = "" if g.get("agreement_ok") is None else (", agreement met" if g["agreement_ok"]
+                                                             else ", agreement NOT met")
+        lines.append(f"| {g['goal']} | {g['backend']} | {each} | {g['worst'][1]:.2f}× | "
+                     f"{'yes' if g['met'] else 'NO'}{agreement} |")
+    return lines
+
+
 def to_markdown(r: dict[str, Any]) -> str:
     cpu = r["cpu"]
     isa = ", ".join(n for n, ok in cpu["isa"].items() if ok)
@@ -255,9 +303,10 @@ def to_markdown(r: dict[str, Any]) -> str:
              "(agreement)", "",
              f"CPU: {cpu['model']}, {cpu['logical_cpus']} logical CPUs; ISA: {isa}. torch {r['versions']['torch']}, "
              f"onnxruntime {r['versions']['onnxruntime']}, openvino {r['versions']['openvino']}. The machine was "
-             f"SHARED with other jobs (load average {r['load_average_start']} → {r['load_average_end']}); all rows "
-             f"of one size × threads were timed interleaved in one process ({r['runs']} runs each after "
-             f"{r['warmup']} warm-up), so ratios are meaningful, absolute ms less so.", "",
+             f"SHARED with other jobs (load average {tuple(r['load_average_start'])} → "
+             f"{tuple(r['load_average_end'])}); all rows of one size × threads were timed interleaved in one "
+             f"process ({r['runs']} runs each after {r['warmup']} warm-up), so ratios are meaningful, absolute ms "
+             "less so.", "",
              "| size | threads | backend | p50 ms | vs torch eager | vs naive ONNX (ORT) | vs naive ONNX (OpenVINO) | "
              "OpenVINO ran |", "|---|---:|---|---:|---:|---:|---:|---|"]
     for row in r["speed"]:
@@ -274,7 +323,8 @@ def to_markdown(r: dict[str, Any]) -> str:
         lines.append(f"| {row['backend']} | {row['label_agreement'] * 100:.2f} % | {row['miou_agreement'] * 100:.2f} % | "
                      f"{'—' if th is None else f'{th[0] * 100:g} % / {th[1] * 100:g} %'} | "
                      f"{'—' if row['ok'] is None else ('yes' if row['ok'] else 'NO')} |")
-    lines += ["", "Naive ONNX rows are timed to their logits output (no argmax), ours to labels."]
+    lines += ["", "Naive ONNX rows are timed to their logits output (no argmax), ours to labels.", ""]
+    lines += goals_markdown(r)
     return "\n".join(lines) + "\n"
 
 
