@@ -97,6 +97,6 @@ def require_native_bf16(what: str) -> None:
     """
     if not native_bf16():
         raise ConfigError(
-            f"{what} needs a CPU with native bf16 (avx512_bf16 or AMX); this CPU ({cpu_model()}: {isa_text()}) has "
+            f"{what} needs a CPU with native bf16 (avx512_bf16 or AMX); this CPU, {cpu_description()}, has "
             "neither, and emulated bf16 would be slower than fp32 and still lose precision: use fp32 or int8"
         )
