@@ -386,14 +386,11 @@ def machine_info(device: str = "cpu") -> dict[str, Any]:
         info["loadavg"] = list(os.getloadavg())
     except OSError:
         pass
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    info["cpu"] = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    from semask_deploy.runtime.cpu_info import cpu_model, cpu_summary, isa_text
+
+    info["cpu"] = cpu_model()
+    info["isa"] = cpu_summary()["isa"]  # AVX2 / AVX-512 / VNNI / bf16 / AMX: machines here differ
+    info["isa_text"] = isa_text()
     if str(device).startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
         info["gpu_capability"] = ".".join(map(str, torch.cuda.get_device_capability()))

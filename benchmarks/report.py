@@ -100,7 +100,8 @@ def render_markdown(data: Mapping[str, Any]) -> str:
         "# semask-bench report", "",
         f"- date: {meta.get('date')}; wall time {_fmt(meta.get('wall_s'))} s; "
         f"command: `{meta.get('command') or 'semask-bench'}`",
-        f"- machine: {mach.get('cpu', '?')}, {mach.get('cpu_count')} CPUs, torch {mach.get('torch')}; threads "
+        f"- machine: {mach.get('cpu', '?')}{' (' + mach['isa_text'] + ')' if mach.get('isa_text') else ''}, "
+        f"{mach.get('cpu_count')} CPUs, torch {mach.get('torch')}; threads "
         f"(torch and ONNX Runtime): {meta.get('threads', mach.get('torch_threads'))}"
         f"{', GPU ' + mach['gpu'] if mach.get('gpu') else ''}; "
         f"load average (1/5/15 min) at start {load0 or '?'}, at end {load1 or '?'}{_busy(mach)}",

@@ -90,6 +90,10 @@ class BenchConfig:
             raise ConfigError(f"--device must be cpu or cuda, got {self.device!r}")
         if any(min(s) < 32 for s in self.sizes):
             raise ConfigError(f"--sizes must be at least 32x32, got {['%dx%d' % s for s in self.sizes]}")
+        run, skipped = _plan(self)
+        if not run:  # a report of skipped rows only would look like a success
+            raise ConfigError("nothing to benchmark here: " + "; ".join(
+                f"{s['backend']} {s['precision']}: {s['reason']}" for s in skipped))
 
 
 @dataclass

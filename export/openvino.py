@@ -45,7 +45,7 @@ def convert_to_ir(onnx_path: Path, xml_path: Path, check_input: np.ndarray | Non
         ExportError: conversion failed or the IR disagrees with the ONNX.
     """
     ov = require("openvino", "openvino")
-    from semask_deploy.runtime.openvino_backend import _model_source, compile_model, shared_core
+    from semask_deploy.runtime.openvino_backend import _model_source, compile_model, error_text, shared_core
 
     xml_path = Path(xml_path)
     work = Path(tempfile.mkdtemp(prefix=f".{xml_path.stem}.", suffix=".tmp", dir=xml_path.parent))
@@ -55,7 +55,7 @@ def convert_to_ir(onnx_path: Path, xml_path: Path, check_input: np.ndarray | Non
             model = shared_core().read_model(_model_source(Path(onnx_path)))
             ov.save_model(model, str(work / xml_path.name), compress_to_fp16=False)
         except Exception as exc:  # noqa: BLE001
-            raise ExportError(f"OpenVINO could not convert {onnx_path.name}: {str(exc).splitlines()[0][:300]}") from exc
+            raise ExportError(f"OpenVINO could not convert {onnx_path.name}: {error_text(exc)}") from exc
         tmp_xml = work / xml_path.name
         info: dict[str, Any] = {"openvino_version": ov.get_version().split("-")[0]}
         compiled, ran = compile_model(tmp_xml, precision="fp32")

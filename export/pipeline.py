@@ -18,6 +18,7 @@ overwritten without ``force``. Without TensorRT or a GPU the engine step fails w
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -26,7 +27,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -282,6 +283,26 @@ def run_export(o: ExportOptions) -> ExportResult:
     Raises:
         SemaskError subclasses with a message saying what to do (the CLI prints it and exits 2).
     """
+    with output_folder(Path(o.out)):
+        return _run_export(o)
+
+
+@contextlib.contextmanager
+def output_folder(out: Path) -> Iterator[None]:
+    """On failure (an error, Ctrl-C, SIGTERM), remove ``out`` again if this export created it and left it empty:
+    a failed export leaves nothing behind, not even an empty folder (temporary files are cleaned by their own
+    ``finally`` blocks)."""
+    created = not out.exists()
+    try:
+        yield
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):  # not empty (e.g. the ONNX of an engine that failed): kept
+                out.rmdir()
+        raise
+
+
+def _run_export(o: ExportOptions) -> ExportResult:
     from semask_deploy.export import metadata as md
     from semask_deploy.export.onnx import export_onnx
     from semask_deploy.export.verify import verify_onnx, verify_sizes
@@ -295,6 +316,8 @@ def run_export(o: ExportOptions) -> ExportResult:
     result = ExportResult()
     build = o.fmt in ("trt", "all")
     to_ov = o.fmt == "openvino"
+    if build and not o.quiet:
+        _warn_without_tensorrt()
     if to_ov:
         require("openvino", "openvino")  # before any work
     steps = _Steps(5 + int(build) + int(to_ov), o.quiet)
@@ -415,6 +438,18 @@ def run_export(o: ExportOptions) -> ExportResult:
                                                                   [profile] + ([size_range] if size_range else []))
     result.seconds = round(time.perf_counter() - t_start, 1)
     return result
+
+
+def _warn_without_tensorrt() -> None:
+    """Say at the start, not after minutes of export, that this machine cannot build the engine."""
+    from semask_deploy.export.tensorrt import require_tensorrt
+
+    try:
+        require_tensorrt()
+    except MissingDependencyError as exc:
+        why = str(exc).split(". ")[0]  # "TensorRT is not installed or cannot be loaded (…)"
+        print(f"warning: {why} — the ONNX will be exported, verified and checked offline for TensorRT, but the "
+              "engine cannot be built here (the command then exits with status 2)", file=sys.stderr)
 
 
 def _what_to_try(o: ExportOptions) -> str:

@@ -58,6 +58,12 @@ def _import_tensorrt() -> Any:
     return import_tensorrt(_NO_TRT_HINT)
 
 
+def require_tensorrt() -> Any:
+    """The ``tensorrt`` module, or :class:`MissingDependencyError` saying how to get it: for callers that
+    should stop (or warn) before minutes of work that end in an engine build."""
+    return _import_tensorrt()
+
+
 # ----------------------------------------------------------------------------------------------------
 # pure decisions (tested on the CPU)
 # ----------------------------------------------------------------------------------------------------

@@ -21,6 +21,14 @@ def run_export_triton(o, gpu: bool = False, python_runtime: bool = False) -> lis
     """Export for Triton; ``o`` is an :class:`~semask_deploy.export.pipeline.ExportOptions` with
     ``fmt`` ``"triton"`` (ONNX Runtime) or ``"triton-trt"`` (TensorRT); ``python_runtime``: the ONNX runs in
     ONNX Runtime inside the Python backend (servers without the onnxruntime backend). Returns the files written."""
+    from semask_deploy.export.pipeline import output_folder
+
+    with output_folder(Path(o.out)):
+        return _run_export_triton(o, gpu, python_runtime)
+
+
+def _run_export_triton(o, gpu: bool, python_runtime: bool) -> list[Path]:
+    from semask_deploy.errors import SemaskError
     from semask_deploy.export.metadata import read_sidecar
     from semask_deploy.export.pipeline import run_export
     from semask_deploy.serving.triton_repo import spec_from_metadata, write_repository
@@ -30,6 +38,10 @@ def run_export_triton(o, gpu: bool = False, python_runtime: bool = False) -> lis
     if o.preprocess:
         raise ConfigError("--fmt triton normalises in the repository's pre-processing model: drop --preprocess")
     engine = o.fmt == "triton-trt"
+    if engine:  # the repository needs the engine: stop now, not after the ONNX export
+        from semask_deploy.export.tensorrt import require_tensorrt
+
+        require_tensorrt()
     max_batch = o.max_batch or 4
     out = Path(o.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -40,7 +52,16 @@ def run_export_triton(o, gpu: bool = False, python_runtime: bool = False) -> lis
         inner = dataclasses.replace(o, fmt="trt" if engine else "onnx", with_logits=True, output_size=False,
                                     max_batch=max_batch, winograd=o.winograd and not gpu,
                                     out=work, force=True)
-        res = run_export(inner)
+        try:
+            res = run_export(inner)
+        except SemaskError as exc:
+            if not engine or "no TensorRT engine was built" not in str(exc):
+                raise
+            # the inner export's ONNX lives in this temporary folder, which goes: say so, not where it was
+            why = str(exc).split(" — the ONNX and its sidecar", 1)[0]
+            raise type(exc)(f"{why}; nothing was written (the repository needs the engine). Build it on a machine "
+                            "with an NVIDIA GPU and TensorRT, or write an ONNX Runtime repository here with "
+                            "--fmt triton") from exc
         artifact = res.engine_path if engine else res.onnx_path
         meta = read_sidecar(artifact)
         name = o.name or artifact.stem.removesuffix("_trt")

@@ -465,9 +465,12 @@ def _load_model(onnx_path_or_model: Any) -> tuple[Any, str | None]:
     if not path.is_file():
         raise ExportError(f"ONNX file not found: {path}")
     try:
-        return onnx.load(str(path), load_external_data=False), str(path.parent)
+        model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - any protobuf/IO error
         raise ExportError(f"cannot read ONNX file {path}: {exc}") from exc
+    if not model.ir_version or not model.HasField("graph"):  # an empty file parses as an empty ModelProto
+        raise ExportError(f"{path} is not an ONNX model (no IR version or no graph; {path.stat().st_size} bytes)")
+    return model, str(path.parent)
 
 
 def _prepare(model: Any, col: _Collector) -> tuple[Any, bool]:

@@ -123,9 +123,9 @@ def _read_pickle(path: Path) -> CheckpointData:
             raise CheckpointError(
                 f"{path} is truncated or corrupt (cannot read the PyTorch archive); download or copy it again"
             ) from None
-        raise CheckpointError(
-            f"{path} is not a PyTorch checkpoint (.pth) or .safetensors file ({msg.splitlines()[0][:160]})"
-        ) from None
+        detail = (msg.splitlines() or [""])[0][:160]
+        detail = f" ({detail})" if re.search(r"[A-Za-z]{3}", detail) else ""  # not a bare pickle opcode like "101"
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (.pth) or .safetensors file{detail}") from None
     return _unwrap(obj, path)
 
 

@@ -101,11 +101,12 @@ class _Logger:
         self.enabled, self.quiet = enabled, quiet
         self.path = out / "log.jsonl"
         self.bar = None
-        if enabled:
-            out.mkdir(parents=True, exist_ok=True)
 
     def event(self, record: dict[str, Any]) -> None:
         if self.enabled:
+            # the folder is made by the first record (the start of training): a run refused for bad options
+            # leaves nothing behind
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
 
@@ -115,6 +116,16 @@ class _Logger:
                 self.bar.write(text, file=sys.stderr)
             else:
                 print(text, file=sys.stderr, flush=True)
+
+
+def _check_batchnorm_values(crop: tuple[int, int], images: int) -> None:
+    """Refuse a crop × batch that leaves BatchNorm one value per channel at the head's coarsest (stride-32) level,
+    where training BatchNorm cannot compute a variance (PyTorch raises deep inside the first step)."""
+    h, w = (-(-int(v) // 32) for v in crop)
+    if images * h * w < 2:
+        raise ConfigError(f"--crop {crop[0]}x{crop[1]} with {images} crop(s) per step gives the decode head's "
+                          f"BatchNorm a single value per channel at stride 32 ({h}x{w} maps): use a crop larger "
+                          "than 32x32 or --batch-size 2 or more")
 
 
 def _check_options(o: TrainOptions) -> None:
@@ -231,6 +242,7 @@ def _train(opts: TrainOptions, info: tdist.DistInfo, stop_after: int | None, t_w
     iters = opts.iters or (DEMO_ITERS if variant == "demo" else OFFICIAL_ITERS)
     lr = opts.lr or (DEMO_LR if variant == "demo" else OFFICIAL_LR)
     batch = opts.batch_size or (DEMO_BATCH if variant == "demo" else 4 if variant == "large" else 8)
+    _check_batchnorm_values(crop, batch * info.world_size)
     warmup = default_warmup(iters) if opts.warmup is None else opts.warmup
     eval_every = opts.eval_every or max(iters // 10, min(iters, 100))
     save_every = opts.save_every or eval_every

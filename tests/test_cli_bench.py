@@ -232,6 +232,7 @@ def _code(argv) -> int:
     (["--device", "tpu"], "cpu or cuda"),
     (["--bogus"], "unrecognized arguments"),
     (["--demo"], "not allowed with"),
+    (["--backends", "tensorrt", "--precisions", "fp32"], "nothing to benchmark here: tensorrt fp32"),  # (no GPU)
 ])
 def test_cli_errors_one_line_exit_2(ckpt, tmp_path, capsys, extra, needle):
     argv = ["--ckpt", str(ckpt), "--out", str(tmp_path / "o"), *extra]
@@ -252,6 +253,7 @@ def test_help_and_subprocess_error():
     exe = shutil.which("semask-bench") or str(Path(sys.executable).parent / "semask-bench")
     proc = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "256x256,512x512" in proc.stdout and "torch-compile" in proc.stdout
+    assert "onnxruntime,openvino,tensorrt" in " ".join(proc.stdout.split())  # every backend in --backends' help
     proc = subprocess.run([exe, "--sizes", "nope"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
 
@@ -260,3 +262,15 @@ def test_make_inputs_deterministic():
     a_rgb, a = suite.make_inputs((48, 40), 3, 8)
     b_rgb, b = suite.make_inputs((48, 40), 3, 8)
     assert a.shape == (3, 3, 48, 40) and a.dtype == np.float32 and (a == b).all() and a_rgb.shape == (3, 48, 40, 3)
+
+
+def test_machine_info_names_the_isa():
+    """Benchmark results carry the CPU's ISA flags (machines here differ: AVX2 only, or AVX-512 + VNNI + bf16)."""
+    from semask_deploy.benchmarks.harness import machine_info
+    from semask_deploy.benchmarks.report import render_markdown
+    from semask_deploy.runtime.cpu_info import ISA_FLAGS, isa_text
+
+    info = machine_info("cpu")
+    assert set(info["isa"]) == set(ISA_FLAGS) and info["isa_text"] == isa_text()
+    text = render_markdown({"meta": {"machine": info}, "cells": []})
+    assert f"({isa_text()})" in text.split("- machine:", 1)[1].splitlines()[0]

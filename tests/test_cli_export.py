@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -135,6 +136,22 @@ def test_bad_options(tmp_path, capsys, flags, text):
     assert text in msg, msg
 
 
+def test_usage_errors_are_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--ckpt", str(SMALL), "--precision", "int4", "--out", str(tmp_path / "out")])
+    assert info.value.code == 2
+    assert "invalid choice: 'int4'" in _one_error(capsys)  # argparse's own errors too: no usage dump
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
+def test_failed_export_leaves_no_folder(tmp_path, capsys):
+    """The folder an export made is removed again when the export fails (here: AOTInductor for CUDA, no GPU)."""
+    out = tmp_path / "new" / "out"
+    assert main(["--ckpt", str(SMALL), "--fmt", "aoti", "--device", "cuda", "--out", str(out), "--quiet"]) == 2
+    assert "CUDA" in _one_error(capsys)
+    assert not out.exists()
+
+
 def test_unreadable_calibration_folder(tmp_path, capsys):
     msg = _bad(["--ckpt", str(SMALL), "--precision", "int8", "--calib-images", str(tmp_path / "missing")],
                tmp_path, capsys)
@@ -183,6 +200,10 @@ def test_check_trt(tmp_path, capsys):
     assert "notes.txt" in _one_error(capsys)
     assert main(["--check-trt", str(tmp_path / "missing.onnx")]) == 2
     assert "not found" in _one_error(capsys)
+    empty = tmp_path / "empty.onnx"  # parses as an empty ModelProto: not "0 nodes — OK"
+    empty.write_bytes(b"")
+    assert main(["--check-trt", str(empty)]) == 2
+    assert "not an ONNX model" in _one_error(capsys)
 
 
 def test_help_lists_the_options(capsys):

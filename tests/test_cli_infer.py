@@ -136,3 +136,14 @@ def test_unknown_model_format(tmp_path, images, capsys):
     f.write_text("x")
     assert main(["--model", str(f), "--image", str(images), "--out", str(tmp_path / "o")]) == 2
     assert "cannot tell the format" in _err(capsys)
+
+
+def test_unreadable_image_in_a_folder_is_skipped_and_reported(tiny_ckpt, images, tmp_path, capsys):
+    (images / "broken.png").write_bytes(b"not a png at all")
+    out = tmp_path / "o"
+    assert main(["--model", str(tiny_ckpt), "--image", str(images), "--out", str(out), "--scale", "none"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert any(line.startswith("wrote ") for line in err)  # the readable images were segmented
+    (bad,) = [line for line in err if line.startswith("error: ")]
+    assert "broken.png" in bad and bad.endswith("(skipped)")
+    assert not list(out.glob("broken*")) and list(out.glob("*_labels.png"))

@@ -63,11 +63,14 @@ def test_cli_trains_and_writes_loadable_weights(tmp_path, tiny_json):
         (["--data", "folder", "--data-root", "/nonexistent/data"], "--variant is required"),
         (["--variant", "demo", "--init", "/nonexistent.pth"], "not found"),
         (["--variant", "demo", "--iters", "0"], "--iters"),
+        (["--crop", "32x32", "--batch-size", "1"], "BatchNorm a single value per channel"),
+        (["--crop", "10x10", "--batch-size", "1"], "BatchNorm a single value per channel"),
     ],
 )
 def test_cli_errors_are_one_line(tmp_path, capsys, args, message):
     assert main([*args, "--out", str(tmp_path / "out"), "--quiet"]) == 2
     assert message in one_error_line(capsys)
+    assert not (tmp_path / "out").exists()  # a refused run leaves nothing, not even its folder
 
 
 def test_cli_bad_config_json(tmp_path, capsys):

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
-from typing import Callable, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 from ..errors import ConfigError, SemaskError
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors print one line, ``error: …``, and exit 2 (no usage dump)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
 def parse_hw(text: str, what: str = "size") -> tuple[int, int]:
@@ -41,8 +49,13 @@ def csv_list(text: str) -> list[str]:
 
 def main_wrapper(run: Callable[[argparse.Namespace], int | None], parser: argparse.ArgumentParser,
                  argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv``, call ``run``; user errors print ``error: …`` and exit 2, Ctrl-C exits 130."""
+    """Parse ``argv``, call ``run``; user errors print ``error: …`` and exit 2, Ctrl-C exits 130, SIGTERM 143.
+
+    SIGTERM (``kill``, ``timeout``, a job scheduler) is turned into an exception while ``run`` works, so its
+    clean-up (temporary files and folders) runs as it does for Ctrl-C, instead of the process dying mid-write.
+    """
     args = parser.parse_args(argv)
+    installed, previous = _raise_on_sigterm()
     try:
         code = run(args)
     except SemaskError as exc:
@@ -51,10 +64,31 @@ def main_wrapper(run: Callable[[argparse.Namespace], int | None], parser: argpar
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("error: terminated (SIGTERM)", file=sys.stderr)
+        return 143
     except MemoryError:
         print("error: out of memory; use a smaller --scale / --batch or a GPU", file=sys.stderr)
         return 2
+    finally:
+        if installed:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
     return int(code or 0)
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (a BaseException, like KeyboardInterrupt: ``except Exception`` does not swallow it)."""
+
+
+def _raise_on_sigterm() -> tuple[bool, Any]:
+    """Make SIGTERM raise :class:`Terminated`; returns (installed, the previous handler)."""
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    try:
+        return True, signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (an embedding application): leave its signals alone
+        return False, None
 
 
 def progress(iterable, *, total: int | None = None, desc: str = "", disable: bool = False):

@@ -7,15 +7,13 @@ import datetime as _dt
 import shlex
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from ..errors import ConfigError
-from ._common import csv_list, main_wrapper, parse_hw
+from ._common import OneLineParser, csv_list, main_wrapper, parse_hw
 
 if TYPE_CHECKING:
     from ..benchmarks.suite import BenchConfig
-
-BACKEND_NAMES = ("torch-eager", "torch-sdpa", "torch-triton", "torch-compile", "onnxruntime", "tensorrt")
 
 EPILOG = """defaults (no arguments): the built-in demo model on this machine's CPU, every backend, precisions
 fp32,fp16,int8, sizes 256x256,512x512, batch 1,4, 3 warm-up + 20 timed runs per cell, 1 CPU thread; a
@@ -29,9 +27,11 @@ What runs where:
                                named in --backends: inductor needs minutes per input shape there
                                (236 s for 256x256 on the 2-core reference machine)
   onnxruntime                  the exported ONNX (fp32, fp16 mixed precision, int8 Q/DQ); CUDA EP on --device cuda
+  openvino                     the same ONNX on OpenVINO's CPU plugin (fp32, int8 Q/DQ)
   tensorrt                     an engine built from the same ONNX: NVIDIA GPU + TensorRT only
   fp16 on the CPU torch path is skipped unless --precisions names fp16 (then it runs, flagged);
-  int8 exists only for onnxruntime/tensorrt. Skipped combinations are listed with the reason.
+  int8 exists only for onnxruntime/openvino/tensorrt. Skipped combinations are listed with the reason;
+  when nothing asked for can run here, it is an error (exit 2).
 
 examples:
   semask-bench
@@ -40,13 +40,6 @@ examples:
   semask-bench --dataset ade20k --data-root ADEChallengeData2016 --limit 100 --ckpt model.pth
   semask-bench --dataset synthetic --limit 16
 """
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse whose usage errors print one line, ``error: …``, and exit 2 (no usage dump)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
 def _sizes(text: str) -> list[tuple[int, int]]:
@@ -79,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--ckpt", type=Path, help=".pth/.safetensors SeMask-FPN or mask-classification (detectron2) checkpoint")
     src.add_argument("--demo", action="store_true", help="the built-in demo model (the default)")
-    p.add_argument("--backends", default=None, help=f"comma list from {','.join(BACKEND_NAMES)} (default: all)")
+    from ..benchmarks.runners import BACKENDS
+
+    p.add_argument("--backends", default=None, help=f"comma list from {','.join(BACKENDS)} (default: all)")
     p.add_argument("--precisions", default=None, help="comma list from fp32,fp16,int8,bf16 (default: all but bf16, which is torch autocast "
                    "on CPUs with native bf16 and runs when named)")
     p.add_argument("--sizes", default=None, help="comma list of HxW input sizes (default: 256x256,512x512)")

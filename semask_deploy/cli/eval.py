@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import ConfigError
-from ._common import hw_type, main_wrapper, progress
-from .bench import OneLineParser
+from ._common import OneLineParser, hw_type, main_wrapper, progress
 
 EPILOG = """data-set layouts (mmseg conventions; labels in train-id space, 255 = ignore):
   ade20k       ROOT/images/validation/*.jpg + ROOT/annotations/validation/*.png (0 = other → ignored,
@@ -56,9 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device (default: cpu)")
     p.add_argument("--attention", choices=("eager", "sdpa", "triton"), default="sdpa",
                    help="PyTorch attention backend (default: sdpa)")
-    p.add_argument("--backend", choices=("auto", "openvino"), default="auto",
-                   help="auto: by file suffix (.onnx → ONNX Runtime, .xml → OpenVINO); openvino: run an .onnx with "
-                   "OpenVINO (pip install 'semask-deploy[openvino]') (default: auto)")
+    p.add_argument("--backend", choices=("auto", "onnxruntime", "openvino"), default="auto",
+                   help="auto: by file suffix (.onnx → ONNX Runtime, .xml → OpenVINO); onnxruntime: an .onnx with "
+                   "ONNX Runtime; openvino: an .onnx with OpenVINO (pip install 'semask-deploy[openvino]') "
+                   "(default: auto)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default=None,
                    help="OpenVINO float precision (set explicitly; bf16 only on CPUs with avx512_bf16/AMX) "
                    "(default: fp32)")

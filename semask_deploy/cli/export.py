@@ -9,7 +9,7 @@ from pathlib import Path
 
 from semask_deploy.export.onnx import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 
-from ._common import main_wrapper, parse_hw
+from ._common import OneLineParser, main_wrapper, parse_hw
 
 EPILOG = """examples:
   semask-export --ckpt semask_swin_tiny_ade20k.pth --fmt onnx --out exported/
@@ -57,7 +57,7 @@ cannot be built here (the ONNX is still written then).
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="semask-export",
         description="Export a SeMask checkpoint to a verified ONNX (fp32, mixed fp16 or int8 Q/DQ) and optionally a "
         "TensorRT engine, each with a JSON metadata sidecar; or check an ONNX offline for TensorRT.",

@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import ConfigError, ImageError
-from ._common import hw_type, main_wrapper, progress
+from ._common import OneLineParser, hw_type, main_wrapper, progress
 
 EPILOG = """examples:
   semask-infer --demo --out out/                 (the bundled sample scenes)
@@ -44,7 +44,7 @@ def _scale(text: str) -> tuple[int, int] | str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="semask-infer",
         description="Segment images with a SeMask model (PyTorch checkpoint, ONNX or TensorRT engine), using the "
         "official test pipeline: keep-ratio resize to the model's test scale, whole-image or sliding-window "
@@ -68,9 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device (default: cpu)")
     p.add_argument("--attention", choices=("eager", "sdpa", "triton"), default="sdpa",
                    help="PyTorch attention backend (default: sdpa)")
-    p.add_argument("--backend", choices=("auto", "openvino"), default="auto",
-                   help="auto: by file suffix (.onnx → ONNX Runtime, .xml → OpenVINO); openvino: run an .onnx with "
-                   "OpenVINO (pip install 'semask-deploy[openvino]') (default: auto)")
+    p.add_argument("--backend", choices=("auto", "onnxruntime", "openvino"), default="auto",
+                   help="auto: by file suffix (.onnx → ONNX Runtime, .xml → OpenVINO); onnxruntime: an .onnx with "
+                   "ONNX Runtime; openvino: an .onnx with OpenVINO (pip install 'semask-deploy[openvino]') "
+                   "(default: auto)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default=None,
                    help="PyTorch checkpoints: bf16 = autocast, LayerNorm/semantic attention fp32; OpenVINO: the float "
                    "precision, set explicitly; bf16 needs a CPU with native bf16 (avx512_bf16 or AMX) (default: fp32)")
@@ -143,8 +144,8 @@ def _run(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"wrote {len(result.written)} file(s) for {n_ok} image(s) to {args.out}", file=sys.stderr)
     if result.failed:
-        for path, msg in result.failed:
-            print(f"error: {msg}", file=sys.stderr)
+        for path, msg in result.failed:  # the other images were segmented and written (counted above)
+            print(f"error: {msg} (skipped)", file=sys.stderr)
         return 2
     return 0
 

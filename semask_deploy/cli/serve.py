@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from ._common import main_wrapper
+from ._common import OneLineParser, main_wrapper
 
 EPILOG = """examples:
   semask-serve --demo                                   (the built-in demo model)
@@ -24,7 +24,7 @@ load: see README "Serving".
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="semask-serve", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = OneLineParser(prog="semask-serve", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 description="Serve a SeMask model (checkpoint, ONNX or TensorRT engine) with Triton "
                                 "Inference Server through PyTriton: HTTP, gRPC, dynamic batching, health, metrics.")
     src = p.add_mutually_exclusive_group(required=True)

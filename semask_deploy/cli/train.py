@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from ._common import hw_type, main_wrapper
+from ._common import OneLineParser, hw_type, main_wrapper
 
 EPILOG = """examples:
   semask-train --variant demo --data synthetic --gamma-init 0.1 --threads 1 --out runs/demo   (the built-in demo)
@@ -25,7 +25,7 @@ model starts from scratch. Writes OUT/latest.pth (weights + optimizer/schedule/i
 
 
 def build_parser(prog: str = "semask-train") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog=prog,
         description="Train SeMask-FPN with the official recipe: CE + 0.4 x semantic CE (optional OHEM), AdamW, "
         "poly schedule with linear warm-up, mmseg augmentation; periodic whole-image evaluation on a held-out "

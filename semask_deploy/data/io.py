@@ -36,7 +36,7 @@ def _read_bytes(path: PathLike, what: str) -> bytes:
     except OSError as exc:
         raise ImageError(f"cannot read {what} {p}: {exc.strerror or exc} (check its permissions)") from exc
     if not data:
-        raise ImageError(f"{what} is an empty file: {p} (re-export or re-download it)")
+        raise ImageError(f"{what} is an empty file: {p} (not fully written or copied: write or copy it again)")
     return data
 
 

@@ -18,6 +18,7 @@ layers per runtime precision (:attr:`OpenVinoBackend.ran`), recorded by benchmar
 
 from __future__ import annotations
 
+import re
 import threading
 from collections import Counter, OrderedDict
 from pathlib import Path
@@ -39,6 +40,14 @@ SHAPE_MODES = ("auto", "static", "dynamic")
 #: static specialisations kept per backend (each compiled model holds its own copy of the weights: ~0.9 GB
 #: for SeMask-L in fp32)
 STATIC_CACHE = 2
+
+
+def error_text(exc: BaseException, limit: int = 300) -> str:
+    """OpenVINO's exception text without its source-location lines ("Exception from src/…:84:"), which come
+    first and would otherwise be all a one-line message shows."""
+    lines = [ln.strip() for ln in str(exc).splitlines()]
+    useful = [ln for ln in lines if ln and not re.match(r"^(Exception from |Check ').*:\d+:?$", ln)]
+    return " ".join(useful or [ln for ln in lines if ln] or [type(exc).__name__])[:limit]
 
 
 def _openvino() -> Any:
@@ -63,7 +72,7 @@ def shared_core() -> Any:
                 with keep_signal_stack():
                     core.get_property("CPU", "FULL_DEVICE_NAME")  # loads the CPU plugin now
             except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError with a long text
-                raise RuntimeBackendError(f"OpenVINO cannot load its CPU plugin: {str(exc).splitlines()[0][:300]}") from exc
+                raise RuntimeBackendError(f"OpenVINO cannot load its CPU plugin: {error_text(exc)}") from exc
             _CORE = core
         return _CORE
 
@@ -105,7 +114,7 @@ def read_model(path: str | Path) -> tuple[Any, Any]:
     try:
         return core, core.read_model(_model_source(Path(path)))
     except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError with a long text
-        raise RuntimeBackendError(f"OpenVINO cannot read {Path(path).name}: {str(exc).splitlines()[0][:300]}") from exc
+        raise RuntimeBackendError(f"OpenVINO cannot read {Path(path).name}: {error_text(exc)}") from exc
 
 
 def _compile(core: Any, model: Any, hint: str, threads: int | None, name: str) -> Any:
@@ -116,7 +125,7 @@ def _compile(core: Any, model: Any, hint: str, threads: int | None, name: str) -
         with keep_signal_stack():
             return core.compile_model(model, "CPU", config)
     except Exception as exc:  # noqa: BLE001
-        raise RuntimeBackendError(f"OpenVINO cannot compile {name}: {str(exc).splitlines()[0][:300]}") from exc
+        raise RuntimeBackendError(f"OpenVINO cannot compile {name}: {error_text(exc)}") from exc
 
 
 def specialize(model: Any, input_name: str, shape: Sequence[int], output_size: Sequence[int] | None) -> Any:
@@ -294,7 +303,7 @@ class OpenVinoBackend:
             raise
         except Exception as exc:  # noqa: BLE001
             raise RuntimeBackendError(f"OpenVINO failed on an input of shape {tuple(x.shape)} {x.dtype}: "
-                                      f"{str(exc).splitlines()[0][:300]}") from exc
+                                      f"{error_text(exc)}") from exc
         return {_output_name(k): v for k, v in res.items()}
 
     def _request_for(self, shape: Sequence[int], output_size: np.ndarray | None) -> Any:

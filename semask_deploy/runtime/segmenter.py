@@ -11,6 +11,10 @@ from ..errors import ConfigError
 from .pipeline import labels_from_logits, labels_to_size, prepare, prepare_with_rule, slide_logits
 
 TORCH_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors")
+TRT_SUFFIXES = (".engine", ".plan", ".trt")
+#: ``backend=`` names and the files each runs (``None``/``"auto"``: chosen by the suffix)
+BACKEND_SUFFIXES = {"torch": TORCH_SUFFIXES, "onnxruntime": (".onnx",), "openvino": (".onnx", ".xml"),
+                    "tensorrt": TRT_SUFFIXES, "aoti": (".pt2",)}
 
 
 class Segmenter:
@@ -30,7 +34,9 @@ class Segmenter:
         providers: ONNX Runtime only: execution providers, e.g. ``["CUDAExecutionProvider"]``.
         allow_cpu_fallback: ONNX Runtime only: accept running on the CPU when a GPU provider was asked
             for but cannot load (otherwise that is an error, never a silent fallback).
-        backend: ``"openvino"`` runs an ``.onnx`` with OpenVINO (``.xml`` always does); default: by suffix.
+        backend: ``None``/``"auto"`` (default): by the file suffix (``.onnx`` → ONNX Runtime); ``"openvino"`` runs
+            an ``.onnx`` with OpenVINO (``.xml`` always does); ``"onnxruntime"``, ``"torch"``, ``"tensorrt"``,
+            ``"aoti"`` name the suffix's own backend (an error for a file that backend does not run).
         precision: OpenVINO: ``fp32`` (default) or ``bf16`` float layers (bf16 only on CPUs with native
             bf16; always set explicitly, see :mod:`.openvino_backend`); PyTorch on the CPU: ``bf16`` =
             autocast (native-bf16 CPUs only).
@@ -61,14 +67,19 @@ class Segmenter:
         precision: str | None = None,
     ) -> None:
         path = Path(path)
-        if backend not in (None, "openvino"):
-            raise ConfigError(f"backend must be 'openvino' or None (chosen by the file suffix), got {backend!r}")
+        suffix = path.suffix.lower()
+        if backend == "auto":
+            backend = None
+        if backend is not None:
+            if backend not in BACKEND_SUFFIXES:
+                raise ConfigError(f"backend must be one of auto, {', '.join(BACKEND_SUFFIXES)} or None (by the file "
+                                  f"suffix), got {backend!r}")
+            if suffix not in BACKEND_SUFFIXES[backend]:
+                raise ConfigError(f"the {backend} backend runs {'/'.join(BACKEND_SUFFIXES[backend])} files, got "
+                                  f"{path.name}")
         if mode not in ("whole", "slide"):
             raise ConfigError(f"mode must be 'whole' or 'slide', got {mode!r}")
-        suffix = path.suffix.lower()
         if backend == "openvino" or suffix == ".xml":
-            if suffix not in (".onnx", ".xml"):
-                raise ConfigError(f"the OpenVINO backend runs an exported .onnx or an OpenVINO IR .xml, got {path.name}")
             from .openvino_backend import OpenVinoBackend
 
             self.backend = OpenVinoBackend(path, device=device, precision=precision)
@@ -90,7 +101,7 @@ class Segmenter:
             from .aoti_backend import AotiBackend
 
             self.backend = AotiBackend(path, device=device)
-        elif suffix in (".engine", ".plan", ".trt"):
+        elif suffix in TRT_SUFFIXES:
             from .trt_backend import TensorRTBackend
 
             self.backend = TensorRTBackend(path)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from semask_deploy.export import pipeline
+from semask_deploy.errors import MissingDependencyError
+from semask_deploy.export import pipeline, tensorrt
 from semask_deploy.export.pipeline import ExportOptions
 from semask_deploy.export.triton import run_export_triton
 
@@ -26,9 +27,22 @@ def test_triton_export_options(monkeypatch, tmp_path, fmt, gpu, want_fmt, want_w
         raise _Intercepted
 
     monkeypatch.setattr(pipeline, "run_export", fake_run_export)
+    monkeypatch.setattr(tensorrt, "require_tensorrt", lambda: None)  # as on a machine with TensorRT
     with pytest.raises(_Intercepted):
         run_export_triton(ExportOptions(demo=True, fmt=fmt, out=tmp_path / "repo", quiet=True), gpu=gpu)
     (inner,) = seen
     assert inner.fmt == want_fmt and inner.winograd is want_winograd
     assert inner.with_logits and not inner.output_size and inner.max_batch == 4
-    assert not [p for p in (tmp_path / "repo").rglob("*")]  # the work folder is gone again
+    assert not (tmp_path / "repo").exists()  # the work folder is gone again, and the folder it made
+
+
+def test_triton_trt_without_tensorrt_stops_before_exporting(monkeypatch, tmp_path):
+    """The repository needs the engine: no TensorRT means an error at once, not after the ONNX export."""
+    def no_tensorrt():
+        raise MissingDependencyError("TensorRT is not installed or cannot be loaded (No module named 'tensorrt')")
+
+    monkeypatch.setattr(tensorrt, "require_tensorrt", no_tensorrt)
+    monkeypatch.setattr(pipeline, "run_export", lambda o: pytest.fail("exported although no engine can be built"))
+    with pytest.raises(MissingDependencyError, match="TensorRT is not installed"):
+        run_export_triton(ExportOptions(demo=True, fmt="triton-trt", out=tmp_path / "repo", quiet=True))
+    assert not (tmp_path / "repo").exists()

@@ -141,8 +141,12 @@ def test_bad_backend_and_precision_combinations(tmp_path_factory):
         Segmenter(res.onnx_path, precision="bf16")
     with pytest.raises(ConfigError, match="fp32 or bf16"):
         Segmenter(res.onnx_path, backend="openvino", precision="fp8")
-    with pytest.raises(ConfigError, match=".onnx or an OpenVINO IR"):
+    with pytest.raises(ConfigError, match=r"openvino backend runs \.onnx/\.xml files"):
         Segmenter(SMALL_CKPT, backend="openvino")
+    with pytest.raises(ConfigError, match=r"onnxruntime backend runs \.onnx files"):
+        Segmenter(SMALL_CKPT, backend="onnxruntime")
+    assert Segmenter(res.onnx_path, backend="onnxruntime").backend.kind == "onnxruntime"  # the suffix's own
+    assert Segmenter(res.onnx_path, backend="auto").backend.kind == "onnxruntime"
     with pytest.raises(ConfigError, match="fp32 or bf16"):
         Segmenter(SMALL_CKPT, precision="int8")
 
@@ -191,3 +195,12 @@ def test_identity_resizes_of_a_static_model_are_bypassed():
     assert sum(op.get_type_name() == "Interpolate" for op in model.get_ordered_ops()) == 2
     got = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})({"x": x})[0]
     np.testing.assert_array_equal(got, want)
+
+
+def test_openvino_errors_keep_the_reason_not_the_source_location():
+    from semask_deploy.runtime.openvino_backend import error_text
+
+    exc = RuntimeError("Exception from src/inference/src/cpp/core.cpp:84:\nException from src/inference/src/"
+                       "model_reader.cpp:148:\nUnable to read the model: \"m.onnx\" Please check that model format\n\n")
+    assert error_text(exc) == 'Unable to read the model: "m.onnx" Please check that model format'
+    assert error_text(RuntimeError("")) == "RuntimeError"
