@@ -281,7 +281,11 @@ def run_aoti_export(o: Any) -> Any:
     from semask_deploy.export.pipeline import ExportResult, _load_model, _Steps, _verify_images, resolve_shapes
     from semask_deploy.export.verify import verify_sizes
 
+    import torch
+
     t_start = time.perf_counter()
+    if str(o.device).startswith("cuda") and not torch.cuda.is_available():  # before minutes of loading/tracing
+        raise ConfigError("--device cuda needs a CUDA GPU and a CUDA build of torch; use --device cpu here")
     steps = _Steps(4, o.quiet)
     model, source, stem = _load_model(o)
     cfg = model.config
