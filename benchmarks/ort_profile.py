@@ -1,0 +1,210 @@
+"""Where ONNX Runtime spends the time of our fp32 graph and of the naive export: per op type, and the GEMMs' speed.
+
+    python -m semask_deploy.benchmarks.ort_profile --out benchmarks/results/cpu-avx2 --work /tmp/cd
+
+Issue 11 asks for our fp32 ONNX at ≥ 1.2× the naive export (``torch.onnx.export(eager, dynamo=True)``) on ONNX
+Runtime. Both graphs do nearly the same multiply-adds, so the question is where the rest of the time goes.
+For each graph and thread count this runs ONNX Runtime's own profiler over a few 512×512 calls (after
+warm-up), takes the median per op type over the calls, and splits the time into
+
+* **matrix products**: Gemm, MatMul, FusedMatMul, FusedGemm, Conv, FusedConv (and NCHWc convs), with the
+  achieved GFLOP/s of the Gemm/MatMul family (multiply-adds from the profiler's input/output shapes) next to
+  a large square ``torch.mm`` timed in the same run (a reference for the CPU's fp32 speed at that thread
+  count, not a hard peak: ONNX Runtime's own GEMMs can beat it);
+* **everything else** (layout, resize, normalisation, activation, argmax, …).
+
+The report ends with the arithmetic of the goal: with our matrix products as they are, how small our "other"
+time would have to be for 1.2×. Same graphs as :mod:`.cpu_deploy` (its ``--work`` folder is reused).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: ONNX Runtime kernels that are matrix products (after its fusions and the NCHWc layout transform)
+MATRIX_OPS = ("Gemm", "MatMul", "FusedMatMul", "FusedGemm", "Conv", "FusedConv", "MatMulIntegerToFloat",
+              "QLinearConv", "ConvInteger", "MatMulInteger", "DynamicQuantizeMatMul")
+#: of those, the ones whose multiply-adds follow from activation shapes alone: out elements × A's last dim
+GEMM_OPS = ("Gemm", "MatMul", "FusedMatMul", "FusedGemm")
+GOAL = 1.2
+
+
+def profiled_session(path: Path, threads: int, prefix: Path) -> Any:
+    """A CPU session as :func:`semask_deploy.export.verify.make_session` makes it, with ONNX Runtime's profiler on."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    opts.enable_profiling = True
+    opts.profile_file_prefix = str(prefix)
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def read_profile(sess: Any, warmup: int) -> dict[str, Any]:
+    """From a profiled session's calls after the first ``warmup``: the median per op type (ms), the calls'
+    median wall time and the Gemm/MatMul multiply-adds per call."""
+    events = json.loads(Path(sess.end_profiling()).read_text())
+    calls = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run")[warmup:]
+    per_call = [Counter() for _ in calls]
+    gemm_macs = [0.0 for _ in calls]
+    for e in events:
+        if e.get("cat") != "Node" or not e["name"].endswith("_kernel_time"):
+            continue
+        i = next((k for k, (a, b) in enumerate(calls) if a <= e["ts"] <= b), None)
+        if i is None:
+            continue
+        op = e["args"]["op_name"]
+        per_call[i][op] += e["dur"] / 1e3
+        if op in GEMM_OPS:
+            gemm_macs[i] += _gemm_macs(e["args"])
+    ops = set().union(*per_call)
+    return {"wall_ms": statistics.median((b - a) / 1e3 for a, b in calls),
+            "op_ms": {op: statistics.median(c[op] for c in per_call) for op in ops},
+            "gemm_macs": statistics.median(gemm_macs)}
+
+
+def _gemm_macs(args: dict[str, Any]) -> float:
+    """Multiply-adds of a Gemm/MatMul from the profiler's shapes: output elements × the inner dimension (the
+    first input's last dimension; weights, being initializers, are not listed)."""
+    ins = [next(iter(d.values())) for d in args.get("input_type_shape", [])]
+    outs = [next(iter(d.values())) for d in args.get("output_type_shape", [])]
+    if not ins or not outs:
+        return 0.0
+    return float(np.prod(outs[0])) * float(ins[0][-1])
+
+
+def _peak_gflops(threads: int) -> float:
+    import torch
+
+    from semask_deploy.benchmarks.harness import measure_device_peak
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return measure_device_peak("cpu", repeats=5)["fp32"] * 1e3
+    finally:
+        torch.set_num_threads(before)
+
+
+def summarize(p: dict[str, Any]) -> dict[str, float]:
+    """Matrix-product and other milliseconds of one profile, and the Gemm/MatMul GFLOP/s."""
+    matrix = sum(ms for op, ms in p["op_ms"].items() if op in MATRIX_OPS)
+    gemm = sum(ms for op, ms in p["op_ms"].items() if op in GEMM_OPS)
+    return {"wall_ms": p["wall_ms"], "matrix_ms": matrix, "other_ms": p["wall_ms"] - matrix,
+            "gemm_ms": gemm, "gemm_gflops": 2 * p["gemm_macs"] / gemm / 1e6 if gemm else float("nan")}
+
+
+def to_markdown(r: dict[str, Any]) -> str:
+    from semask_deploy.runtime.cpu_info import isa_text
+
+    lines = [f"# Where ONNX Runtime spends the time — {r['variant']} at {r['size'][0]}×{r['size'][1]}", "",
+             f"CPU: {r['cpu']}, ISA: {r.get('isa') or isa_text()}; onnxruntime {r['onnxruntime']}. ONNX Runtime's "
+             f"profiler, median over {r['runs']} calls per graph after {r['warmup']} warm-up, the graphs' calls "
+             "interleaved one by one; 'other' = wall time of "
+             "the call − matrix products (so it includes the executor's own overhead).", ""]
+    for t in r["threads"]:
+        ours, naive = r["profiles"][str(t)]["ours"], r["profiles"][str(t)]["naive"]
+        so, sn = summarize(ours), summarize(naive)
+        peak = r["peak_gflops"][str(t)]
+        need_other = sn["wall_ms"] / GOAL - so["matrix_ms"]
+        lines += [f"## {t} thread{'s' if t > 1 else ''}", "",
+                  "| | naive export | our graph |", "|---|---:|---:|",
+                  f"| call (wall, median) | {sn['wall_ms']:.0f} ms | {so['wall_ms']:.0f} ms "
+                  f"({sn['wall_ms'] / so['wall_ms']:.2f}× the naive) |",
+                  f"| matrix products (Gemm, MatMul, Conv, fused forms) | {sn['matrix_ms']:.0f} ms | "
+                  f"{so['matrix_ms']:.0f} ms |",
+                  f"| everything else | {sn['other_ms']:.0f} ms | {so['other_ms']:.0f} ms |",
+                  f"| Gemm/MatMul speed | {sn['gemm_gflops']:.0f} GFLOP/s ({sn['gemm_gflops'] / peak * 100:.0f} % "
+                  f"of torch.mm) | {so['gemm_gflops']:.0f} GFLOP/s ({so['gemm_gflops'] / peak * 100:.0f} % of "
+                  "torch.mm) |",
+                  "", f"Reference: a 2048² fp32 `torch.mm` at {t} thread(s), {peak:.0f} GFLOP/s. For {GOAL}× the "
+                  f"naive export ({sn['wall_ms'] / GOAL:.0f} ms) with our matrix products as they are, everything "
+                  f"else would have to take {need_other:.0f} ms instead of {so['other_ms']:.0f} ms "
+                  + (f"(the naive graph's own: {sn['other_ms']:.0f} ms)." if need_other > 0 else
+                     "— impossible: the matrix products alone take longer."), "",
+                  "| op type | naive ms | ours ms |", "|---|---:|---:|"]
+        ops = sorted(set(ours["op_ms"]) | set(naive["op_ms"]),
+                     key=lambda o: -(ours["op_ms"].get(o, 0) + naive["op_ms"].get(o, 0)))
+        for op in ops:
+            a, b = naive["op_ms"].get(op, 0.0), ours["op_ms"].get(op, 0.0)
+            if max(a, b) >= 0.5:
+                lines.append(f"| {op}{' (matrix)' if op in MATRIX_OPS else ''} | {a:.1f} | {b:.1f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, required=True, help="folder for ort_profile.md/.json")
+    p.add_argument("--work", type=Path, default=None, help="exports (cpu_deploy's --work folder is reused)")
+    p.add_argument("--variant", default="semask_swin_t_ade20k")
+    p.add_argument("--size", default="512x512")
+    p.add_argument("--threads", default="1,2")
+    p.add_argument("--runs", type=int, default=6)
+    p.add_argument("--warmup", type=int, default=2)
+    args = p.parse_args()
+    import onnxruntime
+    import torch
+
+    from semask_deploy.api import build_model
+    from semask_deploy.benchmarks.cpu_deploy import _feed, _naive_export, _our_exports
+    from semask_deploy.config import VARIANTS
+    from semask_deploy.data.synthetic import SyntheticScenes
+    from semask_deploy.data.transforms import normalize
+    from semask_deploy.fileio import write_json_atomic, write_text_atomic
+    from semask_deploy.runtime.cpu_info import cpu_model, isa_text
+
+    hw = tuple(int(v) for v in args.size.lower().split("x"))
+    tmp = None if args.work else tempfile.TemporaryDirectory(prefix="semask-ort-profile-")
+    work = args.work or Path(tmp.name)
+    work.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)  # the same random weights as cpu_deploy
+    eager = build_model(VARIANTS[args.variant], attention_backend="eager").eval()
+    for prm in eager.parameters():
+        prm.data.normal_(0, 0.02)
+    fast = build_model(VARIANTS[args.variant], attention_backend="sdpa").eval()
+    fast.load_state_dict(eager.state_dict())
+    naive = work / f"naive_{hw[0]}x{hw[1]}.onnx"
+    if not naive.is_file():
+        _naive_export(eager, hw, naive)
+    ours = _our_exports(fast, work, print, [normalize(SyntheticScenes(num_classes=eager.config.num_classes, size=hw,
+                                                                        seed=i, length=1)[0][0])[None]
+                                            for i in range(4)])["ours"]
+    x = normalize(SyntheticScenes(num_classes=eager.config.num_classes, size=hw, seed=3, length=1)[0][0])[None]
+    r: dict[str, Any] = {"variant": args.variant, "size": list(hw), "cpu": cpu_model(), "isa": isa_text(),
+                         "onnxruntime": onnxruntime.__version__, "runs": args.runs, "warmup": args.warmup,
+                         "threads": [int(t) for t in args.threads.split(",")], "profiles": {}, "peak_gflops": {}}
+    graphs = {"naive": naive, "ours": ours}
+    with tempfile.TemporaryDirectory(prefix="semask-ort-prof-") as traces:
+        for t in r["threads"]:
+            r["peak_gflops"][str(t)] = _peak_gflops(t)
+            t0 = time.perf_counter()
+            sessions = {n: profiled_session(g, t, Path(traces) / f"{n}_{t}") for n, g in graphs.items()}
+            feeds = {n: _feed(x, [i.name for i in s.get_inputs()]) for n, s in sessions.items()}
+            for _ in range(args.warmup + args.runs):  # interleaved, call by call: load hits both alike
+                for n, s in sessions.items():
+                    s.run(None, feeds[n])
+            r["profiles"][str(t)] = {n: read_profile(s, args.warmup) for n, s in sessions.items()}
+            print(f"{t} thread(s): " + ", ".join(f"{n} {p['wall_ms']:.0f} ms" for n, p in r["profiles"][str(t)].items())
+                  + f" (profiled in {time.perf_counter() - t0:.0f} s)", flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(args.out / "ort_profile.json", r)
+    write_text_atomic(args.out / "ort_profile.md", to_markdown(r))
+    print(to_markdown(r))
+    if tmp is not None:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
