@@ -121,12 +121,27 @@ def _ov(path: Path, precision: str, threads: int, static_for: np.ndarray | None 
     return (lambda x: req.infer(_feed(x, names))), ran_precision(compiled)
 
 
-def speed(variant: str, sizes: list[tuple[int, int]], threads: list[int], runs: int, warmup: int, work: Path,
-          log: Callable[[str], None]) -> list[dict[str, Any]]:
+def random_weight_models(variant: str) -> tuple[Any, Any]:
+    """(eager, sdpa) models of ``variant`` with the same random weights (seed 0; latency does not depend on
+    them), as every CPU speed comparison here uses."""
     import torch
 
     from semask_deploy.api import build_model
     from semask_deploy.config import VARIANTS
+
+    torch.manual_seed(0)
+    eager = build_model(VARIANTS[variant], attention_backend="eager").eval()
+    for p in eager.parameters():
+        p.data.normal_(0, 0.02)
+    fast = build_model(VARIANTS[variant], attention_backend="sdpa").eval()
+    fast.load_state_dict(eager.state_dict())
+    return eager, fast
+
+
+def speed(variant: str, sizes: list[tuple[int, int]], threads: list[int], runs: int, warmup: int, work: Path,
+          log: Callable[[str], None]) -> list[dict[str, Any]]:
+    import torch
+
     from semask_deploy.data.synthetic import SyntheticScenes
     from semask_deploy.data.transforms import normalize
     from semask_deploy.runtime.cpu_info import native_bf16
@@ -139,12 +154,7 @@ def speed(variant: str, sizes: list[tuple[int, int]], threads: list[int], runs: 
         fast = load_model(demo_checkpoint(), attention_backend="sdpa").float().eval()
         ours = _our_exports(fast, work / "demo", log, [])
     else:
-        torch.manual_seed(0)
-        eager = build_model(VARIANTS[variant], attention_backend="eager").eval()
-        for p in eager.parameters():
-            p.data.normal_(0, 0.02)
-        fast = build_model(VARIANTS[variant], attention_backend="sdpa").eval()
-        fast.load_state_dict(eager.state_dict())
+        eager, fast = random_weight_models(variant)
         calib = [normalize(SyntheticScenes(num_classes=eager.config.num_classes, size=sizes[0], seed=i,
                                            length=1)[0][0])[None] for i in range(4)]
         ours = _our_exports(fast, work, log, calib)  # int8 agreement is judged on the demo model

@@ -155,11 +155,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     args = p.parse_args()
     import onnxruntime
-    import torch
 
-    from semask_deploy.api import build_model
-    from semask_deploy.benchmarks.cpu_deploy import _feed, _naive_export, _our_exports
-    from semask_deploy.config import VARIANTS
+    from semask_deploy.benchmarks.cpu_deploy import _feed, _naive_export, _our_exports, random_weight_models
     from semask_deploy.data.synthetic import SyntheticScenes
     from semask_deploy.data.transforms import normalize
     from semask_deploy.fileio import write_json_atomic, write_text_atomic
@@ -169,12 +166,7 @@ def main() -> None:
     tmp = None if args.work else tempfile.TemporaryDirectory(prefix="semask-ort-profile-")
     work = args.work or Path(tmp.name)
     work.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)  # the same random weights as cpu_deploy
-    eager = build_model(VARIANTS[args.variant], attention_backend="eager").eval()
-    for prm in eager.parameters():
-        prm.data.normal_(0, 0.02)
-    fast = build_model(VARIANTS[args.variant], attention_backend="sdpa").eval()
-    fast.load_state_dict(eager.state_dict())
+    eager, fast = random_weight_models(args.variant)  # the same random weights as cpu_deploy
     naive = work / f"naive_{hw[0]}x{hw[1]}.onnx"
     if not naive.is_file():
         _naive_export(eager, hw, naive)
