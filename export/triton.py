@@ -58,8 +58,8 @@ def _run_export_triton(o, gpu: bool, python_runtime: bool) -> list[Path]:
             if not engine or "no TensorRT engine was built" not in str(exc):
                 raise
             # the inner export's ONNX lives in this temporary folder, which goes: say so, not where it was
-            why = str(exc).split(" — the ONNX and its sidecar", 1)[0]
-            raise type(exc)(f"{why}; nothing was written (the repository needs the engine). Build it on a machine "
+            why = " ".join(str(exc.__cause__ or exc).split())  # the engine builder's own reason
+            raise type(exc)(f"no TensorRT engine was built: {why}; nothing was written (the repository needs the engine). Build it on a machine "
                             "with an NVIDIA GPU and TensorRT, or write an ONNX Runtime repository here with "
                             "--fmt triton") from exc
         artifact = res.engine_path if engine else res.onnx_path

@@ -46,3 +46,24 @@ def test_triton_trt_without_tensorrt_stops_before_exporting(monkeypatch, tmp_pat
     with pytest.raises(MissingDependencyError, match="TensorRT is not installed"):
         run_export_triton(ExportOptions(demo=True, fmt="triton-trt", out=tmp_path / "repo", quiet=True))
     assert not (tmp_path / "repo").exists()
+
+
+def test_triton_trt_engine_failure_names_no_temporary_files(monkeypatch, tmp_path):
+    """TensorRT present but no engine (e.g. no GPU): the message gives the reason, not the deleted ONNX's path."""
+    from semask_deploy.errors import ExportError
+
+    def engine_fails(o):
+        try:
+            raise ExportError("TensorRT 10 could not create a builder — no usable NVIDIA GPU/driver")
+        except ExportError as exc:
+            raise ExportError(f"no TensorRT engine was built: {exc} — the ONNX and its sidecar were written and are "
+                              f"usable: {o.out}/model.onnx") from exc
+
+    monkeypatch.setattr(tensorrt, "require_tensorrt", lambda: None)
+    monkeypatch.setattr(pipeline, "run_export", engine_fails)
+    with pytest.raises(ExportError) as info:
+        run_export_triton(ExportOptions(demo=True, fmt="triton-trt", out=tmp_path / "repo", quiet=True))
+    msg = str(info.value)
+    assert msg.startswith("no TensorRT engine was built: TensorRT 10 could not create a builder")
+    assert "nothing was written" in msg and ".tmp" not in msg and "sidecar were written" not in msg
+    assert not (tmp_path / "repo").exists()
