@@ -175,6 +175,18 @@ def test_per_class_table_and_limit(models, tmp_path, capsys):
     assert f"(2 images, mode whole, scale none): mIoU {100 * miou:.2f}" in out
 
 
+def test_threads_reach_the_runtime(models):
+    """--threads N sets the runtime's threads (torch here: the process-wide count); 0 leaves the default."""
+    torch.set_num_threads(2)
+    assert main(["--model", str(models["folder"]), "--dataset", "synthetic", "--limit", "1", "--threads", "1",
+                 "--quiet"]) == 0
+    assert torch.get_num_threads() == 1
+    torch.set_num_threads(2)
+    assert main(["--model", str(models["folder"]), "--dataset", "synthetic", "--limit", "1", "--threads", "0",
+                 "--quiet"]) == 0
+    assert torch.get_num_threads() == 2
+
+
 def test_synthetic_and_slide(models, tmp_path):
     res = run_eval(models["folder"], "synthetic", limit=2)
     assert res["images"] == 2 and 0.0 <= res["mIoU"] <= 1.0 and res["scale"] is None
@@ -205,6 +217,7 @@ def test_errors_one_line_exit_2(models, tmp_path, capsys):
         (["--model", str(models["folder"]), "--dataset", "synthetic", "--scale", "abc"], "HxW"),
         (["--model", str(models["ade20k"]), "--dataset", "synthetic", "--out", str(tmp_path)], "is a folder"),
         (["--dataset", "synthetic"], "required"),
+        (["--model", str(models["folder"]), "--dataset", "synthetic", "--threads", "-1"], "threads must be"),
     ]
     for argv, needle in cases:
         assert _code(argv) == 2, argv

@@ -82,7 +82,7 @@ def test_cli_subprocess_end_to_end(tiny_ckpt, images, tmp_path):
     out = tmp_path / "out"
     exe = shutil.which("semask-infer") or str(Path(sys.executable).parent / "semask-infer")
     proc = subprocess.run([exe, "--model", str(tiny_ckpt), "--image", str(images), "--out", str(out),
-                           "--scale", "none"], capture_output=True, text=True, timeout=300)
+                           "--scale", "none", "--threads", "1"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in out.iterdir()) == [
         "main_labels.png", "main_overlay.png", "odd_labels.png", "odd_overlay.png"]
@@ -93,6 +93,13 @@ def _err(capsys) -> str:
     assert err and err[-1].startswith("error: ")
     assert "Traceback" not in "\n".join(err)
     return err[-1]
+
+
+def test_negative_threads_is_an_error_before_loading(tmp_path, images, capsys):
+    assert main(["--model", str(tmp_path / "none.pth"), "--image", str(images), "--out", str(tmp_path / "o"),
+                 "--threads", "-2"]) == 2
+    assert "threads must be a whole number >= 0" in _err(capsys)
+    assert not (tmp_path / "o").exists()
 
 
 def test_missing_checkpoint(tmp_path, images, capsys):

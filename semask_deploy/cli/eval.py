@@ -62,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=("fp32", "bf16"), default=None,
                    help="OpenVINO float precision (set explicitly; bf16 only on CPUs with avx512_bf16/AMX) "
                    "(default: fp32)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's default)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads of the runtime (ONNX Runtime, OpenVINO, PyTorch); 0 = all cores "
+                   "(default: the runtime's own choice, all cores)")
     p.add_argument("--out", type=Path, default=None, help="write the results to this JSON file")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no per-class table")
     return p
@@ -95,6 +97,7 @@ def run_eval(
     attention: str = "sdpa",
     backend: str = "auto",
     precision: str | None = None,
+    threads: int | None = None,
     out: Path | None = None,
     quiet: bool = True,
 ) -> dict[str, Any]:
@@ -133,7 +136,7 @@ def run_eval(
     if scale is None and dataset in ("folder", "synthetic"):
         scale = "none"
     seg = Segmenter(model, device=device, mode=mode, scale=scale, crop=crop, stride=stride, attention_backend=attention,
-                    backend=None if backend == "auto" else backend, precision=precision)
+                    backend=None if backend == "auto" else backend, precision=precision, threads=threads)
     ds = open_eval_dataset(dataset, data_root, seg.num_classes, split=split, limit=limit)
     if len(ds) == 0:
         raise ConfigError(f"the {dataset} data set at {data_root} has no images")
@@ -174,17 +177,11 @@ def format_result(result: dict[str, Any], per_class: bool = True) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ConfigError(f"--threads must be >= 1, got {args.threads}")
-        import torch
-
-        torch.set_num_threads(args.threads)
     result = run_eval(
         args.model, args.dataset, args.data_root, demo=args.demo, split=args.split, mode=args.mode,
         scale=_scale(args.scale, args.dataset), crop=args.crop, stride=args.stride, limit=args.limit,
         device=args.device, attention=args.attention, backend=args.backend, precision=args.precision,
-        out=args.out, quiet=args.quiet,
+        threads=args.threads, out=args.out, quiet=args.quiet,
     )
     print(format_result(result, per_class=not args.quiet))
     if args.out is not None and not args.quiet:

@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=("fp32", "bf16"), default=None,
                    help="PyTorch checkpoints: bf16 = autocast, LayerNorm/semantic attention fp32; OpenVINO: the float "
                    "precision, set explicitly; bf16 needs a CPU with native bf16 (avx512_bf16 or AMX) (default: fp32)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads of the runtime (ONNX Runtime, OpenVINO, PyTorch); 0 = all cores "
+                   "(default: the runtime's own choice, all cores)")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the class colours (default: 0.5)")
     p.add_argument("--no-overlay", action="store_true", help="write only the label maps")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -95,6 +98,7 @@ def run_infer(
     attention: str = "sdpa",
     backend: str = "auto",
     precision: str | None = None,
+    threads: int | None = None,
     alpha: float = 0.5,
     overlay: bool = True,
     quiet: bool = False,
@@ -115,7 +119,7 @@ def run_infer(
     else:
         images = list_images(image)
     seg = Segmenter(model, device=device, mode=mode, scale=scale, crop=crop, stride=stride, attention_backend=attention,
-                    backend=None if backend == "auto" else backend, precision=precision)
+                    backend=None if backend == "auto" else backend, precision=precision, threads=threads)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} exists and is not a folder")
     result = InferResult()
@@ -137,8 +141,7 @@ def _run(args: argparse.Namespace) -> int:
     result = run_infer(
         args.model, args.image, args.out, demo=args.demo, mode=args.mode, scale=args.scale, crop=args.crop,
         stride=args.stride, device=args.device, attention=args.attention, backend=args.backend, precision=args.precision,
-        alpha=args.alpha,
-        overlay=not args.no_overlay, quiet=args.quiet,
+        threads=args.threads, alpha=args.alpha, overlay=not args.no_overlay, quiet=args.quiet,
     )
     n_ok = len({p.name.rsplit("_", 1)[0] for p in result.written})
     if not args.quiet:

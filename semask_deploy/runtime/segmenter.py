@@ -17,6 +17,25 @@ BACKEND_SUFFIXES = {"torch": TORCH_SUFFIXES, "onnxruntime": (".onnx",), "openvin
                     "tensorrt": TRT_SUFFIXES, "aoti": (".pt2",)}
 
 
+def _cpu_threads(threads: Any, suffix: str, backend: str | None) -> int | None:
+    """``threads`` checked: a count ≥ 1, or None for the runtime's default (0 means that too)."""
+    if threads is None:
+        return None
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 0:
+        raise ConfigError(f"threads must be a whole number >= 0 (0 = all cores), got {threads!r}")
+    if threads and (backend == "tensorrt" or suffix in TRT_SUFFIXES):
+        raise ConfigError("threads is a CPU setting; a TensorRT engine runs on the GPU (leave threads unset)")
+    return int(threads) or None
+
+
+def _set_torch_threads(threads: int | None) -> None:
+    """PyTorch (and AOTInductor packages) take the process-wide thread count."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 class Segmenter:
     """Segment RGB images with any exported SeMask artifact, with the official test pipeline.
 
@@ -40,6 +59,10 @@ class Segmenter:
         precision: OpenVINO: ``fp32`` (default) or ``bf16`` float layers (bf16 only on CPUs with native
             bf16; always set explicitly, see :mod:`.openvino_backend`); PyTorch on the CPU: ``bf16`` =
             autocast (native-bf16 CPUs only).
+        threads: CPU threads of the runtime: ONNX Runtime's intra-op threads, OpenVINO's
+            ``INFERENCE_NUM_THREADS``, PyTorch's ``torch.set_num_threads`` (process-wide, also for ``.pt2``
+            packages). ``None`` or 0 (default): the runtime's own choice (all cores). A TensorRT engine runs on
+            the GPU: giving it threads is an error.
 
     Whole mode runs the official pipeline exactly on every backend: exports with the ``output_size`` input
     (semask-export's default) resize their logits to the image's size in the graph and take the argmax
@@ -65,6 +88,7 @@ class Segmenter:
         allow_cpu_fallback: bool = False,
         backend: str | None = None,
         precision: str | None = None,
+        threads: int | None = None,
     ) -> None:
         path = Path(path)
         suffix = path.suffix.lower()
@@ -79,15 +103,17 @@ class Segmenter:
                                   f"{path.name}")
         if mode not in ("whole", "slide"):
             raise ConfigError(f"mode must be 'whole' or 'slide', got {mode!r}")
+        threads = _cpu_threads(threads, suffix, backend)
         if backend == "openvino" or suffix == ".xml":
             from .openvino_backend import OpenVinoBackend
 
-            self.backend = OpenVinoBackend(path, device=device, precision=precision)
+            self.backend = OpenVinoBackend(path, device=device, precision=precision, threads=threads)
         elif suffix in TORCH_SUFFIXES:
             from .torch_backend import TorchBackend
 
             if precision not in (None, "fp32", "bf16"):
                 raise ConfigError(f"PyTorch precision must be fp32 or bf16 (autocast), got {precision!r}")
+            _set_torch_threads(threads)
             self.backend = TorchBackend(path, device=device, attention_backend=attention_backend,
                                         precision=precision or "fp32")
         elif precision not in (None, "fp32"):
@@ -96,10 +122,12 @@ class Segmenter:
         elif suffix == ".onnx":
             from .onnx_backend import OnnxBackend
 
-            self.backend = OnnxBackend(path, device=device, providers=providers, allow_cpu_fallback=allow_cpu_fallback)
+            self.backend = OnnxBackend(path, device=device, providers=providers, allow_cpu_fallback=allow_cpu_fallback,
+                                       threads=threads)
         elif suffix == ".pt2":
             from .aoti_backend import AotiBackend
 
+            _set_torch_threads(threads)
             self.backend = AotiBackend(path, device=device)
         elif suffix in TRT_SUFFIXES:
             from .trt_backend import TensorRTBackend

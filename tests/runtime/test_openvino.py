@@ -204,3 +204,42 @@ def test_openvino_errors_keep_the_reason_not_the_source_location():
                        "model_reader.cpp:148:\nUnable to read the model: \"m.onnx\" Please check that model format\n\n")
     assert error_text(exc) == 'Unable to read the model: "m.onnx" Please check that model format'
     assert error_text(RuntimeError("")) == "RuntimeError"
+
+
+@pytest.mark.slow  # needs a full ONNX export (~2 CPU-minutes for the small model)
+def test_threads_reach_every_cpu_runtime(tmp_path_factory):
+    """Segmenter(threads=N): ONNX Runtime's intra-op threads, OpenVINO's INFERENCE_NUM_THREADS, torch's count."""
+    import torch
+
+    from semask_deploy.runtime import Segmenter
+
+    res = small_export(tmp_path_factory)
+    ort_seg = Segmenter(res.onnx_path, threads=1, scale="none")
+    assert ort_seg.backend.session.get_session_options().intra_op_num_threads == 1
+    ov_seg = Segmenter(res.onnx_path, backend="openvino", threads=1, scale="none")
+    assert int(ov_seg.backend.compiled.get_property("INFERENCE_NUM_THREADS")) == 1
+    x = _scene()
+    assert (ort_seg.backend.labels(x) == ov_seg.backend.labels(x)).mean() >= 0.999
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        Segmenter(SMALL_CKPT, threads=1)
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(2)
+        Segmenter(SMALL_CKPT, threads=0)  # 0 = the runtime's default: left as it is
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert Segmenter(res.onnx_path, threads=0).backend.session.get_session_options().intra_op_num_threads == 0
+
+
+@pytest.mark.parametrize("threads, path, match", [
+    (-1, "model.onnx", "whole number >= 0"), (1.5, "model.onnx", "whole number"), (True, "model.pth", "whole number"),
+    (2, "model.engine", "runs on the GPU"),
+])
+def test_bad_threads_are_refused_before_anything_loads(threads, path, match, tmp_path):
+    """Checked before the file is even looked at (none of these files exists)."""
+    from semask_deploy.runtime import Segmenter
+
+    with pytest.raises(ConfigError, match=match):
+        Segmenter(tmp_path / path, threads=threads)
