@@ -157,12 +157,18 @@ def run_case(case: ModelCase, json_path: Path, *, compile_: bool, dry_run: bool,
     from semask_deploy.fileio import write_json_atomic
 
     device = "cpu" if dry_run else "cuda"
+    # fp32 means fp32: torch lets cuDNN run fp32 convolutions in TF32 by default (10-bit mantissa), which
+    # puts ~2e-4 rel. L2 between two fp32 models whose convolutions pick different algorithms
+    # (measured on an H200); parity of the fp32 cells would then measure TF32, not our code
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
     h, w = case.dry_size if dry_run else case.size
     runs, warmup = (1, 0) if dry_run else (case.runs, 3)
     backends = tuple(b for b in (backends or case.backends) if b in case.backends)
     modes = ["compile"] if compile_ else list(backends)
     result: dict[str, Any] = {"case": case.name, "title": case.title, "input": [1, 3, h, w], "device": device,
-                              "compile": compile_, "dry_run": dry_run, "rows": [], "started": time.time()}
+                              "compile": compile_, "dry_run": dry_run, "tf32": False, "rows": [],
+                              "started": time.time()}
 
     def save() -> None:
         write_json_atomic(json_path, result)

@@ -50,8 +50,9 @@ def _e2e_section(step: dict[str, Any]) -> list[str]:
         lines += [f"*Cut short after {_f(step.get('seconds'), '.0f')} s: the cells below are those that finished.*", ""]
     if res.get("error"):
         lines += [f"error: {_cell(res['error'])}", ""]
+    tf32 = {True: " TF32 on (torch's default for cuDNN convolutions).", False: " TF32 off: fp32 is fp32."}.get(res.get("tf32"), "")
     lines += ["Random weights (official config); parity against the fp32 `eager` model of the same weights on one "
-              "random input: logits at the input size, labels = argmax.", "",
+              "random input: logits at the input size, labels = argmax." + tf32, "",
               "| backend | dtype | p50 ms | p99 ms | first call ms | peak MB (rise) | max abs | rel L2 | label agreement |",
               "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in res["rows"]:
