@@ -9,7 +9,7 @@ for parity, to logits (N, K, H, W) when the backend exports them:
 
 Backends: ``torch-eager`` / ``torch-sdpa`` / ``torch-triton`` (the attention backends of the PyTorch model),
 ``torch-compile`` (``torch.compile`` of the sdpa model, inductor), ``onnxruntime``, ``openvino`` (CPU, explicit
-f32 hint; int8 = the Q/DQ export) and ``tensorrt`` (exported artifacts). Exported backends get their ONNX from :func:`export_onnx` — the one place that
+precision hint: f32, or bf16 on CPUs with native bf16; int8 = the Q/DQ export) and ``tensorrt`` (exported artifacts). Exported backends get their ONNX from :func:`export_onnx` — the one place that
 calls ``semask_deploy.export``. :func:`availability` says why a backend × precision cannot run here.
 """
 
@@ -62,10 +62,10 @@ def availability(backend: str, precision: str, device: str, *, explicit_backend:
 
     cuda = device == "cuda"
     if precision == "bf16":
-        if not backend.startswith("torch-"):
-            return "bf16 is a PyTorch autocast precision here (torch-* backends)"
+        if not backend.startswith("torch-") and backend != "openvino":
+            return "bf16 runs on the torch-* backends (autocast) and on openvino (bf16 inference hint)"
         if not explicit_precision:
-            return "bf16 (torch autocast) runs when --precisions names it"
+            return "bf16 runs when --precisions names it"
         if not cuda:
             from semask_deploy.runtime.cpu_info import native_bf16
 
@@ -405,16 +405,18 @@ class OnnxRuntimeRunner(Runner):
 
 
 class OpenVinoRunner(Runner):
-    """An exported ONNX (fp32, or int8 Q/DQ) compiled by OpenVINO on the CPU at an explicit f32 precision hint."""
+    """An exported ONNX (fp32, or int8 Q/DQ) compiled by OpenVINO on the CPU at an explicit precision hint:
+    bf16 for ``precision="bf16"`` (the fp32 ONNX), f32 otherwise (int8: its float layers)."""
 
     backend = "openvino"
 
     def __init__(self, exported: ExportedOnnx, precision: str, device: str, threads: int | None = None) -> None:
         super().__init__(precision, device)
-        from semask_deploy.runtime.openvino_backend import _output_name, compile_model
+        from semask_deploy.runtime.openvino_backend import _output_name, compile_model, ran_text
 
         t0 = time.perf_counter()
-        self.compiled, ran = compile_model(exported.path, precision="fp32", threads=threads)
+        hint = "bf16" if precision == "bf16" else "fp32"
+        self.compiled, ran = compile_model(exported.path, precision=hint, threads=threads)
         load_s = time.perf_counter() - t0
         self.request = self.compiled.create_infer_request()
         self._name = _output_name
@@ -423,6 +425,7 @@ class OpenVinoRunner(Runner):
         self.build_s = exported.export_s + exported.quant_s
         self.build = {"export_s": exported.export_s, "quant_s": exported.quant_s, "compile_s": load_s,
                       "onnx": str(exported.path), "openvino_ran": ran, **exported.info}
+        self.flags.append(f"OpenVINO ran {ran_text(ran)}")  # what ran, not what was asked (bf16 is silent)
 
     def prepare(self, x: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(x, dtype=np.float32)
@@ -517,8 +520,9 @@ def make_runner(
     if backend in TORCH_ATTENTION:
         return TorchRunner(model, backend, precision, device)
     if backend == "openvino":
-        exported = export_onnx(checkpoint, precision, workdir, calib_images=calib_images, device=device,
-                               int8_activations="s8")
+        # bf16 is OpenVINO's compile-time hint on the fp32 graph, not a graph of its own
+        exported = export_onnx(checkpoint, "fp32" if precision == "bf16" else precision, workdir,
+                               calib_images=calib_images, device=device, int8_activations="s8")
         return OpenVinoRunner(exported, precision, device, threads=threads)
     if backend in ("onnxruntime", "tensorrt"):
         act = "u8" if backend == "onnxruntime" and device == "cpu" else "s8"

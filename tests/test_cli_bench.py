@@ -173,6 +173,24 @@ def test_openvino_plugs_in_through_export_onnx(ckpt, tmp_path, fake_export):
     assert ov[0]["build"]["openvino_ran"]["hint"] == "f32"  # explicit precision, read back
     assert "CPU" in runners.availability("openvino", "fp32", "cuda")
     assert "fp16" in runners.availability("openvino", "fp16", "cpu")
+    assert ov[0]["flags"].startswith("OpenVINO ran hint f32")  # the report says what ran
+
+
+def test_openvino_bf16_is_the_hint_on_the_fp32_graph(ckpt, tmp_path, fake_export):
+    pytest.importorskip("openvino")
+    from semask_deploy.runtime.cpu_info import native_bf16
+
+    if not native_bf16():
+        pytest.skip("this CPU has no native bf16 (avx512_bf16 or AMX)")
+    res = run_bench(_cfg(ckpt, tmp_path, backends=("torch-eager", "openvino"), precisions=("fp32", "bf16"),
+                         batches=(1,), explicit_precisions=True))
+    ov = {c["precision"]: c for c in res.cells if c["backend"] == "openvino"}
+    assert {p: c["status"] for p, c in ov.items()} == {"fp32": "ok", "bf16": "ok"}, res.cells
+    assert ov["bf16"]["build"]["onnx"] == ov["fp32"]["build"]["onnx"]  # one fp32 graph, two hints
+    assert ov["bf16"]["build"]["openvino_ran"]["hint"] == "bf16"
+    assert ov["bf16"]["build"]["openvino_ran"]["layers"].get("bf16", 0) > 0
+    assert ov["bf16"]["flags"].startswith("OpenVINO ran hint bf16")
+    assert ov["bf16"]["pixel_agreement"] > 0.9 and ov["bf16"]["rel_l2"] < 0.1  # rounded, not broken
 
 
 @pytest.mark.slow

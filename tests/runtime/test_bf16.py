@@ -74,13 +74,17 @@ def test_bf16_keeps_sensitive_parts_fp32_and_the_answers():
     assert equal / total >= 0.99 and cm.miou() >= 0.98, (equal / total, cm.miou())
 
 
-def test_bench_runs_bf16_only_for_torch_when_named_on_native_cpus(monkeypatch):
+def test_bench_runs_bf16_for_torch_and_openvino_when_named_on_native_cpus(monkeypatch):
     from semask_deploy.benchmarks import runners
 
     assert "bf16" in runners.PRECISIONS and "bf16" not in runners.DEFAULT_PRECISIONS
     assert "torch" in runners.availability("onnxruntime", "bf16", "cpu", explicit_precision=True)
-    assert "when --precisions names it" in runners.availability("torch-sdpa", "bf16", "cpu")
-    monkeypatch.setattr(cpu_info, "cpu_flags", lambda: frozenset({"avx2"}))
-    assert "no native bf16" in runners.availability("torch-sdpa", "bf16", "cpu", explicit_precision=True)
+    assert "CPU" in runners.availability("openvino", "bf16", "cuda", explicit_precision=True)
+    for backend in ("torch-sdpa", "openvino"):
+        assert "when --precisions names it" in runners.availability(backend, "bf16", "cpu")
+        monkeypatch.setattr(cpu_info, "cpu_flags", lambda: frozenset({"avx2"}))
+        assert "no native bf16" in runners.availability(backend, "bf16", "cpu", explicit_precision=True)
     monkeypatch.setattr(cpu_info, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
     assert runners.availability("torch-sdpa", "bf16", "cpu", explicit_precision=True) is None
+    if runners._has_module("openvino") and not runners.exporter_missing():
+        assert runners.availability("openvino", "bf16", "cpu", explicit_precision=True) is None
