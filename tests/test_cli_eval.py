@@ -177,14 +177,18 @@ def test_per_class_table_and_limit(models, tmp_path, capsys):
 
 def test_threads_reach_the_runtime(models):
     """--threads N sets the runtime's threads (torch here: the process-wide count); 0 leaves the default."""
-    torch.set_num_threads(2)
-    assert main(["--model", str(models["folder"]), "--dataset", "synthetic", "--limit", "1", "--threads", "1",
-                 "--quiet"]) == 0
-    assert torch.get_num_threads() == 1
-    torch.set_num_threads(2)
-    assert main(["--model", str(models["folder"]), "--dataset", "synthetic", "--limit", "1", "--threads", "0",
-                 "--quiet"]) == 0
-    assert torch.get_num_threads() == 2
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert main(["--model", str(models["folder"]), "--dataset", "synthetic", "--limit", "1", "--threads", "1",
+                     "--quiet"]) == 0
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(2)
+        assert main(["--model", str(models["folder"]), "--dataset", "synthetic", "--limit", "1", "--threads", "0",
+                     "--quiet"]) == 0
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_synthetic_and_slide(models, tmp_path):
