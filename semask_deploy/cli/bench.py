@@ -27,16 +27,19 @@ What runs where:
                                named in --backends: inductor needs minutes per input shape there
                                (236 s for 256x256 on the 2-core reference machine)
   onnxruntime                  the exported ONNX (fp32, fp16 mixed precision, int8 Q/DQ); CUDA EP on --device cuda
-  openvino                     the same ONNX on OpenVINO's CPU plugin (fp32, int8 Q/DQ)
+  openvino                     the same ONNX on OpenVINO's CPU plugin (fp32, int8 Q/DQ; bf16: its bf16
+                               hint on the fp32 ONNX); the report says which precision ran
   tensorrt                     an engine built from the same ONNX: NVIDIA GPU + TensorRT only
   fp16 on the CPU torch path is skipped unless --precisions names fp16 (then it runs, flagged);
-  int8 exists only for onnxruntime/openvino/tensorrt. Skipped combinations are listed with the reason;
+  int8 exists only for onnxruntime/openvino/tensorrt; bf16 (torch autocast, OpenVINO) runs when
+  --precisions names it, on CPUs with native bf16. Skipped combinations are listed with the reason;
   when nothing asked for can run here, it is an error (exit 2).
 
 examples:
   semask-bench
   semask-bench --ckpt semask_swin_tiny_ade20k.pth --backends torch-sdpa,onnxruntime --sizes 512x512 --batch 1
   semask-bench --device cuda --backends torch-sdpa,torch-triton,tensorrt --precisions fp32,fp16 --batch 1,8
+  semask-bench --backends torch-sdpa,openvino --precisions fp32,bf16,int8 --sizes 512x512 --batch 1
   semask-bench --dataset ade20k --data-root ADEChallengeData2016 --limit 100 --ckpt model.pth
   semask-bench --dataset synthetic --limit 16
 """
@@ -75,8 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     from ..benchmarks.runners import BACKENDS
 
     p.add_argument("--backends", default=None, help=f"comma list from {','.join(BACKENDS)} (default: all)")
-    p.add_argument("--precisions", default=None, help="comma list from fp32,fp16,int8,bf16 (default: all but bf16, which is torch autocast "
-                   "on CPUs with native bf16 and runs when named)")
+    p.add_argument("--precisions", default=None, help="comma list from fp32,fp16,int8,bf16 (default: all but bf16, which is torch "
+                   "autocast or OpenVINO's bf16 hint on CPUs with native bf16 and runs when named)")
     p.add_argument("--sizes", default=None, help="comma list of HxW input sizes (default: 256x256,512x512)")
     p.add_argument("--batch", default=None, help="comma list of batch sizes (default: 1,4)")
     p.add_argument("--runs", default="20", help="timed runs per cell (default: 20; fewer makes p99 meaningless)")
@@ -87,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default=None, help="data-set split (default: the evaluation split)")
     p.add_argument("--limit", default=None, help="use only the first N data-set images")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    p.add_argument("--threads", default=None, help="CPU threads for torch and ONNX Runtime; 0 = all cores (default: "
+    p.add_argument("--threads", default=None, help="CPU threads for torch, ONNX Runtime and OpenVINO; 0 = all cores (default: "
                    "1 with --device cpu, like torch.utils.benchmark — multi-threaded CPU timings on a shared machine "
                    "swing by 10-100x; untouched with --device cuda)")
     p.add_argument("--out", type=Path, default=None, help="report folder (default: ./semask-bench-<date>-<time>/)")
