@@ -175,6 +175,14 @@ def test_per_class_table_and_limit(models, tmp_path, capsys):
     assert f"(2 images, mode whole, scale none): mIoU {100 * miou:.2f}" in out
 
 
+def test_results_record_what_ran(models, tmp_path):
+    out = tmp_path / "res.json"
+    assert main(["--model", str(models["folder"]), "--dataset", "synthetic", "--limit", "1", "--quiet",
+                 "--out", str(out)]) == 0
+    runtime = json.loads(out.read_text())["runtime"]
+    assert runtime["backend"] == "torch" and runtime["precision"] == "fp32" and runtime["attention"] == "sdpa"
+
+
 def test_threads_reach_the_runtime(models):
     """--threads N sets the runtime's threads (torch here: the process-wide count); 0 leaves the default."""
     before = torch.get_num_threads()

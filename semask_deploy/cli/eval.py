@@ -151,6 +151,7 @@ def run_eval(
         "scale": None if seg.scale is None else list(seg.scale),
         "images": len(ds), "mIoU": res["mIoU"], "aAcc": res["aAcc"], "mAcc": res["mAcc"], "pixels": res["pixels"],
         "per_class": res["per_class"], "seconds": time.perf_counter() - t0,
+        "runtime": seg.backend.describe(),  # what ran: backend, precision (OpenVINO: read back from the compile)
     }
     if out is not None:
         write_json_atomic(out, result)
@@ -173,6 +174,11 @@ def format_result(result: dict[str, Any], per_class: bool = True) -> str:
                  f"{'none' if result['scale'] is None else 'x'.join(map(str, result['scale']))}): "
                  f"mIoU {pct(result['mIoU']).strip()}  aAcc {pct(result['aAcc']).strip()}  "
                  f"mAcc {pct(result['mAcc']).strip()}")
+    runtime = result.get("runtime") or {}
+    if runtime.get("backend") == "openvino":
+        from semask_deploy.runtime.openvino_backend import ran_text
+
+        lines.append(f"OpenVINO ran {ran_text(runtime['ran'])}")
     return "\n".join(lines)
 
 

@@ -34,6 +34,7 @@ class InferResult:
 
     written: list[Path] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
+    runtime: dict = field(default_factory=dict)  # the backend's describe(): what ran
 
 
 def _scale(text: str) -> tuple[int, int] | str:
@@ -122,7 +123,7 @@ def run_infer(
                     backend=None if backend == "auto" else backend, precision=precision, threads=threads)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} exists and is not a folder")
-    result = InferResult()
+    result = InferResult(runtime=seg.backend.describe())
     for path in progress(images, total=len(images), desc="segmenting", disable=quiet or len(images) < 2):
         try:
             rgb = read_image_rgb(path)
@@ -146,6 +147,10 @@ def _run(args: argparse.Namespace) -> int:
     n_ok = len({p.name.rsplit("_", 1)[0] for p in result.written})
     if not args.quiet:
         print(f"wrote {len(result.written)} file(s) for {n_ok} image(s) to {args.out}", file=sys.stderr)
+        if result.runtime.get("backend") == "openvino":  # OpenVINO may pick another precision: say what ran
+            from semask_deploy.runtime.openvino_backend import ran_text
+
+            print(f"OpenVINO ran {ran_text(result.runtime['ran'])}", file=sys.stderr)
     if result.failed:
         for path, msg in result.failed:  # the other images were segmented and written (counted above)
             print(f"error: {msg} (skipped)", file=sys.stderr)

@@ -243,3 +243,25 @@ def test_bad_threads_are_refused_before_anything_loads(threads, path, match, tmp
 
     with pytest.raises(ConfigError, match=match):
         Segmenter(tmp_path / path, threads=threads)
+
+
+@pytest.mark.slow  # needs a full ONNX export (~2 CPU-minutes for the small model)
+def test_clis_say_which_precision_openvino_ran(tmp_path_factory, tmp_path, capsys):
+    """semask-eval (its JSON and its summary) and semask-infer name the precision read back from the compile."""
+    from semask_deploy.cli.eval import main as eval_main
+    from semask_deploy.cli.infer import main as infer_main
+    from semask_deploy.data import write_png
+    from semask_deploy.data.synthetic import SyntheticScenes
+
+    res = small_export(tmp_path_factory)
+    out = tmp_path / "eval.json"
+    assert eval_main(["--model", str(res.onnx_path), "--backend", "openvino", "--dataset", "synthetic", "--limit",
+                      "1", "--threads", "1", "--out", str(out)]) == 0
+    assert "OpenVINO ran hint f32; layers: " in capsys.readouterr().out
+    runtime = json.loads(out.read_text())["runtime"]
+    assert runtime["backend"] == "openvino" and runtime["ran"]["hint"] == "f32" and runtime["ran"]["layers"]
+    image = tmp_path / "scene.png"
+    write_png(image, SyntheticScenes(num_classes=8, size=(64, 80), seed=1, length=1)[0][0])
+    assert infer_main(["--model", str(res.onnx_path), "--backend", "openvino", "--image", str(image), "--out",
+                       str(tmp_path / "o"), "--threads", "1", "--scale", "none"]) == 0
+    assert "OpenVINO ran hint f32; layers: " in capsys.readouterr().err
