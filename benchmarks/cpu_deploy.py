@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -355,7 +354,7 @@ def main() -> None:
     import openvino
     import torch
 
-    from semask_deploy.fileio import write_json_atomic, write_text_atomic
+    from semask_deploy.benchmarks.profile_common import WorkDir, write_report
     from semask_deploy.runtime.cpu_info import cpu_summary
 
     def hw(t: str) -> tuple[int, int]:
@@ -365,12 +364,8 @@ def main() -> None:
     def log(s: str) -> None:
         print(s, flush=True)
 
-    tmp = None
-    work = args.work
-    if work is None:
-        tmp = tempfile.TemporaryDirectory(prefix="semask-cpu-deploy-")
-        work = Path(tmp.name)
-    work.mkdir(parents=True, exist_ok=True)
+    workdir = WorkDir(args.work, "semask-cpu-deploy-")
+    work = workdir.path
     load0 = tuple(round(v, 2) for v in os.getloadavg())
     ag_hw = hw(args.agreement_size)
     r: dict[str, Any] = {"variant": args.variant, "cpu": cpu_summary(), "runs": args.runs, "warmup": args.warmup,
@@ -382,11 +377,8 @@ def main() -> None:
     r["speed"] = speed(args.variant, [hw(s) for s in args.sizes.split(",")],
                        [int(t) for t in args.threads.split(",")], args.runs, args.warmup, work, log)
     r["load_average_end"] = tuple(round(v, 2) for v in os.getloadavg())
-    write_json_atomic(args.out / "cpu_deploy.json", r)
-    write_text_atomic(args.out / "cpu_deploy.md", to_markdown(r))
-    print(to_markdown(r))
-    if tmp is not None:
-        tmp.cleanup()
+    write_report(args.out, "cpu_deploy", r, to_markdown(r))
+    workdir.cleanup()
 
 
 if __name__ == "__main__":

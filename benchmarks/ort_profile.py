@@ -19,7 +19,6 @@ time would have to be for 1.2×. Same graphs as :mod:`.cpu_deploy` (its ``--work
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import tempfile
@@ -30,12 +29,13 @@ from typing import Any
 
 import numpy as np
 
+from semask_deploy.benchmarks.profile_common import GOAL, WorkDir, profile_parser, profiled_graphs, write_report
+
 #: ONNX Runtime kernels that are matrix products (after its fusions and the NCHWc layout transform)
 MATRIX_OPS = ("Gemm", "MatMul", "FusedMatMul", "FusedGemm", "Conv", "FusedConv", "MatMulIntegerToFloat",
               "QLinearConv", "ConvInteger", "MatMulInteger", "DynamicQuantizeMatMul")
 #: of those, the ones whose multiply-adds follow from activation shapes alone: out elements × A's last dim
 GEMM_OPS = ("Gemm", "MatMul", "FusedMatMul", "FusedGemm")
-GOAL = 1.2
 
 
 def profiled_session(path: Path, threads: int, prefix: Path) -> Any:
@@ -145,44 +145,24 @@ def to_markdown(r: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, required=True, help="folder for ort_profile.md/.json")
-    p.add_argument("--work", type=Path, default=None, help="exports (cpu_deploy's --work folder is reused)")
-    p.add_argument("--variant", default="semask_swin_t_ade20k")
-    p.add_argument("--size", default="512x512")
-    p.add_argument("--threads", default="1,2")
-    p.add_argument("--runs", type=int, default=6)
-    p.add_argument("--warmup", type=int, default=2)
-    args = p.parse_args()
+    args = profile_parser(__doc__, "ort_profile").parse_args()
     import onnxruntime
 
-    from semask_deploy.benchmarks.cpu_deploy import _feed, _naive_export, _our_exports, random_weight_models
-    from semask_deploy.data.synthetic import SyntheticScenes
-    from semask_deploy.data.transforms import normalize
-    from semask_deploy.fileio import write_json_atomic, write_text_atomic
+    from semask_deploy.benchmarks.cpu_deploy import _feed
     from semask_deploy.runtime.cpu_info import cpu_model, isa_text
 
-    hw = tuple(int(v) for v in args.size.lower().split("x"))
-    tmp = None if args.work else tempfile.TemporaryDirectory(prefix="semask-ort-profile-")
-    work = args.work or Path(tmp.name)
-    work.mkdir(parents=True, exist_ok=True)
-    eager, fast = random_weight_models(args.variant)  # the same random weights as cpu_deploy
-    naive = work / f"naive_{hw[0]}x{hw[1]}.onnx"
-    if not naive.is_file():
-        _naive_export(eager, hw, naive)
-    ours = _our_exports(fast, work, print, [normalize(SyntheticScenes(num_classes=eager.config.num_classes, size=hw,
-                                                                        seed=i, length=1)[0][0])[None]
-                                            for i in range(4)])["ours"]
-    x = normalize(SyntheticScenes(num_classes=eager.config.num_classes, size=hw, seed=3, length=1)[0][0])[None]
-    r: dict[str, Any] = {"variant": args.variant, "size": list(hw), "cpu": cpu_model(), "isa": isa_text(),
+    work = WorkDir(args.work, "semask-ort-profile-")
+    g = profiled_graphs(args.variant, args.size, work.path)  # the same random weights as cpu_deploy
+    x = g.scenes[3]
+    r: dict[str, Any] = {"variant": args.variant, "size": list(g.hw), "cpu": cpu_model(), "isa": isa_text(),
                          "onnxruntime": onnxruntime.__version__, "runs": args.runs, "warmup": args.warmup,
                          "threads": [int(t) for t in args.threads.split(",")], "profiles": {}, "peak_gflops": {}}
-    graphs = {"naive": naive, "ours": ours}
+    graphs = {"naive": g.naive, "ours": g.ours["ours"]}
     with tempfile.TemporaryDirectory(prefix="semask-ort-prof-") as traces:
         for t in r["threads"]:
             r["peak_gflops"][str(t)] = _peak_gflops(t)
             t0 = time.perf_counter()
-            sessions = {n: profiled_session(g, t, Path(traces) / f"{n}_{t}") for n, g in graphs.items()}
+            sessions = {n: profiled_session(p, t, Path(traces) / f"{n}_{t}") for n, p in graphs.items()}
             feeds = {n: _feed(x, [i.name for i in s.get_inputs()]) for n, s in sessions.items()}
             for _ in range(args.warmup + args.runs):  # interleaved, call by call: load hits both alike
                 for n, s in sessions.items():
@@ -190,12 +170,8 @@ def main() -> None:
             r["profiles"][str(t)] = {n: read_profile(s, args.warmup) for n, s in sessions.items()}
             print(f"{t} thread(s): " + ", ".join(f"{n} {p['wall_ms']:.0f} ms" for n, p in r["profiles"][str(t)].items())
                   + f" (profiled in {time.perf_counter() - t0:.0f} s)", flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out / "ort_profile.json", r)
-    write_text_atomic(args.out / "ort_profile.md", to_markdown(r))
-    print(to_markdown(r))
-    if tmp is not None:
-        tmp.cleanup()
+    write_report(args.out, "ort_profile", r, to_markdown(r))
+    work.cleanup()
 
 
 if __name__ == "__main__":

@@ -20,9 +20,7 @@ The report ends with the arithmetic of the goal, as :mod:`.ort_profile` does. Sa
 
 from __future__ import annotations
 
-import argparse
 import statistics
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -30,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from semask_deploy.benchmarks.ort_profile import GOAL
+from semask_deploy.benchmarks.profile_common import GOAL, WorkDir, profile_parser, profiled_graphs, write_report
 
 #: OpenVINO CPU layer types that are matrix products
 MATRIX_LAYERS = ("FullyConnected", "Convolution", "GroupConvolution", "MatMul", "Deconvolution")
@@ -108,41 +106,20 @@ def to_markdown(r: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, required=True, help="folder for ov_profile.md/.json")
-    p.add_argument("--work", type=Path, default=None, help="exports (cpu_deploy's --work folder is reused)")
-    p.add_argument("--variant", default="semask_swin_t_ade20k")
-    p.add_argument("--size", default="512x512")
-    p.add_argument("--threads", default="1,2")
-    p.add_argument("--runs", type=int, default=6)
-    p.add_argument("--warmup", type=int, default=2)
-    args = p.parse_args()
+    args = profile_parser(__doc__, "ov_profile").parse_args()
     import openvino
 
-    from semask_deploy.benchmarks.cpu_deploy import _naive_export, _our_exports, random_weight_models
-    from semask_deploy.data.synthetic import SyntheticScenes
-    from semask_deploy.data.transforms import normalize
-    from semask_deploy.fileio import write_json_atomic, write_text_atomic
     from semask_deploy.runtime.cpu_info import cpu_model, isa_text
 
-    hw = tuple(int(v) for v in args.size.lower().split("x"))
-    tmp = None if args.work else tempfile.TemporaryDirectory(prefix="semask-ov-profile-")
-    work = args.work or Path(tmp.name)
-    work.mkdir(parents=True, exist_ok=True)
-    eager, fast = random_weight_models(args.variant)  # the same random weights as cpu_deploy
-    naive = work / f"naive_{hw[0]}x{hw[1]}.onnx"
-    if not naive.is_file():
-        _naive_export(eager, hw, naive)
-    scenes = [normalize(SyntheticScenes(num_classes=eager.config.num_classes, size=hw, seed=i, length=1)[0][0])[None]
-              for i in range(4)]
-    ours = _our_exports(fast, work, print, scenes)["ours_nchw"]  # the graph --fmt openvino converts
-    x = np.ascontiguousarray(scenes[3], dtype=np.float32)
-    r: dict[str, Any] = {"variant": args.variant, "size": list(hw), "cpu": cpu_model(), "isa": isa_text(),
+    work = WorkDir(args.work, "semask-ov-profile-")
+    g = profiled_graphs(args.variant, args.size, work.path)  # the same random weights as cpu_deploy
+    x = np.ascontiguousarray(g.scenes[3], dtype=np.float32)
+    r: dict[str, Any] = {"variant": args.variant, "size": list(g.hw), "cpu": cpu_model(), "isa": isa_text(),
                          "openvino": openvino.get_version().split("-")[0], "runs": args.runs, "warmup": args.warmup,
                          "threads": [int(t) for t in args.threads.split(",")], "profiles": {}}
     for t in r["threads"]:
-        t0 = time.perf_counter()
-        requests = {"naive": profiled_request(naive, t, None), "ours": profiled_request(ours, t, x)}
+        t0 = time.perf_counter()  # ours as the graph --fmt openvino converts, static as the backend runs it
+        requests = {"naive": profiled_request(g.naive, t, None), "ours": profiled_request(g.ours["ours_nchw"], t, x)}
         walls: dict[str, list[float]] = {n: [] for n in requests}
         calls: dict[str, list[Counter]] = {n: [] for n in requests}
         for i in range(args.warmup + args.runs):  # interleaved, call by call: load hits both alike
@@ -155,12 +132,8 @@ def main() -> None:
         r["profiles"][str(t)] = {n: median_profile(walls[n], calls[n]) for n in requests}
         print(f"{t} thread(s): " + ", ".join(f"{n} {p['wall_ms']:.0f} ms" for n, p in r["profiles"][str(t)].items())
               + f" (profiled in {time.perf_counter() - t0:.0f} s)", flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out / "ov_profile.json", r)
-    write_text_atomic(args.out / "ov_profile.md", to_markdown(r))
-    print(to_markdown(r))
-    if tmp is not None:
-        tmp.cleanup()
+    write_report(args.out, "ov_profile", r, to_markdown(r))
+    work.cleanup()
 
 
 if __name__ == "__main__":

@@ -25,3 +25,20 @@ def tiny_model():
 @pytest.fixture(scope="session")
 def tiny_bench_ckpt(tmp_path_factory, tiny_model) -> Path:
     return save_checkpoint(tiny_model, tmp_path_factory.mktemp("bench") / "tiny.pth")
+
+
+@pytest.fixture
+def tiny_matmul_onnx(tmp_path) -> Path:
+    """A [128, 64] × [64, 32] MatMul (constant weights) + Relu ONNX: the smallest graph with one matrix product."""
+    import numpy as np
+
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm"), helper.make_node("Relu", ["y"], ["z"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [128, 64])],
+                          [helper.make_tensor_value_info("z", TensorProto.FLOAT, [128, 32])], [w])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    return path

@@ -7,23 +7,12 @@ import pytest
 
 from semask_deploy.benchmarks.ort_profile import profiled_session, read_profile, summarize, to_markdown
 
-onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 
-def _tiny(path):
-    from onnx import TensorProto, helper, numpy_helper
-
-    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32), "w")
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm"), helper.make_node("Relu", ["y"], ["z"])]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [128, 64])],
-                          [helper.make_tensor_value_info("z", TensorProto.FLOAT, [128, 32])], [w])
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), str(path))
-
-
-def test_profile_counts_op_types_and_gemm_multiply_adds(tmp_path):
-    _tiny(tmp_path / "m.onnx")
-    sess = profiled_session(tmp_path / "m.onnx", 1, tmp_path / "trace")
+def test_profile_counts_op_types_and_gemm_multiply_adds(tiny_matmul_onnx, tmp_path):
+    sess = profiled_session(tiny_matmul_onnx, 1, tmp_path / "trace")
     x = np.ones((128, 64), np.float32)
     for _ in range(5):
         sess.run(None, {"x": x})

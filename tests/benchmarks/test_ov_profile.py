@@ -7,23 +7,12 @@ import pytest
 
 from semask_deploy.benchmarks.ov_profile import layer_times, median_profile, profiled_request, summarize, to_markdown
 
-onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnx")
 pytest.importorskip("openvino")
 
 
-def _tiny(path):
-    from onnx import TensorProto, helper, numpy_helper
-
-    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32), "w")
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm"), helper.make_node("Relu", ["y"], ["z"])]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [128, 64])],
-                          [helper.make_tensor_value_info("z", TensorProto.FLOAT, [128, 32])], [w])
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), str(path))
-
-
-def test_counters_split_matrix_layers_from_the_rest(tmp_path):
-    _tiny(tmp_path / "m.onnx")
-    req, names = profiled_request(tmp_path / "m.onnx", 1, None)
+def test_counters_split_matrix_layers_from_the_rest(tiny_matmul_onnx):
+    req, names = profiled_request(tiny_matmul_onnx, 1, None)
     x = np.ones((128, 64), np.float32)
     calls = []
     for _ in range(3):

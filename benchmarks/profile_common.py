@@ -1,0 +1,76 @@
+"""What the runtime profiles (:mod:`.ort_profile`, :mod:`.ov_profile`) share with :mod:`.cpu_deploy`: the
+command line, the work folder, the two graphs (the naive export and ours, same random weights) and the report
+files."""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+#: issue 11's goal for our fp32 graph against the naive export
+GOAL = 1.2
+
+
+def profile_parser(doc: str, report: str) -> argparse.ArgumentParser:
+    """The options both runtime profiles take; ``report`` names the files written to ``--out``."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, required=True, help=f"folder for {report}.md/.json")
+    p.add_argument("--work", type=Path, default=None, help="exports (cpu_deploy's --work folder is reused)")
+    p.add_argument("--variant", default="semask_swin_t_ade20k")
+    p.add_argument("--size", default="512x512")
+    p.add_argument("--threads", default="1,2")
+    p.add_argument("--runs", type=int, default=6)
+    p.add_argument("--warmup", type=int, default=2)
+    return p
+
+
+class WorkDir:
+    """``--work`` if given (kept), else a temporary folder removed by :meth:`cleanup`."""
+
+    def __init__(self, given: Path | None, prefix: str) -> None:
+        self._tmp = None if given else tempfile.TemporaryDirectory(prefix=prefix)
+        self.path = Path(given) if given else Path(self._tmp.name)
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def cleanup(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+
+@dataclass
+class ProfiledGraphs:
+    """The naive export (static at ``hw``) and our exports of the same random weights, and 4 scenes at ``hw``."""
+
+    hw: tuple[int, int]
+    naive: Path
+    ours: dict[str, Path]
+    scenes: list[Any]
+
+
+def profiled_graphs(variant: str, size: str, work: Path) -> ProfiledGraphs:
+    """Export (or reuse, from ``work``) the graphs :mod:`.cpu_deploy` times, with its random weights."""
+    from semask_deploy.benchmarks.cpu_deploy import _naive_export, _our_exports, random_weight_models
+    from semask_deploy.data.synthetic import SyntheticScenes
+    from semask_deploy.data.transforms import normalize
+
+    hw = tuple(int(v) for v in size.lower().split("x"))
+    eager, fast = random_weight_models(variant)
+    naive = work / f"naive_{hw[0]}x{hw[1]}.onnx"
+    if not naive.is_file():
+        _naive_export(eager, hw, naive)
+    k = eager.config.num_classes
+    scenes = [normalize(SyntheticScenes(num_classes=k, size=hw, seed=i, length=1)[0][0])[None] for i in range(4)]
+    return ProfiledGraphs(hw, naive, _our_exports(fast, work, print, scenes), scenes)
+
+
+def write_report(out: Path, stem: str, result: dict[str, Any], markdown: str) -> None:
+    """``out/stem.json`` and ``out/stem.md`` (atomically), and the Markdown printed."""
+    from semask_deploy.fileio import write_json_atomic, write_text_atomic
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / f"{stem}.json", result)
+    write_text_atomic(out / f"{stem}.md", markdown)
+    print(markdown)
