@@ -28,7 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from semask_deploy.benchmarks.profile_common import GOAL, WorkDir, profile_parser, profiled_graphs, write_report
+from semask_deploy.benchmarks.profile_common import (
+    WorkDir, goal_sentence, profile_parser, profiled_graphs, summary_table, write_report,
+)
 
 #: OpenVINO CPU layer types that are matrix products
 MATRIX_LAYERS = ("FullyConnected", "Convolution", "GroupConvolution", "MatMul", "Deconvolution")
@@ -80,18 +82,8 @@ def to_markdown(r: dict[str, Any]) -> str:
     for t in r["threads"]:
         ours, naive = r["profiles"][str(t)]["ours"], r["profiles"][str(t)]["naive"]
         so, sn = summarize(ours), summarize(naive)
-        need_other = sn["wall_ms"] / GOAL - so["matrix_ms"]
-        lines += [f"## {t} thread{'s' if t > 1 else ''}", "",
-                  "| | naive export | our graph |", "|---|---:|---:|",
-                  f"| call (wall, median) | {sn['wall_ms']:.0f} ms | {so['wall_ms']:.0f} ms "
-                  f"({sn['wall_ms'] / so['wall_ms']:.2f}× the naive) |",
-                  f"| matrix products ({', '.join(MATRIX_LAYERS[:4])}) | {sn['matrix_ms']:.0f} ms | "
-                  f"{so['matrix_ms']:.0f} ms |",
-                  f"| everything else | {sn['other_ms']:.0f} ms | {so['other_ms']:.0f} ms |", "",
-                  f"For {GOAL}× the naive export ({sn['wall_ms'] / GOAL:.0f} ms) with our matrix products as they "
-                  f"are, everything else would have to take {need_other:.0f} ms instead of {so['other_ms']:.0f} ms "
-                  + (f"(the naive graph's own: {sn['other_ms']:.0f} ms)." if need_other > 0 else
-                     "— impossible: the matrix products alone take longer."), "",
+        lines += [f"## {t} thread{'s' if t > 1 else ''}", "", *summary_table(sn, so, ", ".join(MATRIX_LAYERS[:4])),
+                  goal_sentence(sn, so), "",
                   "| layer type | kernel | naive ms | ours ms |", "|---|---|---:|---:|"]
         keys = sorted(set(ours["layer_ms"]) | set(naive["layer_ms"]),
                       key=lambda k: -(ours["layer_ms"].get(k, 0) + naive["layer_ms"].get(k, 0)))

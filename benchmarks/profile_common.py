@@ -66,6 +66,24 @@ def profiled_graphs(variant: str, size: str, work: Path) -> ProfiledGraphs:
     return ProfiledGraphs(hw, naive, _our_exports(fast, work, print, scenes), scenes)
 
 
+def summary_table(sn: dict[str, float], so: dict[str, float], matrix_label: str, *extra_rows: str) -> list[str]:
+    """The naive-vs-ours table of one thread count (``sn``/``so``: wall, matrix and other ms of each)."""
+    return ["| | naive export | our graph |", "|---|---:|---:|",
+            f"| call (wall, median) | {sn['wall_ms']:.0f} ms | {so['wall_ms']:.0f} ms "
+            f"({sn['wall_ms'] / so['wall_ms']:.2f}× the naive) |",
+            f"| matrix products ({matrix_label}) | {sn['matrix_ms']:.0f} ms | {so['matrix_ms']:.0f} ms |",
+            f"| everything else | {sn['other_ms']:.0f} ms | {so['other_ms']:.0f} ms |", *extra_rows, ""]
+
+
+def goal_sentence(sn: dict[str, float], so: dict[str, float]) -> str:
+    """How small our other work would have to be for :data:`GOAL` × the naive export, our matrix products kept."""
+    need_other = sn["wall_ms"] / GOAL - so["matrix_ms"]
+    return (f"For {GOAL}× the naive export ({sn['wall_ms'] / GOAL:.0f} ms) with our matrix products as they are, "
+            f"everything else would have to take {need_other:.0f} ms instead of {so['other_ms']:.0f} ms "
+            + (f"(the naive graph's own: {sn['other_ms']:.0f} ms)." if need_other > 0 else
+               "— impossible: the matrix products alone take longer."))
+
+
 def write_report(out: Path, stem: str, result: dict[str, Any], markdown: str) -> None:
     """``out/stem.json`` and ``out/stem.md`` (atomically), and the Markdown printed."""
     from semask_deploy.fileio import write_json_atomic, write_text_atomic
