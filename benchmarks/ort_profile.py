@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from semask_deploy.benchmarks.profile_common import (
-    WorkDir, goal_sentence, profile_parser, profiled_graphs, summary_table, write_report,
+    WorkDir, goal_sentence, largest, profile_parser, profiled_graphs, result_header, summary_table, write_report,
 )
 
 #: ONNX Runtime kernels that are matrix products (after its fusions and the NCHWc layout transform)
@@ -126,12 +126,8 @@ def to_markdown(r: dict[str, Any]) -> str:
                   f"Reference: a 2048² fp32 `torch.mm` at {t} thread(s), {peak:.0f} GFLOP/s. " + goal_sentence(sn, so),
                   "",
                   "| op type | naive ms | ours ms |", "|---|---:|---:|"]
-        ops = sorted(set(ours["op_ms"]) | set(naive["op_ms"]),
-                     key=lambda o: -(ours["op_ms"].get(o, 0) + naive["op_ms"].get(o, 0)))
-        for op in ops:
-            a, b = naive["op_ms"].get(op, 0.0), ours["op_ms"].get(op, 0.0)
-            if max(a, b) >= 0.5:
-                lines.append(f"| {op}{' (matrix)' if op in MATRIX_OPS else ''} | {a:.1f} | {b:.1f} |")
+        for op, a, b in largest(naive["op_ms"], ours["op_ms"]):
+            lines.append(f"| {op}{' (matrix)' if op in MATRIX_OPS else ''} | {a:.1f} | {b:.1f} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -141,14 +137,11 @@ def main() -> None:
     import onnxruntime
 
     from semask_deploy.benchmarks.cpu_deploy import _feed
-    from semask_deploy.runtime.cpu_info import cpu_model, isa_text
 
     work = WorkDir(args.work, "semask-ort-profile-")
     g = profiled_graphs(args.variant, args.size, work.path)  # the same random weights as cpu_deploy
     x = g.scenes[3]
-    r: dict[str, Any] = {"variant": args.variant, "size": list(g.hw), "cpu": cpu_model(), "isa": isa_text(),
-                         "onnxruntime": onnxruntime.__version__, "runs": args.runs, "warmup": args.warmup,
-                         "threads": [int(t) for t in args.threads.split(",")], "profiles": {}, "peak_gflops": {}}
+    r = {**result_header(args, g, "onnxruntime", onnxruntime.__version__), "peak_gflops": {}}
     graphs = {"naive": g.naive, "ours": g.ours["ours"]}
     with tempfile.TemporaryDirectory(prefix="semask-ort-prof-") as traces:
         for t in r["threads"]:

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from semask_deploy.benchmarks.profile_common import (
-    WorkDir, goal_sentence, profile_parser, profiled_graphs, summary_table, write_report,
+    WorkDir, goal_sentence, largest, profile_parser, profiled_graphs, result_header, summary_table, write_report,
 )
 
 #: OpenVINO CPU layer types that are matrix products
@@ -85,14 +85,9 @@ def to_markdown(r: dict[str, Any]) -> str:
         lines += [f"## {t} thread{'s' if t > 1 else ''}", "", *summary_table(sn, so, ", ".join(MATRIX_LAYERS[:4])),
                   goal_sentence(sn, so), "",
                   "| layer type | kernel | naive ms | ours ms |", "|---|---|---:|---:|"]
-        keys = sorted(set(ours["layer_ms"]) | set(naive["layer_ms"]),
-                      key=lambda k: -(ours["layer_ms"].get(k, 0) + naive["layer_ms"].get(k, 0)))
-        for key in keys:
-            a, b = naive["layer_ms"].get(key, 0.0), ours["layer_ms"].get(key, 0.0)
+        for key, a, b in largest(naive["layer_ms"], ours["layer_ms"]):
             layer, kernel = key.split("|", 1)
-            if max(a, b) >= 0.5:
-                lines.append(f"| {layer}{' (matrix)' if layer in MATRIX_LAYERS else ''} | {kernel} | {a:.1f} | "
-                             f"{b:.1f} |")
+            lines.append(f"| {layer}{' (matrix)' if layer in MATRIX_LAYERS else ''} | {kernel} | {a:.1f} | {b:.1f} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -101,14 +96,10 @@ def main() -> None:
     args = profile_parser(__doc__, "ov_profile").parse_args()
     import openvino
 
-    from semask_deploy.runtime.cpu_info import cpu_model, isa_text
-
     work = WorkDir(args.work, "semask-ov-profile-")
     g = profiled_graphs(args.variant, args.size, work.path)  # the same random weights as cpu_deploy
     x = np.ascontiguousarray(g.scenes[3], dtype=np.float32)
-    r: dict[str, Any] = {"variant": args.variant, "size": list(g.hw), "cpu": cpu_model(), "isa": isa_text(),
-                         "openvino": openvino.get_version().split("-")[0], "runs": args.runs, "warmup": args.warmup,
-                         "threads": [int(t) for t in args.threads.split(",")], "profiles": {}}
+    r = result_header(args, g, "openvino", openvino.get_version().split("-")[0])
     for t in r["threads"]:
         t0 = time.perf_counter()  # ours as the graph --fmt openvino converts, static as the backend runs it
         requests = {"naive": profiled_request(g.naive, t, None), "ours": profiled_request(g.ours["ours_nchw"], t, x)}

@@ -84,6 +84,22 @@ def goal_sentence(sn: dict[str, float], so: dict[str, float]) -> str:
                "— impossible: the matrix products alone take longer."))
 
 
+def largest(naive_ms: dict[str, float], ours_ms: dict[str, float], least: float = 0.5) -> list[tuple[str, float, float]]:
+    """(key, naive ms, ours ms) of every key that takes ≥ ``least`` ms in either graph, the largest first."""
+    keys = sorted(set(naive_ms) | set(ours_ms), key=lambda k: -(ours_ms.get(k, 0) + naive_ms.get(k, 0)))
+    rows = [(k, naive_ms.get(k, 0.0), ours_ms.get(k, 0.0)) for k in keys]
+    return [row for row in rows if max(row[1], row[2]) >= least]
+
+
+def result_header(args: Any, g: ProfiledGraphs, runtime: str, version: str) -> dict[str, Any]:
+    """The first fields of a profile's JSON: what was profiled, where, how often."""
+    from semask_deploy.runtime.cpu_info import cpu_model, isa_text
+
+    return {"variant": args.variant, "size": list(g.hw), "cpu": cpu_model(), "isa": isa_text(), runtime: version,
+            "runs": args.runs, "warmup": args.warmup, "threads": [int(t) for t in args.threads.split(",")],
+            "profiles": {}}
+
+
 def write_report(out: Path, stem: str, result: dict[str, Any], markdown: str) -> None:
     """``out/stem.json`` and ``out/stem.md`` (atomically), and the Markdown printed."""
     from semask_deploy.fileio import write_json_atomic, write_text_atomic
