@@ -9,8 +9,9 @@ for parity, to logits (N, K, H, W) when the backend exports them:
 
 Backends: ``torch-eager`` / ``torch-sdpa`` / ``torch-triton`` (the attention backends of the PyTorch model),
 ``torch-compile`` (``torch.compile`` of the sdpa model, inductor), ``onnxruntime``, ``openvino`` (CPU, explicit
-precision hint: f32, or bf16 on CPUs with native bf16; int8 = the Q/DQ export) and ``tensorrt`` (exported artifacts). Exported backends get their ONNX from :func:`export_onnx` — the one place that
-calls ``semask_deploy.export``. :func:`availability` says why a backend × precision cannot run here.
+precision hint: f32, or bf16 on CPUs with native bf16; int8 = the Q/DQ export) and ``tensorrt`` (exported
+artifacts). Exported backends get their ONNX from :func:`export_onnx` — the one place that calls
+``semask_deploy.export``. :func:`availability` says why a backend × precision cannot run here.
 """
 
 from __future__ import annotations
