@@ -36,18 +36,18 @@ from semask_deploy.benchmarks.profile_common import (
 MATRIX_LAYERS = ("FullyConnected", "Convolution", "GroupConvolution", "MatMul", "Deconvolution")
 
 
-def profiled_request(path: Path, threads: int, static_for: np.ndarray | None) -> tuple[Any, dict[str, np.ndarray]]:
-    """(infer request with per-layer counters on, feed) of an ``.onnx``/``.xml`` at an explicit f32 hint; with
-    ``static_for``, specialised to that input as the backend does from a size's second image on."""
-    from semask_deploy.runtime.openvino_backend import read_model, specialize
+def profiled_request(path: Path, threads: int, static_for: np.ndarray | None) -> tuple[Any, list[str]]:
+    """(infer request with per-layer counters on, input names) of an ``.onnx``/``.xml`` compiled as the OpenVINO
+    backend compiles it at f32; with ``static_for``, specialised to that input as the backend does from a size's
+    second image on."""
+    from semask_deploy.runtime.openvino_backend import _compile, inference_hint, read_model, specialize
 
     core, model = read_model(path)
     names = [p.get_any_name() for p in model.inputs]
     if static_for is not None:
         model = specialize(model, names[0], static_for.shape, static_for.shape[2:])
         names = names[:1]
-    compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
-                                                 "INFERENCE_NUM_THREADS": int(threads), "PERF_COUNT": True})
+    compiled = _compile(core, model, inference_hint("fp32"), threads, Path(path).name, {"PERF_COUNT": True})
     return compiled.create_infer_request(), names
 
 

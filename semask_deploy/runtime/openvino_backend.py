@@ -117,8 +117,10 @@ def read_model(path: str | Path) -> tuple[Any, Any]:
         raise RuntimeBackendError(f"OpenVINO cannot read {Path(path).name}: {error_text(exc)}") from exc
 
 
-def _compile(core: Any, model: Any, hint: str, threads: int | None, name: str) -> Any:
-    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
+def _compile(core: Any, model: Any, hint: str, threads: int | None, name: str,
+             extra: dict[str, Any] | None = None) -> Any:
+    """Compile on the CPU with the explicit precision ``hint``; ``extra``: more properties (e.g. ``PERF_COUNT``)."""
+    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY", **(extra or {})}
     if threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)
     try:
