@@ -112,21 +112,38 @@ def _read_pickle(path: Path) -> CheckpointData:
     except Exception as exc:  # torch raises several types; every one means "cannot use this file"
         msg = str(exc)
         unsafe = re.search(r"(?:Unsupported global:|unsupported GLOBAL|Unsupported operand) ?([\w.]+)", msg)
-        if "Weights only load failed" in msg and (unsafe or "GLOBAL" in msg):
+        if "Weights only load failed" in msg and (unsafe or "GLOBAL" in msg) and (is_zip or _starts_as_pickle(path)):
             what = unsafe.group(1) if unsafe else "an unsupported global"
             raise CheckpointError(
                 f"refusing to load {path}: it needs to run pickled code ({what}) to load, "
                 "which SeMask checkpoints never do. If you trust it, re-save its weights as a plain state dict "
                 "or .safetensors"
             ) from None
+        kind = _ARTIFACT_SUFFIXES.get(path.suffix.lower())
+        if kind:
+            raise CheckpointError(f"{path} is {kind}, not a PyTorch checkpoint; run it with "
+                                  "semask_deploy.Segmenter(path) (or semask-infer --model)") from None
         if is_zip or "zip" in msg.lower() or "central directory" in msg.lower():
             raise CheckpointError(
                 f"{path} is truncated or corrupt (cannot read the PyTorch archive); download or copy it again"
             ) from None
         detail = (msg.splitlines() or [""])[0][:160]
-        detail = f" ({detail})" if re.search(r"[A-Za-z]{3}", detail) else ""  # not a bare pickle opcode like "101"
+        # not a bare pickle opcode like "101", nor torch's advice to retry with weights_only=False
+        detail = f" ({detail})" if re.search(r"[A-Za-z]{3}", detail) and "Weights only" not in detail else ""
         raise CheckpointError(f"{path} is not a PyTorch checkpoint (.pth) or .safetensors file{detail}") from None
     return _unwrap(obj, path)
+
+
+_ARTIFACT_SUFFIXES = {".onnx": "an ONNX file", ".xml": "an OpenVINO IR", ".engine": "a TensorRT engine",
+                      ".plan": "a TensorRT engine", ".trt": "a TensorRT engine", ".pt2": "an AOTInductor package"}
+
+
+def _starts_as_pickle(path: Path) -> bool:
+    """Whether the file begins with a pickle PROTO opcode (what ``torch.save``'s legacy format and ``pickle``
+    protocols 2+ write); anything else (an image, an ONNX graph, random bytes) is not a pickle at all, so an
+    "unsupported operand" from the unpickler means "not a checkpoint", not "unsafe code"."""
+    with path.open("rb") as f:
+        return f.read(1) == b"\x80"
 
 
 def _unwrap(obj: Any, path: Path | None) -> CheckpointData:

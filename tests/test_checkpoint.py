@@ -147,3 +147,20 @@ def test_zip_that_is_not_torch(tmp_path):
         z.writestr("hello.txt", "hi")
     with pytest.raises(CheckpointError):
         read_checkpoint(p)
+
+
+def test_other_file_kinds_are_not_called_unsafe_pickles(tmp_path):
+    """A PNG or an ONNX graph renamed .pth is "not a checkpoint" (it once read "refusing to load: it needs to
+    run pickled code (80)", with torch's advice to retry with weights_only=False); an .onnx passed to
+    load_model is pointed at Segmenter."""
+    png = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
+    onnx_like = b"\x08\x08\x12\x07pytorch" + bytes(200)
+    for name, data in (("img.pth", png), ("graph.pth", onnx_like)):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(CheckpointError) as info:
+            read_checkpoint(tmp_path / name)
+        msg = str(info.value)
+        assert "not a PyTorch checkpoint" in msg and "pickled code" not in msg and "weights_only" not in msg, msg
+    (tmp_path / "model.onnx").write_bytes(onnx_like)
+    with pytest.raises(CheckpointError, match="is an ONNX file, not a PyTorch checkpoint.*Segmenter"):
+        load_model(tmp_path / "model.onnx")

@@ -253,3 +253,26 @@ def test_eval_onnx_model_matches_torch(models, tmp_path):
                  "--quiet"]) == 0
     got = json.loads(out.read_text())
     assert got["mIoU"] == pytest.approx(miou, abs=5e-3) and got["aAcc"] == pytest.approx(aacc, abs=2e-3)
+
+
+def test_unwritable_out_is_refused_before_evaluating(models, tmp_path, capsys, monkeypatch):
+    """--out below a regular file (or in a read-only folder) is an error before the model even loads, and a
+    write that still fails at the end is one error line, not a traceback after the whole evaluation."""
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    argv = ["--model", str(tmp_path / "none.pth"), "--dataset", "synthetic", "--out", str(blocker / "sub" / "r.json")]
+    assert _code(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: cannot write --out") and "not a folder" in err[0], err
+
+    import semask_deploy.fileio
+
+    def disk_full(path, obj):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(semask_deploy.fileio, "write_json_atomic", disk_full)
+    argv = ["--model", str(models["folder"]), "--dataset", "synthetic", "--limit", "1", "--quiet",
+            "--out", str(tmp_path / "r.json")]
+    assert _code(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: cannot write --out {tmp_path / 'r.json'}: No space left on device"], err

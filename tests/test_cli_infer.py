@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -154,3 +155,32 @@ def test_unreadable_image_in_a_folder_is_skipped_and_reported(tiny_ckpt, images,
     (bad,) = [line for line in err if line.startswith("error: ")]
     assert "broken.png" in bad and bad.endswith("(skipped)")
     assert not list(out.glob("broken*")) and list(out.glob("*_labels.png"))
+
+
+def test_outputs_that_would_collide_are_refused_before_anything_runs(tmp_path, images, capsys):
+    """a.png and a.jpg both map to a_labels.png: one would silently overwrite the other."""
+    shutil.copy(images / "main.png", images / "odd.jpg")
+    out = tmp_path / "o"
+    assert main(["--model", str(tmp_path / "none.pth"), "--image", str(images), "--out", str(out)]) == 2
+    err = _err(capsys)
+    assert "odd.jpg and odd.png" in err and "odd_labels.png" in err
+    assert not out.exists()
+
+
+def test_output_that_would_overwrite_an_input_image_is_refused(tmp_path, images, capsys):
+    """--out the image folder that holds main_labels.png: main.png's labels would overwrite that image."""
+    before = (images / "odd.png").read_bytes()
+    (images / "main_labels.png").write_bytes(before)
+    assert main(["--model", str(tmp_path / "none.pth"), "--image", str(images), "--out", str(images)]) == 2
+    assert "would overwrite the input image main_labels.png" in _err(capsys)
+    assert (images / "main_labels.png").read_bytes() == before
+    assert sorted(p.name for p in images.iterdir()) == ["main.png", "main_labels.png", "odd.png"]
+
+
+def test_more_threads_than_cpus_is_an_error_before_loading(tmp_path, images, capsys):
+    """--threads 100000 once made ONNX Runtime start 10 000+ threads and eat all memory."""
+    too_many = (os.cpu_count() or 1) + 1
+    assert main(["--model", str(tmp_path / "none.pth"), "--image", str(images), "--out", str(tmp_path / "o"),
+                 "--threads", str(too_many)]) == 2
+    assert f"threads={too_many} is more than the" in _err(capsys)
+    assert not (tmp_path / "o").exists()

@@ -130,3 +130,34 @@ def test_eval_on_user_images(tmp_path):
     res = run_eval(SMALL, "folder", root, scale=SCALE)
     assert res["images"] == len(files)
     assert res["aAcc"] == pytest.approx(1.0)  # its own predictions as ground truth: every image was segmented
+
+
+def test_float_tiff_says_what_is_wrong(tmp_path):
+    """A 32-bit float TIFF decodes, but IMREAD_COLOR has no 8-bit form of it: say so, not "corrupt"."""
+    path = tmp_path / "f32.tiff"
+    assert cv2.imwrite(str(path), _scene(8, 12).astype(np.float32) / 255)
+    with pytest.raises(ImageError, match="float32 image that OpenCV cannot convert to 8 bits"):
+        read_image_rgb(path)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"scale": (0, 0)}, {"scale": (-1, 64)}, {"scale": 512}, {"scale": (512,)}, {"scale": (128.5, 64)},
+    {"mode": "slide", "crop": (0, 32)}, {"mode": "slide", "stride": (0, 0)}, {"mode": "slide", "stride": 16},
+])
+def test_segmenter_refuses_bad_sizes_when_built(kwargs):
+    """A zero or negative scale once shrank every image to 1×1 silently (garbage labels); an int scale or a
+    zero stride failed later with a TypeError / ValueError."""
+    from semask_deploy.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="must be two positive whole numbers"):
+        Segmenter(SMALL, **kwargs)
+
+
+def test_segmenter_predict_refuses_empty_or_non_array_images():
+    from semask_deploy.errors import ConfigError
+
+    seg = Segmenter(SMALL, scale=SCALE)
+    for bad in (np.zeros((0, 5, 3), np.uint8), np.zeros((4, 0, 3), np.uint8), _scene(4, 5).tolist(),
+                _scene(4, 5)[:, :, 0], _scene(4, 5).astype(np.float32)):
+        with pytest.raises(ConfigError, match=r"expected a uint8 \(H, W, 3\) RGB image"):
+            seg.predict(bad)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -125,8 +126,8 @@ def run_eval(
         raise ConfigError(f"--limit must be a positive number of images, got {limit}")
     if dataset != "synthetic" and data_root is None:
         raise ConfigError(f"--dataset {dataset} needs --data-root DIR")
-    if out is not None and out.is_dir():
-        raise ConfigError(f"--out {out} is a folder; give a .json file name")
+    if out is not None:
+        _check_writable(out)
     if demo:
         from ..assets import demo_checkpoint
 
@@ -154,8 +155,28 @@ def run_eval(
         "runtime": seg.backend.describe(),  # what ran: backend, precision (OpenVINO: read back from the compile)
     }
     if out is not None:
-        write_json_atomic(out, result)
+        try:
+            write_json_atomic(out, result)
+        except OSError as exc:
+            raise ConfigError(f"cannot write --out {out}: {exc.strerror or exc}") from None
     return result
+
+
+def _check_writable(out: Path) -> None:
+    """Refuse an ``--out`` that cannot be written before evaluating (which may take hours), not after."""
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; give a .json file name")
+    parent = out.absolute().parent
+    while not parent.exists():  # the folders write_json_atomic would create: the first one that exists decides
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"cannot write --out {out}: {parent} is not a folder")
+    try:  # a real write (os.access says yes to root on a read-only mount or /proc)
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"cannot write --out {out}: the folder {parent} is not writable "
+                          f"({exc.strerror or exc})") from None
 
 
 def format_result(result: dict[str, Any], per_class: bool = True) -> str:

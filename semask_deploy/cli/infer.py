@@ -44,6 +44,24 @@ def _scale(text: str) -> tuple[int, int] | str:
     return hw_type("--scale")(text)
 
 
+def _check_output_names(images: list[Path], out: Path, overlay: bool) -> None:
+    """Refuse, before anything runs, a run whose outputs would overwrite each other or an input image
+    (``a.png`` and ``a.jpg`` both give ``a_labels.png``; ``--out`` the image folder holding ``a_labels.png``)."""
+    inputs = {p.resolve() for p in images}
+    owner: dict[Path, Path] = {}
+    for path in images:
+        for kind in ("labels", "overlay") if overlay else ("labels",):
+            target = out / f"{path.stem}_{kind}.png"
+            key = target.resolve()
+            if key in owner:
+                raise ConfigError(f"{owner[key].name} and {path.name} would both be written to {target}; rename one "
+                                  "of them or segment them into different --out folders")
+            if key in inputs:
+                raise ConfigError(f"the output {target} would overwrite the input image {target.name}; use another "
+                                  "--out folder")
+            owner[key] = path
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(
         prog="semask-infer",
@@ -119,10 +137,11 @@ def run_infer(
         raise ConfigError("--image is required (an image file or a folder of images)")
     else:
         images = list_images(image)
-    seg = Segmenter(model, device=device, mode=mode, scale=scale, crop=crop, stride=stride, attention_backend=attention,
-                    backend=None if backend == "auto" else backend, precision=precision, threads=threads)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} exists and is not a folder")
+    _check_output_names(images, out, overlay)
+    seg = Segmenter(model, device=device, mode=mode, scale=scale, crop=crop, stride=stride, attention_backend=attention,
+                    backend=None if backend == "auto" else backend, precision=precision, threads=threads)
     result = InferResult(runtime=seg.backend.describe())
     for path in progress(images, total=len(images), desc="segmenting", disable=quiet or len(images) < 2):
         try:

@@ -77,7 +77,11 @@ def read_image_rgb(path: PathLike, allow_16bit: bool = True) -> np.ndarray:
         if img.dtype == np.uint16 and not allow_16bit:
             raise ImageError(f"{p} is a 16-bit image; convert it to 8 bits per channel first (or call "
                              "read_image_rgb(..., allow_16bit=True) to scale it)")
-        img = _decode(data, cv2.IMREAD_COLOR, p, "image")  # OpenCV's own conversion to 8 bits
+        depth = img.dtype
+        img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)  # OpenCV's own conversion to 8 bits
+        if img is None or img.size == 0:  # e.g. a 32-bit float TIFF: decodable, but IMREAD_COLOR has no 8-bit form
+            raise ImageError(f"{p} is a {depth} image that OpenCV cannot convert to 8 bits per channel; "
+                             "save it as an 8-bit (or 16-bit) PNG/TIFF first")
     if img.ndim == 2:
         img = img[:, :, None]
     if img.shape[2] == 1:

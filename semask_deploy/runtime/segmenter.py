@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -25,7 +26,23 @@ def _cpu_threads(threads: Any, suffix: str, backend: str | None) -> int | None:
         raise ConfigError(f"threads must be a whole number >= 0 (0 = all cores), got {threads!r}")
     if threads and (backend == "tensorrt" or suffix in TRT_SUFFIXES):
         raise ConfigError("threads is a CPU setting; a TensorRT engine runs on the GPU (leave threads unset)")
+    cpus = os.cpu_count() or 1
+    if threads > cpus:  # a pool of thousands of threads exhausts memory; more than the CPUs never helps
+        raise ConfigError(f"threads={int(threads)} is more than the {cpus} CPUs of this machine; use 1..{cpus} "
+                          "(or 0 = all cores)")
     return int(threads) or None
+
+
+def _size_pair(value: Any, what: str) -> tuple[int, int]:
+    """``value`` checked as two positive whole numbers (an API caller's ``scale``/``crop``/``stride``)."""
+    try:
+        pair = tuple(value)
+    except TypeError:
+        pair = ()
+    if (len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in pair)
+            or min(pair) <= 0):
+        raise ConfigError(f"{what} must be two positive whole numbers, got {value!r}")
+    return int(pair[0]), int(pair[1])
 
 
 def _set_torch_threads(threads: int | None) -> None:
@@ -104,6 +121,13 @@ class Segmenter:
         if mode not in ("whole", "slide"):
             raise ConfigError(f"mode must be 'whole' or 'slide', got {mode!r}")
         threads = _cpu_threads(threads, suffix, backend)
+        if isinstance(scale, str):
+            if scale.lower() != "none":
+                raise ConfigError(f"scale must be (long, short) or 'none', got {scale!r}")
+        elif scale is not None:  # checked before loading: a zero or negative scale would shrink images to 1×1
+            scale = _size_pair(scale, "scale (long, short)")
+        crop = None if crop is None else _size_pair(crop, "crop (h, w)")
+        stride = None if stride is None else _size_pair(stride, "stride (h, w)")
         if backend == "openvino" or suffix == ".xml":
             from .openvino_backend import OpenVinoBackend
 
@@ -140,9 +164,7 @@ class Segmenter:
             )
         self.path = path
         self.mode = mode
-        if isinstance(scale, str):
-            if scale.lower() != "none":
-                raise ConfigError(f"scale must be (long, short) or 'none', got {scale!r}")
+        if isinstance(scale, str):  # "none" (checked above)
             self.scale = None
         else:
             self.scale = tuple(scale) if scale is not None else tuple(self.backend.test_scale)
@@ -184,6 +206,11 @@ class Segmenter:
 
     def predict(self, image_rgb: np.ndarray) -> np.ndarray:
         """uint8 (H, W, 3) RGB image → int64 labels (H, W) at the image's own size."""
+        shape = getattr(image_rgb, "shape", None)
+        if (not isinstance(image_rgb, np.ndarray) or image_rgb.dtype != np.uint8 or image_rgb.ndim != 3
+                or shape[2] != 3 or min(shape[:2]) < 1):
+            what = f"{image_rgb.dtype} {shape}" if isinstance(image_rgb, np.ndarray) else type(image_rgb).__name__
+            raise ConfigError(f"expected a uint8 (H, W, 3) RGB image with H, W >= 1, got {what}")
         size = (int(image_rgb.shape[0]), int(image_rgb.shape[1]))
         if self.input_hw is not None and self.mode == "whole":
             x = prepare(image_rgb, None, exact_size=self.input_hw)
