@@ -206,6 +206,9 @@ def time_interleaved(
                     if r >= warmup:
                         raw[name].append(dt)
             except Exception as exc:  # noqa: BLE001
+                from semask_deploy.errors import raise_if_interrupted
+
+                raise_if_interrupted(exc)  # Ctrl-C / SIGTERM that a library turned into another error
                 if on_error is None:
                     raise
                 alive.discard(name)

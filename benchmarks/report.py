@@ -257,8 +257,9 @@ def plot(data: Mapping[str, Any], path: Path) -> None:
 
 def write_report(data: Mapping[str, Any], out_dir: str | Path, *, with_plot: bool = True) -> dict[str, Path]:
     """Write every report file into ``out_dir``; returns {name: path}."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    from semask_deploy.fileio import make_output_folder
+
+    out = make_output_folder(out_dir)
     paths = {name: out / name for name in FILES}
     write_text_atomic(paths["report.md"], render_markdown(data))
     write_text_atomic(paths["flops.md"], render_flops(data))

@@ -36,7 +36,7 @@ from semask_deploy.benchmarks.parity import compare, delta_miou, evaluate, open_
 from semask_deploy.benchmarks.runners import (
     BACKENDS, DEFAULT_PRECISIONS, PRECISIONS, Skip, availability, make_runner,
 )
-from semask_deploy.errors import ConfigError
+from semask_deploy.errors import ConfigError, raise_if_interrupted
 
 DEFAULT_SIZES = ((256, 256), (512, 512))
 DEFAULT_BATCHES = (1, 4)
@@ -218,6 +218,7 @@ def _run_bench(cfg: BenchConfig) -> BenchResult:
             labs, logs = zip(*(ref_runner.outputs(x[i:i + 1]) for i in range(max_b)))
             refs[hw] = (np.concatenate(labs), np.concatenate(logs))
         except Exception as exc:  # noqa: BLE001 - no parity at this size, timings still run
+            raise_if_interrupted(exc)  # Ctrl-C / SIGTERM that a library turned into another error
             refs[hw] = None
             meta["notes"].append(
                 f"the torch fp32 reference failed at {size_label(hw)} ({_message(exc)}): no parity there")
@@ -263,6 +264,7 @@ def _run_bench(cfg: BenchConfig) -> BenchResult:
                                        "reason": str(exc)})
                 bar.update(len(cfg.sizes) * len(cfg.batches))
             except Exception as exc:  # noqa: BLE001 - one backend's failure must not end the run
+                raise_if_interrupted(exc)  # Ctrl-C / SIGTERM that a library turned into another error
                 for hw in cfg.sizes:
                     for b in cfg.batches:
                         result.cells.append(_failed(backend, precision, hw, b, f"build: {_message(exc)}"))
@@ -345,6 +347,7 @@ def _measure_group(runners: dict[str, Any], cfg: BenchConfig, hw: tuple[int, int
                 _sync(cfg.device)
             mem[name] = mon
         except Exception as exc:  # noqa: BLE001
+            raise_if_interrupted(exc)  # Ctrl-C / SIGTERM that a library turned into another error
             failed[name] = _message(exc)
             prepared.pop(name, None)
             _free_cuda(cfg.device)
@@ -363,6 +366,7 @@ def _measure_group(runners: dict[str, Any], cfg: BenchConfig, hw: tuple[int, int
                                    mem[name], params))
                 continue
             except Exception as exc:  # noqa: BLE001
+                raise_if_interrupted(exc)  # Ctrl-C / SIGTERM that a library turned into another error
                 failed[name] = f"parity: {_message(exc)}"
         cells.append(_failed(runner.backend, runner.precision, hw, batch, failed[name]))
     return cells
@@ -440,6 +444,7 @@ def _dataset_row(runner: Any, dataset: Any, k: int, scale: Any, ref_eval: dict[s
     try:
         ev = _evaluate_runner(runner, dataset, k, scale, keep=True)
     except Exception as exc:  # noqa: BLE001
+        raise_if_interrupted(exc)  # Ctrl-C / SIGTERM that a library turned into another error
         row.update({"status": "failed", "reason": _message(exc)})
         return row
     row.update({"status": "ok", **ev["summary"]})

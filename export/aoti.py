@@ -275,7 +275,6 @@ def run_aoti_export(o: Any) -> Any:
     """
     import os
     import shutil
-    import tempfile
 
     from semask_deploy.export import metadata as md
     from semask_deploy.export.pipeline import ExportResult, _load_model, _Steps, _verify_images, resolve_shapes
@@ -298,8 +297,9 @@ def run_aoti_export(o: Any) -> Any:
         raise ConfigError(f"{', '.join(str(p) for p in existing)} already exist(s); use --force to overwrite or "
                           "--name/--out to write elsewhere")
     result = ExportResult()
-    out.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{base}.", suffix=".tmp", dir=out))
+    from semask_deploy.fileio import make_work_folder
+
+    work = make_work_folder(out, prefix=f".{base}.")
     try:
         t = steps.start(f"compiling {cfg.name} with AOTInductor for {o.device} "
                         f"({'static ' + 'x'.join(map(str, shapes.static_hw)) if shapes.static_hw else 'dynamic H, W'}"

@@ -50,6 +50,16 @@ CALIBRATIONS: dict[str, tuple[str, dict[str, Any]]] = {
 DEFAULT_CALIBRATION = "percentile"
 
 
+def _readable_cache(path: Path) -> bool:
+    """Whether a cached calibration file parses as JSON; a damaged one (a full disk, an edit) is recomputed and
+    replaced instead of failing every later export with a JSON error."""
+    try:
+        json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def cache_dir() -> Path:
     """Where calibration ranges are cached: ``$SEMASK_CACHE_DIR`` or ``~/.cache/semask-deploy``."""
     root = os.environ.get("SEMASK_CACHE_DIR") or os.path.join(
@@ -275,10 +285,14 @@ def quantize_int8(
     key = calibration_key(model_bytes, inputs, {k: v for k, v in settings.items() if k != "activations"} |
                           {"symmetric": symmetric})
     cache_file = cache_dir() / f"{key}.json" if use_cache else None
-    cache_hit = bool(cache_file is not None and cache_file.is_file())
+    cache_hit = bool(cache_file is not None and cache_file.is_file() and _readable_cache(cache_file))
     tmp_cache = None
     if cache_file is not None and not cache_hit:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the int8 calibration cache folder {cache_file.parent} "
+                              f"({exc.strerror or exc}); set SEMASK_CACHE_DIR to a writable folder") from None
         tmp_cache = cache_file.with_name(f".{cache_file.stem}.{os.getpid()}.tmp.json")
     has_size = any(i.name == "output_size" for i in model.graph.input)
     reader = None if cache_hit else _Reader(input_name, inputs, progress, output_size=has_size)

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from semask_deploy.config import IMAGENET_MEAN, IMAGENET_STD
-from semask_deploy.errors import ConfigError, ExportError, require
+from semask_deploy.errors import ConfigError, ExportError, raise_if_interrupted, require
 from semask_deploy.export.labels_head import (  # noqa: F401 - public names of this module
     OUTPUT_SIZE, add_output_size_input, nhwc_labels_head, openvino_labels_head, reduce_argmax_head,
     undo_nhwc_labels_head,
@@ -255,12 +255,14 @@ def export_onnx(
                     ep = torch.export.export(wrapper, (example,), dynamic_shapes={"image": dims} if dims else None,
                                              strict=False)
             except Exception as exc:  # noqa: BLE001 - torch.export raises many types
+                raise_if_interrupted(exc)  # Ctrl-C inside torch.export can surface as an AssertionError
                 raise ExportError(f"torch.export could not trace the model: {_first_line(exc)}") from exc
             try:
                 program = torch.onnx.export(ep, (example,), dynamo=True, input_names=[input_name],
                                             output_names=output_names, opset_version=int(opset), optimize=simplify,
                                             verbose=False)
             except Exception as exc:  # noqa: BLE001
+                raise_if_interrupted(exc)
                 raise ExportError(f"ONNX conversion failed: {_first_line(exc)}") from exc
         proto = program.model_proto
     finally:

@@ -23,7 +23,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +38,7 @@ from semask_deploy.errors import (
     require,
 )
 from semask_deploy.export.onnx import DEFAULT_OPSET
+from semask_deploy.fileio import make_work_folder
 
 FORMATS = ("onnx", "trt", "all", "openvino", "aoti")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -206,8 +206,11 @@ def check_options(o: ExportOptions) -> None:
                           "fp16/int8, --preprocess and --timing-cache")
     if o.device != "cpu" and o.fmt != "aoti":
         raise ConfigError("--device is for --fmt aoti (ONNX and engines are device-independent or built by TensorRT)")
-    if o.out.exists() and not o.out.is_dir():
-        raise ConfigError(f"--out {o.out} exists and is not a folder")
+    if o.workspace_gb is not None and not 0 < float(o.workspace_gb) < float("inf"):
+        raise ConfigError(f"--workspace-gb must be a positive number of GiB, got {o.workspace_gb}")
+    from semask_deploy.fileio import check_output_folder
+
+    check_output_folder(o.out)
 
 
 class _Steps:
@@ -225,6 +228,13 @@ class _Steps:
             print(f"      {text}", file=sys.stderr, flush=True)
 
 
+def default_stem(o: ExportOptions) -> str:
+    """The first part of the default artifact name (``<stem>_<precision>``), known without loading the model."""
+    if o.model is not None:
+        return o.model.config.name
+    return "semask_demo" if o.demo else Path(o.ckpt).stem
+
+
 def _load_model(o: ExportOptions) -> tuple[Any, dict[str, Any], str]:
     from semask_deploy.export.metadata import sha256_file
 
@@ -232,15 +242,14 @@ def _load_model(o: ExportOptions) -> tuple[Any, dict[str, Any], str]:
     from semask_deploy.checkpoint import read_checkpoint
 
     if o.model is not None:
-        return o.model, {"checkpoint": None, "sha256": None, "note": "in-memory model"}, o.model.config.name
+        return o.model, {"checkpoint": None, "sha256": None, "note": "in-memory model"}, default_stem(o)
+    stem = default_stem(o)
     if o.demo:
         from semask_deploy.assets import demo_checkpoint
 
         path = demo_checkpoint()
-        stem = "semask_demo"
     else:
         path = Path(o.ckpt)
-        stem = path.stem
     data = read_checkpoint(path)
     model = model_from_checkpoint(data, attention_backend="sdpa")
     model.float().eval()
@@ -346,8 +355,7 @@ def _run_export(o: ExportOptions) -> ExportResult:
         if o.precision == "int8" and o.calib_images is None and not o.quiet:
             print(f"warning: no --calib-images given: calibrating int8 on {len(calib)} built-in synthetic scenes; "
                   "pass images like those you will segment for better int8 accuracy", file=sys.stderr)
-    out.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{base}.", suffix=".tmp", dir=out))
+    work = make_work_folder(out, prefix=f".{base}.")
     try:
         dyn = "static " + _hw(shapes.static_hw) if shapes.static_hw else "dynamic H, W"
         batch_txt = f"batch {shapes.static_batch}" if shapes.static_batch else "dynamic batch"

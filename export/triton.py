@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from semask_deploy.errors import ConfigError
@@ -30,7 +29,8 @@ def run_export_triton(o, gpu: bool = False, python_runtime: bool = False) -> lis
 def _run_export_triton(o, gpu: bool, python_runtime: bool) -> list[Path]:
     from semask_deploy.errors import SemaskError
     from semask_deploy.export.metadata import read_sidecar
-    from semask_deploy.export.pipeline import run_export
+    from semask_deploy.export.pipeline import check_options, default_stem, run_export
+    from semask_deploy.fileio import make_work_folder
     from semask_deploy.serving.triton_repo import spec_from_metadata, write_repository
 
     if o.batch is not None:
@@ -38,14 +38,21 @@ def _run_export_triton(o, gpu: bool, python_runtime: bool) -> list[Path]:
     if o.preprocess:
         raise ConfigError("--fmt triton normalises in the repository's pre-processing model: drop --preprocess")
     engine = o.fmt == "triton-trt"
+    # the inner export's checks, and the output folder's, before any work
+    check_options(dataclasses.replace(o, fmt="trt" if engine else "onnx"))
     if engine:  # the repository needs the engine: stop now, not after the ONNX export
         from semask_deploy.export.tensorrt import require_tensorrt
 
         require_tensorrt()
     max_batch = o.max_batch or 4
     out = Path(o.out)
-    out.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".triton.", suffix=".tmp", dir=out))
+    # an existing model folder is refused now, not after minutes of export (write_repository checks again)
+    name = o.name or f"{default_stem(o)}_{o.precision}"
+    existing = [out / n for n in (name, f"{name}_pre", f"{name}_post", f"{name}_ensemble") if (out / n).exists()]
+    if existing and not o.force:
+        raise ConfigError(f"{', '.join(str(p) for p in existing)} already exist(s); use --force to overwrite or "
+                          "--name/--out to write elsewhere")
+    work = make_work_folder(out, prefix=".triton.")
     try:
         # the repository's post-processing model resizes the logits to the image size: no output_size input;
         # ONNX Runtime on a GPU runs cuDNN's convolutions, not Winograd written out in ONNX ops

@@ -56,3 +56,33 @@ def require(module: str, extra: str):
         raise MissingDependencyError(
             f"{module} is not installed ({exc}); install it with: pip install 'semask-deploy[{extra}]'"
         ) from exc
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (a BaseException, like KeyboardInterrupt: ``except Exception`` does not swallow it).
+
+    The CLIs turn SIGTERM into this exception while they work, so clean-up runs as for Ctrl-C."""
+
+
+def interruption(exc: BaseException | None) -> BaseException | None:
+    """The Ctrl-C (:class:`KeyboardInterrupt`) or SIGTERM (:class:`Terminated`) behind ``exc``, if any.
+
+    Libraries can replace an interruption by an ordinary exception: torch.export, interrupted while it pops a
+    dispatch mode, raises ``AssertionError("Trying to pop empty mode stack")`` with the KeyboardInterrupt as its
+    context, and we wrap that in an :class:`ExportError`. Walks ``__cause__`` / ``__context__``.
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, (KeyboardInterrupt, Terminated)):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def raise_if_interrupted(exc: BaseException) -> None:
+    """Re-raise the interruption behind ``exc`` (see :func:`interruption`): for ``except Exception`` blocks that
+    record a failure and go on, so that Ctrl-C / SIGTERM still stop the program."""
+    found = interruption(exc)
+    if found is not None:
+        raise found

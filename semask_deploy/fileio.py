@@ -12,6 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from .errors import ConfigError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -60,3 +62,41 @@ def write_with(path: str | os.PathLike, writer: Callable[[Path], None]) -> None:
     """Call ``writer(tmp_path)`` and atomically rename the result onto ``path``."""
     with atomic_path(path) as tmp:
         writer(tmp)
+
+
+def check_output_folder(path: str | os.PathLike, flag: str = "--out") -> None:
+    """Fail early (before any work) unless ``path`` is a folder we can write in, or one we can create.
+
+    Raises:
+        ConfigError: ``path`` is a file, lies under a file, or its nearest existing folder is not writable.
+    """
+    path = Path(path)
+    if path.exists():
+        if not path.is_dir():
+            raise ConfigError(f"{flag} {path} exists and is not a folder")
+        base = path
+    else:
+        base = next((p for p in path.absolute().parents if p.exists()), Path("/"))
+        if not base.is_dir():
+            raise ConfigError(f"{flag} {path} cannot be created: {base} is a file, not a folder")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {path} cannot be written: no write permission in {base}")
+
+
+def make_output_folder(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """``mkdir -p path``, with an OS refusal (read-only file system, a file in the way, …) as a ConfigError."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the {flag} folder {path}: {exc.strerror or exc}") from None
+    return path
+
+
+def make_work_folder(out: str | os.PathLike, prefix: str, flag: str = "--out") -> Path:
+    """Create ``out`` (see :func:`make_output_folder`) and a fresh hidden temporary folder inside it."""
+    out = make_output_folder(out, flag)
+    try:
+        return Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=out))
+    except OSError as exc:
+        raise ConfigError(f"cannot write in the {flag} folder {out}: {exc.strerror or exc}") from None

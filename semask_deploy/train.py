@@ -18,6 +18,7 @@ Distributed: ``torchrun --standalone --nproc-per-node=N -m semask_deploy.train <
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -30,6 +31,7 @@ from .checkpoint import infer_config, load_state_dict_strict, read_checkpoint, s
 from .config import SeMaskConfig
 from .data.transforms import TrainAugment
 from .errors import CheckpointError, ConfigError, SemaskError
+from .fileio import check_output_folder
 from .model import SeMaskSegmentor
 from .training import data as tdata
 from .training import dist as tdist
@@ -133,12 +135,17 @@ def _check_options(o: TrainOptions) -> None:
         v = getattr(o, name)
         if v is not None and v <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {v}")
-    if o.lr is not None and not o.lr > 0:
-        raise ConfigError(f"--lr must be positive, got {o.lr}")
-    if o.weight_decay < 0 or (o.warmup is not None and o.warmup < 0):
-        raise ConfigError("--weight-decay and --warmup must be >= 0")
-    if o.out.exists() and not o.out.is_dir():
-        raise ConfigError(f"--out {o.out} exists and is not a folder")
+    if o.lr is not None and not 0 < o.lr <= torch.finfo(torch.float32).max:
+        raise ConfigError(f"--lr must be a positive finite (float32) number, got {o.lr}")
+    if not 0 <= o.weight_decay < math.inf or (o.warmup is not None and o.warmup < 0):
+        raise ConfigError("--weight-decay and --warmup must be >= 0 (and finite)")
+    if not math.isfinite(o.gamma_init):
+        raise ConfigError(f"--gamma-init must be a finite number, got {o.gamma_init}")
+    if o.workers < 0:
+        raise ConfigError(f"--workers must be >= 0, got {o.workers}")
+    if not 0 <= o.seed < 2**32:
+        raise ConfigError(f"--seed must be between 0 and 2**32 - 1, got {o.seed}")
+    check_output_folder(o.out)
     if o.init is not None and not Path(o.init).is_file():
         raise CheckpointError(f"--init checkpoint not found: {o.init}")
     if o.resume and not (o.out / "latest.pth").is_file():
@@ -301,6 +308,10 @@ def _train(opts: TrainOptions, info: tdist.DistInfo, stop_after: int | None, t_w
     loader = tdata.batch_loader(batches, opts.workers)
 
     def save(it_done: int, final: bool) -> None:
+        # the loss is checked before each update, so the last update can still blow the weights up (a huge --lr)
+        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            raise SemaskError(f"the weights became non-finite (inf/NaN) by iteration {it_done}; nothing was saved "
+                              "then: lower --lr")
         rng = tdist.all_gather_objects(info, _rng_state(info))
         if info.is_main:
             meta = {"iteration": it_done, "train": opts.to_json()}

@@ -117,6 +117,39 @@ def test_failing_backend_does_not_stop_the_run(ckpt, tmp_path, monkeypatch):
     assert "onnxruntime fp32" in res.meta["tracebacks"]
 
 
+def test_ctrl_c_inside_a_backend_stops_the_run(ckpt, tmp_path, monkeypatch):
+    """Ctrl-C that torch.export turned into an AssertionError (wrapped in an ExportError) must stop the run,
+    not become a "failed" row of a report that ends with exit 0."""
+    from semask_deploy.errors import ExportError
+
+    real = suite.make_runner
+
+    def interrupted(backend, precision, device, **kw):
+        if backend == "torch-eager":  # the parity reference
+            return real(backend, precision, device, **kw)
+        try:
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt:
+                raise AssertionError("Trying to pop empty mode stack")  # noqa: B904 - as torch does
+        except AssertionError as exc:
+            raise ExportError(f"torch.export could not trace the model: {exc}") from exc
+
+    monkeypatch.setattr(suite, "make_runner", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_bench(_cfg(ckpt, tmp_path / "o", backends=("torch-sdpa",)))
+    assert not (tmp_path / "o").exists()
+
+
+def test_out_under_a_file_is_refused_before_measuring(ckpt, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["--ckpt", str(ckpt), "--out", str(blocker / "report"), "--backends", "torch-sdpa",
+                 "--precisions", "fp32", "--sizes", "64x64", "--batch", "1", "--runs", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a file, not a folder" in err[0], err
+
+
 def _fake_exporter(checkpoint, precision, out_dir, *, calib_images, device="cpu", **kw):
     """Stand-in for semask_deploy.export: a TorchScript export with labels + logits and a dynamic batch, traced
     at the calibration images' size (the benchmark passes images of its first size)."""

@@ -41,3 +41,52 @@ def test_usage_errors_are_one_line(capsys):
     assert info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: argument --mode: invalid choice") and "semask-x --help" in err[0]
+
+
+def test_ctrl_c_that_a_library_turned_into_another_error_is_still_an_interruption(capsys):
+    """torch.export, interrupted while it pops a dispatch mode, raises AssertionError("Trying to pop empty mode
+    stack") with the KeyboardInterrupt as context, and the exporter wraps that in an ExportError: the CLI must
+    say "interrupted" and exit 130, not report an export failure (exit 2)."""
+    from semask_deploy.errors import ExportError
+
+    def run(args):
+        try:
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt:
+                raise AssertionError("Trying to pop empty mode stack")  # noqa: B904 - as torch does
+        except AssertionError as exc:
+            raise ExportError(f"torch.export could not trace the model: {exc}") from exc
+
+    assert main_wrapper(run, argparse.ArgumentParser(), []) == 130
+    assert capsys.readouterr().err.strip() == "error: interrupted"
+
+
+def test_raise_if_interrupted_finds_the_interruption():
+    from semask_deploy.errors import Terminated, raise_if_interrupted
+
+    plain = RuntimeError("boom")
+    raise_if_interrupted(plain)  # nothing behind it: returns
+    for cause in (KeyboardInterrupt(), Terminated()):
+        wrapped = RuntimeError("wrapped")
+        wrapped.__context__ = cause
+        with pytest.raises(type(cause)):
+            raise_if_interrupted(wrapped)
+
+
+def test_a_failed_cpu_allocation_is_one_line(capsys):
+    def run(args):  # what torch raises for e.g. --static 99999999x99999999
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                           "memory: you tried to allocate 239999995200000024 bytes. Error code 12")
+
+    assert main_wrapper(run, argparse.ArgumentParser(), []) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: out of memory")
+
+
+def test_other_bugs_still_show_their_traceback():
+    def run(args):
+        raise ValueError("a bug")
+
+    with pytest.raises(ValueError, match="a bug"):
+        main_wrapper(run, argparse.ArgumentParser(), [])

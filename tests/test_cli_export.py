@@ -130,6 +130,9 @@ def test_corrupt_checkpoint(tmp_path, capsys):
     (["--fmt", "trt", "--precision", "int8", "--int8-activations", "u8"], "symmetric"),
     (["--timing-cache", "x.cache"], "--timing-cache is only used"),
     (["--name", "../escape"], "--name must be a plain file name"),
+    (["--fmt", "trt", "--workspace-gb", "0"], "--workspace-gb must be a positive"),
+    (["--triton-gpu"], "--triton-gpu applies only to --fmt triton"),
+    (["--fmt", "triton-trt", "--triton-python-runtime"], "--triton-python-runtime runs the ONNX"),
 ])
 def test_bad_options(tmp_path, capsys, flags, text):
     msg = _bad(["--ckpt", str(SMALL)] + flags, tmp_path, capsys)
@@ -150,6 +153,33 @@ def test_failed_export_leaves_no_folder(tmp_path, capsys):
     assert main(["--ckpt", str(SMALL), "--fmt", "aoti", "--device", "cuda", "--out", str(out), "--quiet"]) == 2
     assert "CUDA" in _one_error(capsys)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "aoti", "triton"])
+def test_out_under_a_file_is_one_line_error(tmp_path, capsys, fmt):
+    """--out below a regular file used to end in a NotADirectoryError traceback from mkdir."""
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["--ckpt", str(SMALL), "--fmt", fmt, "--static", "64x64", "--out", str(blocker / "out")]) == 2
+    msg = _one_error(capsys)
+    assert "is a file, not a folder" in msg and "file" in msg
+    assert blocker.read_text() == "x"
+
+
+def test_out_the_os_refuses_is_one_line_error(tmp_path, capsys, monkeypatch):
+    """mkdir refused by the OS (read-only or special file system, permissions): an error line, not a traceback."""
+    from pathlib import Path as _Path
+
+    real = _Path.mkdir
+
+    def refuse(self, *a, **k):
+        if self.name == "refused":
+            raise PermissionError(1, "Operation not permitted", str(self))
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(_Path, "mkdir", refuse)
+    assert main(["--ckpt", str(SMALL), "--static", "64x64", "--out", str(tmp_path / "refused")]) == 2
+    assert "cannot create the --out folder" in _one_error(capsys)
 
 
 def test_unreadable_calibration_folder(tmp_path, capsys):

@@ -25,6 +25,18 @@ def test_bad_options_are_one_line_errors(tmp_path, capsys):
     assert "--scale" in _err(["--demo", "--scale", "big"], capsys)
 
 
+@pytest.mark.parametrize("flags, text", [
+    (["--http-port", "99999"], "--http-port must be a TCP port between 1 and 65535"),
+    (["--metrics-port", "0"], "--metrics-port must be a TCP port"),
+    (["--grpc-port", "8000"], "three different ports"),  # the default --http-port
+    (["--exit-timeout", "-1"], "--exit-timeout must be >= 0"),
+    (["--name", "../escape"], "--name must be a plain model name"),
+])
+def test_server_options_are_checked_before_the_server_starts(capsys, flags, text):
+    """Found before PyTriton is needed, instead of a failure inside tritonserver (or not at all)."""
+    assert text in _err(["--demo", *flags], capsys)
+
+
 @pytest.mark.skipif(importlib.util.find_spec("pytriton") is not None, reason="PyTriton is installed here")
 def test_without_pytriton_the_error_names_the_serve_extra(capsys):
     assert "semask-deploy[serve]" in _err(["--demo", "--http-port", "1"], capsys)

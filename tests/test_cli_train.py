@@ -65,12 +65,53 @@ def test_cli_trains_and_writes_loadable_weights(tmp_path, tiny_json):
         (["--variant", "demo", "--iters", "0"], "--iters"),
         (["--crop", "32x32", "--batch-size", "1"], "BatchNorm a single value per channel"),
         (["--crop", "10x10", "--batch-size", "1"], "BatchNorm a single value per channel"),
+        # checked before anything is written (--workers used to fail after log.jsonl was started), and values
+        # that used to end in a traceback (--seed, NaN weight decay) or in a checkpoint of inf weights (--lr inf)
+        (["--workers", "-1"], "--workers must be >= 0"),
+        (["--seed", "-1"], "--seed"),
+        (["--seed", str(2**64)], "--seed"),
+        (["--lr", "inf"], "--lr must be a positive finite"),
+        (["--lr", "1e39"], "--lr must be a positive finite"),  # overflows float32 inside the optimizer
+        (["--weight-decay", "nan"], "--weight-decay"),
+        (["--gamma-init", "nan"], "--gamma-init"),
     ],
 )
 def test_cli_errors_are_one_line(tmp_path, capsys, args, message):
     assert main([*args, "--out", str(tmp_path / "out"), "--quiet"]) == 2
     assert message in one_error_line(capsys)
     assert not (tmp_path / "out").exists()  # a refused run leaves nothing, not even its folder
+
+
+def test_cli_out_under_a_file_is_refused_up_front(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["--out", str(blocker / "run"), "--quiet"]) == 2
+    assert "is a file, not a folder" in one_error_line(capsys)
+
+
+def test_non_finite_weights_are_not_saved(tmp_path, capsys, tiny_json, monkeypatch):
+    """The loss is checked before each update; an update that makes the weights inf must not be saved."""
+    from semask_deploy import train as train_mod
+
+    real = train_mod.build_optimizer
+
+    def blowing_up(model, lr, weight_decay):
+        opt = real(model, lr, weight_decay)
+        step = opt.step
+
+        def step_then_inf(*a, **k):
+            out = step(*a, **k)
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("inf"))
+            return out
+
+        opt.step = step_then_inf
+        return opt
+
+    monkeypatch.setattr(train_mod, "build_optimizer", blowing_up)
+    assert main(small_args(tiny_json, tmp_path / "out", "--iters", "1")) == 2
+    assert "non-finite" in one_error_line(capsys)
+    assert not (tmp_path / "out" / "final.pth").exists() and not (tmp_path / "out" / "latest.pth").exists()
 
 
 def test_cli_bad_config_json(tmp_path, capsys):

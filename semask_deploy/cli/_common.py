@@ -7,7 +7,7 @@ import signal
 import sys
 from typing import Any, Callable, NoReturn, Sequence
 
-from ..errors import ConfigError, SemaskError
+from ..errors import ConfigError, SemaskError, Terminated, interruption
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -58,26 +58,47 @@ def main_wrapper(run: Callable[[argparse.Namespace], int | None], parser: argpar
     installed, previous = _raise_on_sigterm()
     try:
         code = run(args)
-    except SemaskError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+        return _interrupted(130)
     except Terminated:
-        print("error: terminated (SIGTERM)", file=sys.stderr)
-        return 143
+        return _interrupted(143)
     except MemoryError:
-        print("error: out of memory; use a smaller --scale / --batch or a GPU", file=sys.stderr)
-        return 2
+        return _out_of_memory()
+    except Exception as exc:
+        # a library may turn Ctrl-C / SIGTERM into another exception (torch.export: "Trying to pop empty mode
+        # stack", which our exporter wraps in an ExportError): still an interruption, not a failure to report
+        found = interruption(exc)
+        if found is not None:
+            return _interrupted(130 if isinstance(found, KeyboardInterrupt) else 143)
+        if isinstance(exc, SemaskError):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if _is_allocation_failure(exc):
+            return _out_of_memory()
+        raise
     finally:
         if installed:
             signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
     return int(code or 0)
 
 
-class Terminated(BaseException):
-    """SIGTERM arrived (a BaseException, like KeyboardInterrupt: ``except Exception`` does not swallow it)."""
+def _interrupted(code: int) -> int:
+    print("error: interrupted" if code == 130 else "error: terminated (SIGTERM)", file=sys.stderr)
+    return code
+
+
+def _out_of_memory() -> int:
+    print("error: out of memory; use a smaller input size (--scale, --static, --sizes) or --batch, or a machine "
+          "with more memory", file=sys.stderr)
+    return 2
+
+
+def _is_allocation_failure(exc: BaseException) -> bool:
+    """torch reports a failed CPU allocation as a RuntimeError (CUDA: torch.OutOfMemoryError, a RuntimeError)."""
+    if not isinstance(exc, RuntimeError):
+        return False
+    text = str(exc)
+    return type(exc).__name__ == "OutOfMemoryError" or "can't allocate memory" in text or "out of memory" in text
 
 
 def _raise_on_sigterm() -> tuple[bool, Any]:

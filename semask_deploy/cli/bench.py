@@ -145,8 +145,9 @@ def config_from_args(args: argparse.Namespace, argv: Sequence[str] | None = None
     if threads == 0:
         threads = None  # all cores: torch's and ONNX Runtime's defaults
     out = args.out or Path(f"semask-bench-{_dt.datetime.now():%Y%m%d-%H%M%S}")
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} exists and is not a folder")
+    from ..fileio import check_output_folder
+
+    check_output_folder(out)  # now, not when the report is written after minutes of measuring
     cmd = "semask-bench" + ("" if not argv else " " + " ".join(shlex.quote(a) for a in argv))
     cfg = BenchConfig(
         checkpoint=ckpt, out=out, backends=backends, precisions=precisions, sizes=sizes, batches=batches,

@@ -144,6 +144,16 @@ def _run(args: argparse.Namespace) -> int:
         return run_check_trt(args.check_trt, args.quiet)
     from semask_deploy.export.pipeline import ExportOptions, run_export
 
+    from ..errors import ConfigError
+
+    triton_flags = [f for f, v in (("--triton-gpu", args.triton_gpu),
+                                   ("--triton-python-runtime", args.triton_python_runtime)) if v]
+    if triton_flags and not args.fmt.startswith("triton"):
+        raise ConfigError(f"{' and '.join(triton_flags)} {'apply' if len(triton_flags) > 1 else 'applies'} only to "
+                          "--fmt triton (a Triton model repository)")
+    if args.triton_python_runtime and args.fmt == "triton-trt":
+        raise ConfigError("--triton-python-runtime runs the ONNX with ONNX Runtime: use it with --fmt triton, "
+                          "not triton-trt (a TensorRT engine)")
     # sizes are parsed here (not by argparse) so a bad one is one "error: …" line, exit 2
     shape = {k: parse_hw(getattr(args, k), "--" + k.replace("_", "-")) if getattr(args, k) is not None else None
              for k in ("static", "min_shape", "opt_shape", "max_shape")}

@@ -24,6 +24,7 @@ accepting work, answers the requests already in flight (up to ``exit_timeout_s``
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import sys
 import threading
@@ -95,6 +96,17 @@ def build_segmenter(o: ServeOptions):
             raise ConfigError(f"{flag} must be at least 1, got {value}")
     if o.queue_delay_us < 0:
         raise ConfigError(f"--queue-delay-us must be >= 0, got {o.queue_delay_us}")
+    if o.exit_timeout_s < 0:
+        raise ConfigError(f"--exit-timeout must be >= 0 seconds, got {o.exit_timeout_s}")
+    ports = {"--http-port": o.http_port, "--grpc-port": o.grpc_port, "--metrics-port": o.metrics_port}
+    for flag, port in ports.items():
+        if not 1 <= int(port) <= 65535:
+            raise ConfigError(f"{flag} must be a TCP port between 1 and 65535, got {port}")
+    if len(set(ports.values())) < len(ports):
+        raise ConfigError("--http-port, --grpc-port and --metrics-port must be three different ports, got "
+                          + ", ".join(str(p) for p in ports.values()))
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", o.name or ""):
+        raise ConfigError(f"--name must be a plain model name (letters, digits, _ . -), got {o.name!r}")
     return Segmenter(model_path(o), device=o.device, mode=o.mode, scale=o.scale, attention_backend=o.attention)
 
 

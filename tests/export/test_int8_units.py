@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -9,6 +11,7 @@ pytest.importorskip("onnxruntime")
 
 from onnxruntime.quantization.calibrate import HistogramCollector  # noqa: E402
 
+from semask_deploy.errors import ConfigError  # noqa: E402
 from semask_deploy.export import int8  # noqa: E402
 from semask_deploy.export import pipeline  # noqa: E402
 from semask_deploy.runtime import cpu_info  # noqa: E402
@@ -140,3 +143,44 @@ def test_onnxruntime_keeps_the_rewritten_linear_layers_as_int8_matmuls(tmp_path)
     ort.InferenceSession(str(tmp_path / "fc_int8.onnx"), so, providers=["CPUExecutionProvider"])
     ops = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
     assert "MatMulIntegerToFloat" in ops and "Gemm" not in ops and "MatMul" not in ops
+
+
+def _tiny_fc(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="fc", transB=1)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 32])],
+        [numpy_helper.from_array(rng.standard_normal((32, 16)).astype(np.float32), "w"),
+         numpy_helper.from_array(rng.standard_normal(32).astype(np.float32), "b")])
+    fp32 = tmp_path / "fc.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(fp32))
+    return fp32, [rng.standard_normal((8, 16)).astype(np.float32) for _ in range(4)]
+
+
+def test_a_damaged_calibration_cache_file_is_recomputed(tmp_path, monkeypatch):
+    """A truncated cache file used to fail every later int8 export ("int8 quantization failed: Unterminated
+    string …") until the user found and deleted it."""
+    monkeypatch.setenv("SEMASK_CACHE_DIR", str(tmp_path / "cache"))
+    fp32, calib = _tiny_fc(tmp_path)
+    first = int8.quantize_int8(fp32, tmp_path / "a.onnx", calib, progress=False)
+    cache = Path(first["calibration_cache"])
+    assert cache.is_file() and not first["calibration_cache_hit"]
+    good = cache.read_text()
+    cache.write_text(good[: len(good) // 2])  # truncated
+    again = int8.quantize_int8(fp32, tmp_path / "b.onnx", calib, progress=False)
+    assert not again["calibration_cache_hit"] and cache.read_text() == good  # recomputed and replaced
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+
+
+def test_an_unusable_cache_folder_is_a_clear_error(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    monkeypatch.setenv("SEMASK_CACHE_DIR", str(blocker / "cache"))
+    fp32, calib = _tiny_fc(tmp_path)
+    with pytest.raises(ConfigError, match="SEMASK_CACHE_DIR"):
+        int8.quantize_int8(fp32, tmp_path / "a.onnx", calib, progress=False)
+    assert not (tmp_path / "a.onnx").exists()

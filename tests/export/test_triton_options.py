@@ -67,3 +67,30 @@ def test_triton_trt_engine_failure_names_no_temporary_files(monkeypatch, tmp_pat
     assert msg.startswith("no TensorRT engine was built: TensorRT 10 could not create a builder")
     assert "nothing was written" in msg and ".tmp" not in msg and "sidecar were written" not in msg
     assert not (tmp_path / "repo").exists()
+
+
+def test_an_existing_repository_is_refused_before_exporting(monkeypatch, tmp_path):
+    """Found before the export (minutes for a full-size model), not when the repository is written after it."""
+    from semask_deploy.errors import ConfigError
+
+    repo = tmp_path / "repo"
+    (repo / "semask_demo_fp32_post").mkdir(parents=True)
+    monkeypatch.setattr(pipeline, "run_export", lambda o: pytest.fail("exported although the repository exists"))
+    with pytest.raises(ConfigError, match="semask_demo_fp32_post already exist.*--force"):
+        run_export_triton(ExportOptions(demo=True, fmt="triton", out=repo, quiet=True))
+    with pytest.raises(ConfigError, match="custom_post already exist"):
+        (repo / "custom_post").mkdir()
+        run_export_triton(ExportOptions(demo=True, fmt="triton", out=repo, name="custom", quiet=True))
+    assert sorted(p.name for p in repo.iterdir()) == ["custom_post", "semask_demo_fp32_post"]  # no work folder left
+
+
+def test_out_that_is_or_lies_under_a_file(monkeypatch, tmp_path):
+    from semask_deploy.errors import ConfigError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    monkeypatch.setattr(pipeline, "run_export", lambda o: pytest.fail("exported into an impossible folder"))
+    with pytest.raises(ConfigError, match="exists and is not a folder"):
+        run_export_triton(ExportOptions(demo=True, fmt="triton", out=blocker, quiet=True))
+    with pytest.raises(ConfigError, match="is a file, not a folder"):
+        run_export_triton(ExportOptions(demo=True, fmt="triton", out=blocker / "repo", quiet=True))
