@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import warnings
 import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -25,8 +26,8 @@ from typing import Any, Mapping
 
 import torch
 
-from .config import SeMaskConfig, official_semantic_modes
-from .errors import CheckpointError
+from .config import _ARCH, SeMaskConfig, official_semantic_modes
+from .errors import CheckpointError, SemaskWarning
 from .fileio import atomic_path
 
 _SAFETENSORS_MAGIC_MAX_HEADER = 100 * 1024 * 1024
@@ -230,6 +231,14 @@ def infer_config(data: CheckpointData) -> SeMaskConfig:
     else:
         test_scale, crop = (2048, 512), (512, 512)
     arch = {96: "t" if depths[2] == 6 else "s", 128: "b", 192: "l"}.get(embed, "custom")
+    sem_modes = official_semantic_modes(embed, sem_classes)
+    if (embed, tuple(depths), tuple(heads), window) not in _OFFICIAL_BACKBONES or hidden != 4 * embed or patch != 4:
+        warnings.warn(
+            f"{where} has no saved model config and its backbone (embed {embed}, depths {tuple(depths)}, window "
+            f"{window}) is none of the official SeMask-T/S/B/L: assumed the official semantic attention "
+            f"{'/'.join(sem_modes)} per stage and semantic window {sem_window}, which change the results if the model "
+            "was built otherwise; save models with semask_deploy.save_checkpoint (as semask-train does), which keeps "
+            "the config", SemaskWarning, stacklevel=2)
     return SeMaskConfig(
         embed_dim=embed,
         depths=tuple(depths),
@@ -238,7 +247,7 @@ def infer_config(data: CheckpointData) -> SeMaskConfig:
         sem_window_size=sem_window,
         num_classes=num_classes,
         sem_num_classes=sem_classes,
-        sem_modes=official_semantic_modes(embed, sem_classes),
+        sem_modes=sem_modes,
         mlp_ratio=hidden / embed,
         head_channels=head_channels,
         patch_size=patch,
@@ -247,6 +256,10 @@ def infer_config(data: CheckpointData) -> SeMaskConfig:
         crop_size=crop,
         name=f"semask_swin_{arch}_{dataset.replace('-', '')}",
     )
+
+
+#: (embed, depths, heads, window) of SeMask-T/S/B/L: checkpoints of these need no saved config
+_OFFICIAL_BACKBONES = {(embed, depths, heads, window) for embed, depths, heads, window in _ARCH.values()}
 
 
 def _sem_window_from_meta(meta: Mapping[str, Any]) -> int | None:

@@ -31,6 +31,10 @@ class RuntimeBackendError(SemaskError):
     """An inference backend is unavailable or does not match the artifact."""
 
 
+class SemaskWarning(UserWarning):
+    """Something the user should know that does not stop the work (the CLIs print it as one ``warning:`` line)."""
+
+
 class MissingDependencyError(SemaskError):
     """An optional dependency is not installed; the message names the extra."""
 

@@ -164,3 +164,22 @@ def test_other_file_kinds_are_not_called_unsafe_pickles(tmp_path):
     (tmp_path / "model.onnx").write_bytes(onnx_like)
     with pytest.raises(CheckpointError, match="is an ONNX file, not a PyTorch checkpoint.*Segmenter"):
         load_model(tmp_path / "model.onnx")
+
+
+def test_a_bare_state_dict_of_a_custom_backbone_warns_what_was_assumed(golden_tiny, tmp_path):
+    """Semantic attention modes are not in the tensor shapes: a bare state dict of a non-official backbone (the
+    demo's, saved with torch.save(model.state_dict())) loads with the official rule, and says so."""
+    import warnings
+
+    from semask_deploy.assets import demo_checkpoint
+    from semask_deploy.errors import SemaskWarning
+
+    bare = tmp_path / "bare.pth"
+    torch.save(read_checkpoint(demo_checkpoint()).state_dict, bare)
+    with pytest.warns(SemaskWarning, match="no saved model config.*none of the official SeMask.*save_checkpoint"):
+        load_model(bare)
+    official = golden_tiny.write_mmseg_checkpoint(tmp_path / "t.pth")  # SeMask-T: its modes are known
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SemaskWarning)
+        load_model(official)
+        load_model(demo_checkpoint())  # the config is saved with it

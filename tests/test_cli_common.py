@@ -90,3 +90,15 @@ def test_other_bugs_still_show_their_traceback():
 
     with pytest.raises(ValueError, match="a bug"):
         main_wrapper(run, argparse.ArgumentParser(), [])
+
+
+def test_our_warnings_are_one_line(capsys):
+    import warnings
+
+    from semask_deploy.errors import SemaskWarning
+
+    def run(args):
+        warnings.warn("assumed something", SemaskWarning, stacklevel=2)
+
+    assert main_wrapper(run, argparse.ArgumentParser(), []) == 0
+    assert capsys.readouterr().err.strip() == "warning: assumed something"

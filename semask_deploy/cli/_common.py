@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import warnings
 from typing import Any, Callable, NoReturn, Sequence
 
-from ..errors import ConfigError, SemaskError, Terminated, interruption
+from ..errors import ConfigError, SemaskError, SemaskWarning, Terminated, interruption
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -56,6 +57,8 @@ def main_wrapper(run: Callable[[argparse.Namespace], int | None], parser: argpar
     """
     args = parser.parse_args(argv)
     installed, previous = _raise_on_sigterm()
+    shown = warnings.showwarning
+    warnings.showwarning = _one_line_warning(shown)
     try:
         code = run(args)
     except KeyboardInterrupt:
@@ -77,9 +80,22 @@ def main_wrapper(run: Callable[[argparse.Namespace], int | None], parser: argpar
             return _out_of_memory()
         raise
     finally:
+        warnings.showwarning = shown
         if installed:
             signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
     return int(code or 0)
+
+
+def _one_line_warning(fallback: Callable[..., None]) -> Callable[..., None]:
+    """``warnings.showwarning`` that prints our own warnings as one ``warning: …`` line (others as Python does)."""
+
+    def show(message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+        if issubclass(category, SemaskWarning):
+            print(f"warning: {message}", file=file or sys.stderr)
+        else:
+            fallback(message, category, filename, lineno, file, line)
+
+    return show
 
 
 def _interrupted(code: int) -> int:
