@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..errors import ConfigError
-from ..fileio import write_text_atomic
 
 PLATFORMS = {"onnx": ("onnxruntime_onnx", "onnxruntime", "model.onnx"),
              "tensorrt": ("tensorrt_plan", "tensorrt", "model.plan"),
@@ -235,6 +235,9 @@ def write_repository(out: str | Path, spec: RepoSpec, artifact: str | Path, side
                      force: bool = False) -> list[Path]:
     """Write the repository; ``artifact`` (an .onnx or engine file) is copied to ``<name>/1/``.
 
+    The four model folders are written in a hidden staging folder inside ``out`` and renamed into place at
+    the end, so a failure or Ctrl-C while writing leaves ``out`` as it was (with ``force``: the old models).
+
     Returns:
         The files written.
 
@@ -246,37 +249,47 @@ def write_repository(out: str | Path, spec: RepoSpec, artifact: str | Path, side
     existing = [out / n for n in names if (out / n).exists()]
     if existing and not force:
         raise ConfigError(f"{', '.join(str(p) for p in existing)} already exist(s); use --force to overwrite")
-    for p in existing:
-        shutil.rmtree(p)
+    out.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{spec.name}.", suffix=".tmp", dir=out))
+    try:
+        written = [out / p.relative_to(stage) for p in _write_models(stage, spec, artifact, sidecar)]
+        for name in names:  # the swap: renames only
+            if (out / name).exists():
+                os.replace(out / name, stage / f"{name}.old")
+            os.replace(stage / name, out / name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return written
+
+
+def _write_models(root: Path, spec: RepoSpec, artifact: str | Path, sidecar: str | Path | None) -> list[Path]:
+    """The four model folders of ``spec`` under ``root``; returns the files written."""
     written: list[Path] = []
 
     def text(path: Path, content: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(path, content)
+        path.write_text(content, encoding="utf-8")
         written.append(path)
 
     filename = PLATFORMS[spec.kind][2]
-    target = out / spec.name / "1" / filename
+    target = root / spec.name / "1" / filename
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{filename}.tmp")
-    shutil.copyfile(artifact, tmp)
-    os.replace(tmp, target)
+    shutil.copyfile(artifact, target)
     written.append(target)
     if sidecar is not None:  # the metadata travels with the model (classes, palette, provenance)
-        dst = out / spec.name / "1" / "semask_metadata.json"
-        shutil.copyfile(sidecar, dst.with_name(".meta.tmp"))
-        os.replace(dst.with_name(".meta.tmp"), dst)
+        dst = root / spec.name / "1" / "semask_metadata.json"
+        shutil.copyfile(sidecar, dst)
         written.append(dst)
-    text(out / spec.name / "config.pbtxt", network_config(spec))
+    text(root / spec.name / "config.pbtxt", network_config(spec))
     if spec.kind == "onnx-python":
-        text(out / spec.name / "1" / "model.py", ORT_MODEL_PY)
+        text(root / spec.name / "1" / "model.py", ORT_MODEL_PY)
     prepost_src = Path(__file__).with_name("prepost.py").read_text(encoding="utf-8")
     for suffix, cfg, code in (("_pre", pre_config(spec), PRE_MODEL_PY), ("_post", post_config(spec), POST_MODEL_PY)):
-        text(out / f"{spec.name}{suffix}" / "config.pbtxt", cfg)
-        text(out / f"{spec.name}{suffix}" / "1" / "model.py", code)
-        text(out / f"{spec.name}{suffix}" / "1" / "semask_prepost.py", prepost_src)
-    text(out / f"{spec.name}_ensemble" / "config.pbtxt", ensemble_config(spec))
-    (out / f"{spec.name}_ensemble" / "1").mkdir(parents=True, exist_ok=True)
+        text(root / f"{spec.name}{suffix}" / "config.pbtxt", cfg)
+        text(root / f"{spec.name}{suffix}" / "1" / "model.py", code)
+        text(root / f"{spec.name}{suffix}" / "1" / "semask_prepost.py", prepost_src)
+    text(root / f"{spec.name}_ensemble" / "config.pbtxt", ensemble_config(spec))
+    (root / f"{spec.name}_ensemble" / "1").mkdir(parents=True, exist_ok=True)
     return written
 
 

@@ -94,3 +94,32 @@ def test_out_that_is_or_lies_under_a_file(monkeypatch, tmp_path):
         run_export_triton(ExportOptions(demo=True, fmt="triton", out=blocker, quiet=True))
     with pytest.raises(ConfigError, match="is a file, not a folder"):
         run_export_triton(ExportOptions(demo=True, fmt="triton", out=blocker / "repo", quiet=True))
+
+
+def test_a_repository_is_replaced_whole_or_not_at_all(monkeypatch, tmp_path):
+    """--force replaces the four model folders by renames at the end: a failure (or Ctrl-C) while the new ones
+    are written leaves the old repository as it was, and nothing of the staging folder behind."""
+    from semask_deploy.serving import triton_repo
+    from semask_deploy.serving.triton_repo import RepoSpec, write_repository
+
+    artifact = tmp_path / "model.onnx"
+    artifact.write_bytes(b"first")
+    repo = tmp_path / "repo"
+    spec = RepoSpec("net", "onnx", 19)
+    written = write_repository(repo, spec, artifact)
+    assert sorted(p.name for p in repo.iterdir()) == ["net", "net_ensemble", "net_post", "net_pre"]
+    assert all(p.is_file() and repo in p.parents for p in written)
+    assert (repo / "net" / "1" / "model.onnx").read_bytes() == b"first"
+    before = {p.relative_to(repo): p.read_bytes() for p in repo.rglob("*") if p.is_file()}
+
+    artifact.write_bytes(b"second")
+    monkeypatch.setattr(triton_repo, "ensemble_config", lambda s: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):  # the last file of the new repository is never written
+        write_repository(repo, spec, artifact, force=True)
+    after = {p.relative_to(repo): p.read_bytes() for p in repo.rglob("*") if p.is_file()}
+    assert after == before and sorted(p.name for p in repo.iterdir()) == ["net", "net_ensemble", "net_post", "net_pre"]
+
+    monkeypatch.undo()
+    write_repository(repo, spec, artifact, force=True)
+    assert (repo / "net" / "1" / "model.onnx").read_bytes() == b"second"
+    assert sorted(p.name for p in repo.iterdir()) == ["net", "net_ensemble", "net_post", "net_pre"]
