@@ -213,6 +213,23 @@ def check_options(o: ExportOptions) -> None:
     check_output_folder(o.out)
 
 
+def _warn_stale_derivatives(onnx_path: Path, engine_path: Path, base: str, build: bool, to_ov: bool) -> None:
+    """A TensorRT engine or OpenVINO IR made from the ONNX that ``--force`` just replaced, and not rebuilt by this
+    export, no longer matches it: say so (they are the user's files: not deleted)."""
+    import warnings
+
+    from semask_deploy.errors import SemaskWarning
+    from semask_deploy.export.openvino import ir_paths
+
+    stale = [] if build else [p for p in (engine_path,) if p.exists()]
+    if not to_ov:
+        stale += [p for p in ir_paths(onnx_path.parent, base)[:1] if p.exists()]
+    if stale:
+        warnings.warn(f"{', '.join(p.name for p in stale)} in {onnx_path.parent} came from the previous "
+                      f"{onnx_path.name} and no longer match(es) it: rebuild with --fmt trt / openvino --force, or "
+                      "delete", SemaskWarning, stacklevel=2)
+
+
 class _Steps:
     def __init__(self, total: int, quiet: bool) -> None:
         self.total, self.quiet, self.n, self.t0 = total, quiet, 0, time.perf_counter()
@@ -430,8 +447,11 @@ def _run_export(o: ExportOptions) -> ExportResult:
         if build and o.force:  # an engine of the previous ONNX must not survive next to the new one
             for stale in (engine_path, md.sidecar_path(engine_path)):
                 stale.unlink(missing_ok=True)
+        replaced = onnx_path.exists()
         os.replace(model_path, onnx_path)
         os.replace(staged_meta, md.sidecar_path(onnx_path))
+        if replaced:
+            _warn_stale_derivatives(onnx_path, engine_path, base, build, to_ov)
         result.onnx_path, result.onnx_sidecar, result.metadata = onnx_path, md.sidecar_path(onnx_path), meta
     finally:
         shutil.rmtree(work, ignore_errors=True)

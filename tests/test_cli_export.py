@@ -245,3 +245,17 @@ def test_help_lists_the_options(capsys):
                  "--with-logits", "--no-winograd", "--preprocess", "--timing-cache", "--force", "--no-verify", "--opset", "--check-trt"):
         assert flag in out
     assert np.all([s in out for s in ("fp16", "int8")])
+
+
+@pytest.mark.slow  # two exports
+def test_force_warns_about_an_engine_of_the_replaced_onnx(tmp_path, capsys):
+    """--fmt onnx --force replaces the ONNX; an engine built from the old one stays (the user's file) but is named."""
+    out = tmp_path / "out"
+    argv = ["--ckpt", str(SMALL), "--static", "64x64", "--no-verify", "--out", str(out), "--name", "m", "--quiet"]
+    assert main(argv) == 0
+    assert "warning" not in capsys.readouterr().err
+    (out / "m_trt.engine").write_bytes(b"an engine of the first ONNX")
+    assert main(argv + ["--force"]) == 0
+    warning = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: ")]
+    assert len(warning) == 1 and "m_trt.engine" in warning[0] and "no longer match" in warning[0], warning
+    assert (out / "m_trt.engine").read_bytes() == b"an engine of the first ONNX"
