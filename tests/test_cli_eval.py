@@ -230,6 +230,8 @@ def test_errors_one_line_exit_2(models, tmp_path, capsys):
         (["--model", str(models["ade20k"]), "--dataset", "synthetic", "--out", str(tmp_path)], "is a folder"),
         (["--dataset", "synthetic"], "required"),
         (["--model", str(models["folder"]), "--dataset", "synthetic", "--threads", "-1"], "threads must be"),
+        (["--model", str(models["folder"]), "--dataset", "synthetic", "--data-root", str(root)], "drop --data-root"),
+        (["--model", str(models["folder"]), "--dataset", "synthetic", "--split", "val"], "drop --data-root/--split"),
     ]
     for argv, needle in cases:
         assert _code(argv) == 2, argv

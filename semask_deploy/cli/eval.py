@@ -126,6 +126,9 @@ def run_eval(
         raise ConfigError(f"--limit must be a positive number of images, got {limit}")
     if dataset != "synthetic" and data_root is None:
         raise ConfigError(f"--dataset {dataset} needs --data-root DIR")
+    if dataset == "synthetic" and (data_root is not None or split is not None):
+        raise ConfigError("--dataset synthetic makes its own scenes in memory: drop --data-root/--split (or pick "
+                          "the --dataset those files belong to)")
     if out is not None:
         _check_writable(out)
     if demo:
