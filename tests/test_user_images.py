@@ -161,3 +161,14 @@ def test_segmenter_predict_refuses_empty_or_non_array_images():
                 _scene(4, 5)[:, :, 0], _scene(4, 5).astype(np.float32)):
         with pytest.raises(ConfigError, match=r"expected a uint8 \(H, W, 3\) RGB image"):
             seg.predict(bad)
+
+
+def test_attention_backend_is_refused_for_exported_models(tmp_path):
+    """--attention / attention_backend used to be ignored silently for ONNX, OpenVINO, TensorRT and AOTInductor
+    files (their attention is compiled in); checked before the file is even opened."""
+    from semask_deploy.errors import ConfigError
+
+    for name in ("m.onnx", "m.xml", "m.engine", "m.pt2"):
+        with pytest.raises(ConfigError, match="attention_backend .--attention. is for PyTorch checkpoints"):
+            Segmenter(tmp_path / name, attention_backend="eager")
+    assert Segmenter(SMALL, attention_backend="eager", scale=SCALE).backend is not None

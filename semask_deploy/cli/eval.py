@@ -54,8 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stride", type=hw_type("--stride"), default=None, help="slide step HxW (default: 2/3 crop)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device (default: cpu)")
-    p.add_argument("--attention", choices=("eager", "sdpa", "triton"), default="sdpa",
-                   help="PyTorch attention backend (default: sdpa)")
+    p.add_argument("--attention", choices=("eager", "sdpa", "triton"), default=None,
+                   help="PyTorch checkpoints: attention backend (default: sdpa); an error with exported models")
     p.add_argument("--backend", choices=("auto", "onnxruntime", "openvino"), default="auto",
                    help="auto: by file suffix (.onnx → ONNX Runtime, .xml → OpenVINO); onnxruntime: an .onnx with "
                    "ONNX Runtime; openvino: an .onnx with OpenVINO (pip install 'semask-deploy[openvino]') "
@@ -95,7 +95,7 @@ def run_eval(
     stride: tuple[int, int] | None = None,
     limit: int | None = None,
     device: str = "cpu",
-    attention: str = "sdpa",
+    attention: str | None = None,
     backend: str = "auto",
     precision: str | None = None,
     threads: int | None = None,

@@ -34,8 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "tensorrt"), default="auto",
                    help="runtime; auto = from the file suffix (default: auto)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="(default: cpu)")
-    p.add_argument("--attention", choices=("eager", "sdpa", "triton"), default="sdpa",
-                   help="PyTorch attention backend (default: sdpa)")
+    p.add_argument("--attention", choices=("eager", "sdpa", "triton"), default=None,
+                   help="PyTorch checkpoints: attention backend (default: sdpa); an error with exported models")
     p.add_argument("--mode", choices=("whole", "slide"), default="whole", help="inference mode (default: whole)")
     p.add_argument("--scale", default=None, help="keep-ratio test resize LONGxSHORT or 'none' (default: the model's)")
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default: %(default)s)")

@@ -100,7 +100,7 @@ class Segmenter:
         scale: Sequence[int] | str | None = None,
         crop: Sequence[int] | None = None,
         stride: Sequence[int] | None = None,
-        attention_backend: str = "sdpa",
+        attention_backend: str | None = None,
         providers: Sequence[str] | None = None,
         allow_cpu_fallback: bool = False,
         backend: str | None = None,
@@ -121,6 +121,9 @@ class Segmenter:
         if mode not in ("whole", "slide"):
             raise ConfigError(f"mode must be 'whole' or 'slide', got {mode!r}")
         threads = _cpu_threads(threads, suffix, backend)
+        if attention_backend is not None and (suffix not in TORCH_SUFFIXES or backend not in (None, "torch")):
+            raise ConfigError(f"attention_backend (--attention) is for PyTorch checkpoints; {path.name} runs the "
+                              "attention its export compiled in (leave it unset)")
         if isinstance(scale, str):
             if scale.lower() != "none":
                 raise ConfigError(f"scale must be (long, short) or 'none', got {scale!r}")
@@ -138,7 +141,7 @@ class Segmenter:
             if precision not in (None, "fp32", "bf16"):
                 raise ConfigError(f"PyTorch precision must be fp32 or bf16 (autocast), got {precision!r}")
             _set_torch_threads(threads)
-            self.backend = TorchBackend(path, device=device, attention_backend=attention_backend,
+            self.backend = TorchBackend(path, device=device, attention_backend=attention_backend or "sdpa",
                                         precision=precision or "fp32")
         elif precision not in (None, "fp32"):
             raise ConfigError(f"precision={precision!r} is an OpenVINO/PyTorch option; ONNX Runtime and TensorRT run "

@@ -51,7 +51,7 @@ class ServeOptions:
     name: str = "semask"
     backend: str = "auto"
     device: str = "cpu"
-    attention: str = "sdpa"
+    attention: str | None = None  # PyTorch checkpoints only (None: sdpa)
     mode: str = "whole"
     scale: Any = None
     host: str = "0.0.0.0"
