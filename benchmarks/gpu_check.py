@@ -278,13 +278,13 @@ def main(argv: list[str] | None = None) -> int:
 
         write_json_atomic(args.env_json, env_info())
         return 0
+    if args.list:  # the plan only: no folder needed (paths shown under --out, or "OUT")
+        for s in plan(args.out or Path("OUT"), args.dry_run):
+            print(f"{s.name:28s} timeout {s.timeout_s:5.0f} s  {' '.join(s.argv[2:])}")
+        return 0
     if args.out is None:
         print("error: --out DIR is required", file=sys.stderr)
         return 2
-    if args.list:
-        for s in plan(args.out, args.dry_run):
-            print(f"{s.name:28s} timeout {s.timeout_s:5.0f} s  {' '.join(s.argv[2:])}")
-        return 0
     if not args.dry_run:
         import torch
 

@@ -62,6 +62,16 @@ def _verdict(row: dict[str, Any], kind: str) -> bool:
     return row["label_agreement"] >= lab and row["miou_agreement"] >= miou
 
 
+def _feed(session: Any, x: np.ndarray) -> dict[str, np.ndarray]:
+    """The image, and ``output_size`` = its own (H, W) for exports that have that input (semask-export's default)."""
+    from semask_deploy.runtime.artifact import OUTPUT_SIZE, output_size_feed
+
+    feed = {"image": x}
+    if any(i.name == OUTPUT_SIZE for i in session.get_inputs()):
+        feed[OUTPUT_SIZE] = output_size_feed(x, None, nhwc=False)
+    return feed
+
+
 def run(out: Path, scenes: int = 16, size: int = 512, calib_count: int = 32, runs: int = 8,
         fp32_onnx: Path | None = None, variants: tuple[str, ...] = ("minmax", "percentile", "entropy")) -> dict:
     import onnx
@@ -103,7 +113,7 @@ def run(out: Path, scenes: int = 16, size: int = 512, calib_count: int = 32, run
         "threads": 1, "int8": [], "bf16": None, "latency": {},
     }
     sessions = {"fp32": make_session(fp32_onnx, threads=1)}
-    fp32_labels = [sessions["fp32"].run(["labels"], {"image": x})[0] for x in xs]
+    fp32_labels = [sessions["fp32"].run(["labels"], _feed(sessions["fp32"], x))[0] for x in xs]
     result["fp32_onnx"] = _score(fp32_labels, refs, k)
     for v in variants:
         path = work / f"int8_{v}.onnx"
@@ -111,7 +121,7 @@ def run(out: Path, scenes: int = 16, size: int = 512, calib_count: int = 32, run
         info = quantize_int8(fp32_onnx, path, calib, calibration=v, progress=False)
         secs = time.perf_counter() - t0
         sess = make_session(path, threads=1)
-        labels = [sess.run(["labels"], {"image": x})[0] for x in xs]
+        labels = [sess.run(["labels"], _feed(sess, x))[0] for x in xs]
         row = {"calibration": info["calibration"], "quantize_seconds": round(secs, 1), **_score(labels, refs, k),
                "float_layers": len(info.get("float_layers", [])), "qdq_nodes": info["qdq_nodes"]}
         row["passes"] = _verdict(row, "int8")
@@ -129,7 +139,7 @@ def run(out: Path, scenes: int = 16, size: int = 512, calib_count: int = 32, run
         result["bf16"] = {"skipped": "no native bf16 on this CPU"}
     # latency: one 512x512 image, 1 thread, alternated
     x = xs[0]
-    timed: dict[str, Any] = {name: (lambda s=s: s.run(["labels"], {"image": x})) for name, s in sessions.items()}
+    timed: dict[str, Any] = {name: (lambda s=s: s.run(["labels"], _feed(s, x))) for name, s in sessions.items()}
     xt = torch.from_numpy(x)
 
     def torch_fp32() -> Any:

@@ -48,8 +48,9 @@ dot products (AVX-512 VNNI, AVX-VNNI, AMX) and on GPUs; the export says when its
 --fmt aoti writes <out>/<name>_aoti.pt2 (+ <name>_aoti.json): an AOTInductor package
 (torch._inductor.aoti_compile_and_package) of the fp32 model, same input and outputs, for
 torch._inductor.aoti_load_package, Segmenter("x.pt2") and the C++ app examples/cpp/semask_aoti.cpp. On the CPU
-it holds C++ kernels; with --device cuda (on a GPU) CUDA/Triton kernels. Compiling takes minutes: ~4 min for the
-demo model on 2 CPU cores, longer for full-size models. It loads only with the torch version that compiled it.
+it holds C++ kernels; with --device cuda (on a GPU) CUDA/Triton kernels. Compiling takes minutes: on 2 CPU
+cores ~2 min for the demo model at one --static size, ~35 min with dynamic sizes; longer for full-size models.
+It loads only with the torch version that compiled it.
 
 exit status: 0 ok; 2 on any error (message on stderr), including a failed verification or an engine that
 cannot be built here (the ONNX is still written then).

@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", type=Path, help=".pth/.safetensors checkpoint, .onnx file or .engine file")
+    src.add_argument("--model", type=Path, help=".pth/.safetensors checkpoint, .onnx file, OpenVINO .xml, TensorRT .engine or "
+                     "AOTInductor .pt2")
     src.add_argument("--demo", action="store_true", help="use the built-in demo model (synthetic scenes)")
     p.add_argument("--image", type=Path, default=None,
                    help="an image file or a folder of images (with --demo, default: the bundled sample scenes)")

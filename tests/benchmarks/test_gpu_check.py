@@ -122,3 +122,12 @@ def test_dry_run_end_to_end(tmp_path):
     assert steps["kernels"]["returncode"] == 2 and "TRITON_INTERPRET" in steps["kernels"]["note"]
     md = (out / "gpu_check.md").read_text()
     assert md.startswith("# GPU check — CPU dry run") and "| triton | fp32 |" in md and "`gpu` tests" in md
+
+
+def test_list_needs_no_out_folder(capsys):
+    from semask_deploy.benchmarks import gpu_check
+
+    assert gpu_check.main(["--list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines and lines[0].split()[0] == "env" and "OUT/steps/env.json" in lines[0]
+    assert gpu_check.main([]) == 2  # a real run still needs --out
