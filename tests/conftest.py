@@ -87,3 +87,22 @@ def golden_tiny() -> Golden:
 def tiny_ckpt(tmp_path_factory, golden_tiny) -> Path:
     """An official-layout SeMask-T ADE20K checkpoint (golden weights)."""
     return golden_tiny.write_mmseg_checkpoint(tmp_path_factory.mktemp("ckpt") / "semask_tiny_ade20k.pth")
+
+
+@pytest.fixture
+def raise_interrupted_export():
+    """A callable that fails as torch.export does when Ctrl-C hits it while it pops a dispatch mode: an
+    AssertionError("Trying to pop empty mode stack") with the KeyboardInterrupt as context, wrapped by our
+    exporter in an ExportError."""
+    from semask_deploy.errors import ExportError
+
+    def raise_it(*args, **kwargs):
+        try:
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt:
+                raise AssertionError("Trying to pop empty mode stack")  # noqa: B904 - as torch does
+        except AssertionError as exc:
+            raise ExportError(f"torch.export could not trace the model: {exc}") from exc
+
+    return raise_it

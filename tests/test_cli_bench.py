@@ -117,23 +117,15 @@ def test_failing_backend_does_not_stop_the_run(ckpt, tmp_path, monkeypatch):
     assert "onnxruntime fp32" in res.meta["tracebacks"]
 
 
-def test_ctrl_c_inside_a_backend_stops_the_run(ckpt, tmp_path, monkeypatch):
+def test_ctrl_c_inside_a_backend_stops_the_run(ckpt, tmp_path, monkeypatch, raise_interrupted_export):
     """Ctrl-C that torch.export turned into an AssertionError (wrapped in an ExportError) must stop the run,
     not become a "failed" row of a report that ends with exit 0."""
-    from semask_deploy.errors import ExportError
-
     real = suite.make_runner
 
     def interrupted(backend, precision, device, **kw):
         if backend == "torch-eager":  # the parity reference
             return real(backend, precision, device, **kw)
-        try:
-            try:
-                raise KeyboardInterrupt
-            except KeyboardInterrupt:
-                raise AssertionError("Trying to pop empty mode stack")  # noqa: B904 - as torch does
-        except AssertionError as exc:
-            raise ExportError(f"torch.export could not trace the model: {exc}") from exc
+        raise_interrupted_export()
 
     monkeypatch.setattr(suite, "make_runner", interrupted)
     with pytest.raises(KeyboardInterrupt):

@@ -43,22 +43,11 @@ def test_usage_errors_are_one_line(capsys):
     assert len(err) == 1 and err[0].startswith("error: argument --mode: invalid choice") and "semask-x --help" in err[0]
 
 
-def test_ctrl_c_that_a_library_turned_into_another_error_is_still_an_interruption(capsys):
+def test_ctrl_c_that_a_library_turned_into_another_error_is_still_an_interruption(capsys, raise_interrupted_export):
     """torch.export, interrupted while it pops a dispatch mode, raises AssertionError("Trying to pop empty mode
     stack") with the KeyboardInterrupt as context, and the exporter wraps that in an ExportError: the CLI must
     say "interrupted" and exit 130, not report an export failure (exit 2)."""
-    from semask_deploy.errors import ExportError
-
-    def run(args):
-        try:
-            try:
-                raise KeyboardInterrupt
-            except KeyboardInterrupt:
-                raise AssertionError("Trying to pop empty mode stack")  # noqa: B904 - as torch does
-        except AssertionError as exc:
-            raise ExportError(f"torch.export could not trace the model: {exc}") from exc
-
-    assert main_wrapper(run, argparse.ArgumentParser(), []) == 130
+    assert main_wrapper(raise_interrupted_export, argparse.ArgumentParser(), []) == 130
     assert capsys.readouterr().err.strip() == "error: interrupted"
 
 
