@@ -76,11 +76,37 @@ def check_output_folder(path: str | os.PathLike, flag: str = "--out") -> None:
             raise ConfigError(f"{flag} {path} exists and is not a folder")
         base = path
     else:
-        base = next((p for p in path.absolute().parents if p.exists()), Path("/"))
+        base = _nearest_existing(path)
         if not base.is_dir():
             raise ConfigError(f"{flag} {path} cannot be created: {base} is a file, not a folder")
     if not os.access(base, os.W_OK | os.X_OK):
         raise ConfigError(f"{flag} {path} cannot be written: no write permission in {base}")
+
+
+def check_output_file(path: str | os.PathLike, flag: str = "--out") -> None:
+    """Fail early unless ``path`` can be written as a file: not a folder, and the nearest existing folder
+    above it takes a real write (``os.access`` says yes to root on a read-only mount or /proc).
+
+    Raises:
+        ConfigError: it cannot.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{flag} {path} is a folder; give a .json file name")
+    parent = _nearest_existing(path)
+    if not parent.is_dir():
+        raise ConfigError(f"cannot write {flag} {path}: {parent} is not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"cannot write {flag} {path}: the folder {parent} is not writable "
+                          f"({exc.strerror or exc})") from None
+
+
+def _nearest_existing(path: Path) -> Path:
+    """The first of ``path``'s parents that exists (the folder a write below it would start from)."""
+    return next((p for p in path.absolute().parents if p.exists()), Path("/"))
 
 
 def make_output_folder(path: str | os.PathLike, flag: str = "--out") -> Path:

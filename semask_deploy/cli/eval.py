@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -119,7 +118,7 @@ def run_eval(
         SemaskError: bad arguments, unreadable model or data set, class-count mismatch.
     """
     from ..benchmarks.parity import evaluate, open_eval_dataset
-    from ..fileio import write_json_atomic
+    from ..fileio import check_output_file, write_json_atomic
     from ..runtime import Segmenter
 
     if limit is not None and limit <= 0:
@@ -129,8 +128,8 @@ def run_eval(
     if dataset == "synthetic" and (data_root is not None or split is not None):
         raise ConfigError("--dataset synthetic makes its own scenes in memory: drop --data-root/--split (or pick "
                           "the --dataset those files belong to)")
-    if out is not None:
-        _check_writable(out)
+    if out is not None:  # before evaluating (which may take hours), not after
+        check_output_file(out)
     if demo:
         from ..assets import demo_checkpoint
 
@@ -163,23 +162,6 @@ def run_eval(
         except OSError as exc:
             raise ConfigError(f"cannot write --out {out}: {exc.strerror or exc}") from None
     return result
-
-
-def _check_writable(out: Path) -> None:
-    """Refuse an ``--out`` that cannot be written before evaluating (which may take hours), not after."""
-    if out.is_dir():
-        raise ConfigError(f"--out {out} is a folder; give a .json file name")
-    parent = out.absolute().parent
-    while not parent.exists():  # the folders write_json_atomic would create: the first one that exists decides
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ConfigError(f"cannot write --out {out}: {parent} is not a folder")
-    try:  # a real write (os.access says yes to root on a read-only mount or /proc)
-        with tempfile.TemporaryFile(dir=parent):
-            pass
-    except OSError as exc:
-        raise ConfigError(f"cannot write --out {out}: the folder {parent} is not writable "
-                          f"({exc.strerror or exc})") from None
 
 
 def format_result(result: dict[str, Any], per_class: bool = True) -> str:
