@@ -31,7 +31,7 @@ def _run_export_triton(o, gpu: bool, python_runtime: bool) -> list[Path]:
     from semask_deploy.export.metadata import read_sidecar
     from semask_deploy.export.pipeline import check_options, default_stem, run_export
     from semask_deploy.fileio import make_work_folder
-    from semask_deploy.serving.triton_repo import spec_from_metadata, write_repository
+    from semask_deploy.serving.triton_repo import model_folders, spec_from_metadata, write_repository
 
     if o.batch is not None:
         raise ConfigError("a Triton model batches dynamically: use --max-batch N instead of --batch")
@@ -48,7 +48,7 @@ def _run_export_triton(o, gpu: bool, python_runtime: bool) -> list[Path]:
     out = Path(o.out)
     # an existing model folder is refused now, not after minutes of export (write_repository checks again)
     name = o.name or f"{default_stem(o)}_{o.precision}"
-    existing = [out / n for n in (name, f"{name}_pre", f"{name}_post", f"{name}_ensemble") if (out / n).exists()]
+    existing = [out / n for n in model_folders(name) if (out / n).exists()]
     if existing and not o.force:
         raise ConfigError(f"{', '.join(str(p) for p in existing)} already exist(s); use --force to overwrite or "
                           "--name/--out to write elsewhere")

@@ -231,6 +231,11 @@ class TritonPythonModel:
 '''
 
 
+def model_folders(name: str) -> list[str]:
+    """The repository's four model folders for the network ``name``: network, pre, post, ensemble."""
+    return [name, f"{name}_pre", f"{name}_post", f"{name}_ensemble"]
+
+
 def write_repository(out: str | Path, spec: RepoSpec, artifact: str | Path, sidecar: str | Path | None = None,
                      force: bool = False) -> list[Path]:
     """Write the repository; ``artifact`` (an .onnx or engine file) is copied to ``<name>/1/``.
@@ -245,7 +250,7 @@ def write_repository(out: str | Path, spec: RepoSpec, artifact: str | Path, side
         ConfigError: a model folder exists already (without ``force``).
     """
     out = Path(out)
-    names = [spec.name, f"{spec.name}_pre", f"{spec.name}_post", f"{spec.name}_ensemble"]
+    names = model_folders(spec.name)
     existing = [out / n for n in names if (out / n).exists()]
     if existing and not force:
         raise ConfigError(f"{', '.join(str(p) for p in existing)} already exist(s); use --force to overwrite")
