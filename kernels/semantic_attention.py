@@ -21,7 +21,8 @@ Shapes:
 
 Dtypes:
     float32 / float16 / bfloat16 inputs; output in v's dtype. q·kᵀ over ~150 classes is unscaled and can
-    be large, so scores and softmax are always fp32 (fp32 inputs use IEEE dots, not TF32); the
+    be large, so scores and softmax are always fp32 (fp32 inputs: 3xTF32 dots on sm_80+, fp32-level error,
+    IEEE dots elsewhere; never plain TF32); the
     probabilities are rounded to v's dtype for the P·V dot in reduced precision; fp32 accumulator.
 
 Limits:
@@ -29,16 +30,19 @@ Limits:
     held whole in one block (K <= 1024 is sensible; 150 -> 256, so 40% of the q·kᵀ work is padding).
     Inference only: the custom ops have no autograd formula (backward raises).
 
-GPUs tested: none yet, CPU interpreter only (``TRITON_INTERPRET=1``); the kernels were also compiled
-ahead of time for sm_80 and sm_90 without a GPU, but never run on one.
+GPUs tested: H200 (sm_90, Triton 3.6; ``benchmarks/results/gpu/``), the CPU interpreter
+(``TRITON_INTERPRET=1``), and compiled ahead of time for sm_80 and sm_90. Launch defaults and what
+they were measured against: :func:`launch_config`.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
-from ._triton import check_launchable, is_interpreted, load_triton, next_pow2
+from ._triton import check_launchable, fp32_dot_precision, is_interpreted, load_triton, next_pow2
 
 triton, tl, _HAS_TRITON = load_triton()
 
@@ -134,7 +138,7 @@ def _sem_attn_fwd_kernel(
     stride_ob, stride_oh, stride_ow, stride_oc,
     NUM_CLS, C,
     WINDOW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    BLOCK_C: tl.constexpr, DOT_PREC: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_K2: tl.constexpr, DOT_PREC: tl.constexpr,
 ):  # fmt: skip
     pid_g = tl.program_id(0)  # b * n_win + window (global: b)
     pid_c = tl.program_id(1)
@@ -156,6 +160,13 @@ def _sem_attn_fwd_kernel(
     if WINDOW > 0:
         k_pad = tl.load(K_BIAS + kc, mask=kc_ok, other=0.0).to(K.dtype.element_ty)
         v_pad = tl.load(V_BIAS + cc, mask=cc_ok, other=0.0).to(V.dtype.element_ty)
+    if BLOCK_K2 > 0:  # classes BLOCK_K.. in a second, smaller block (150 = 128 + 32 instead of 256)
+        kc2 = BLOCK_K + tl.arange(0, BLOCK_K2)
+        kc2_ok = kc2 < NUM_CLS
+        q2_ptr = Q + b * stride_qb + (oh_m * stride_qh + ow_m * stride_qw)[:, None] + kc2[None, :] * stride_qk
+        q2 = tl.load(q2_ptr, mask=real_m[:, None] & kc2_ok[None, :], other=0.0)
+        if WINDOW > 0:
+            k2_pad = tl.load(K_BIAS + kc2, mask=kc2_ok, other=0.0).to(K.dtype.element_ty)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -172,6 +183,12 @@ def _sem_attn_fwd_kernel(
             v = tl.where(real_n[:, None], v, v_pad[None, :])
 
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)  # unscaled fp32 scores
+        if BLOCK_K2 > 0:
+            k2_ptr = K + b * stride_kb + (oh_n * stride_kh + ow_n * stride_kw)[:, None] + kc2[None, :] * stride_kk
+            k2 = tl.load(k2_ptr, mask=real_n[:, None] & kc2_ok[None, :], other=0.0)
+            if WINDOW > 0:
+                k2 = tl.where(real_n[:, None], k2, k2_pad[None, :])
+            s = tl.dot(q2, tl.trans(k2), acc=s, input_precision=DOT_PREC)
         s = tl.where(key_n[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.exp(m_i - m_new)
@@ -190,17 +207,53 @@ def _sem_attn_fwd_kernel(
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _blocks(n_tok: int, num_cls: int, c: int, dtype: torch.dtype, interpreted: bool) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, BLOCK_K, BLOCK_C) for a launch; shared memory stays well under 200 KB on sm_80+."""
-    block_k = max(16, next_pow2(num_cls))
-    if interpreted:  # fewer, bigger programs: the interpreter's cost is per operation, not per element
+def class_blocks(num_cls: int, split: bool = True) -> tuple[int, int]:
+    """(BLOCK_K, BLOCK_K2): the class dimension as one power-of-two block, or split into two when that pads
+    less (150 -> 128 + 32 instead of 256; 171 -> 128 + 64); BLOCK_K2 = 0 means one block."""
+    whole = max(16, next_pow2(num_cls))
+    if not split or num_cls <= 16:
+        return whole, 0
+    first = whole // 2 if whole > num_cls else whole  # the largest power of two below num_cls
+    second = max(16, next_pow2(num_cls - first)) if num_cls > first else 0
+    return (first, second) if second and first + second < whole else (whole, 0)
+
+
+class LaunchConfig(NamedTuple):
+    """One launch of :func:`_sem_attn_fwd_kernel`: tiles, the class split, warps and pipeline stages."""
+
+    block_m: int
+    block_n: int
+    block_k: int
+    block_k2: int
+    block_c: int
+    num_warps: int
+    num_stages: int
+
+
+def launch_config(n_tok: int, num_cls: int, c: int, dtype: torch.dtype, window: int, interpreted: bool) -> LaunchConfig:
+    """The launcher's defaults, from the H200 sweep (``benchmarks/results/gpu/kernel_tuning.md``).
+
+    - Classes split 128 + 32 for 150 (:func:`class_blocks`): 1.4-2.1x faster than one 256 block.
+    - Half precision: 64 x 64 tokens, 128 channels, 4 warps; large global maps (tokens x channels >= 3M:
+      stage 2 of 2048x1024 inputs, stage 3 of Swin-L) take 128 x 64 tokens, 256 channels, 8 warps,
+      1.5-1.8x faster there (fewer channel blocks recompute q·kᵀ). A split class block with 64 query
+      tokens and 8 warps faulted on Triton 3.6 (illegal address), so that pairing is never chosen.
+    - fp32: 32 x 32 tokens, 64 channels (64 x 64 x 128 needs 221-279 KB of shared memory with the
+      split, over an A100's 163 KB); one pipeline stage for windows.
+    - Interpreter: one class block and fewer, bigger programs (its cost is per operation, not per element).
+    """
+    if interpreted:
         tok = max(16, next_pow2(n_tok))
-        return min(64, tok), min(128, tok), block_k, max(16, min(256, next_pow2(c)))
-    wide = dtype == torch.float32 or block_k > 256
-    block_m = min(32 if wide else 64, max(16, next_pow2(n_tok)))
-    block_n = min(32 if wide else 64, max(16, next_pow2(n_tok)))
-    block_c = max(16, min(64 if wide else 128, next_pow2(c)))
-    return block_m, block_n, block_k, block_c
+        return LaunchConfig(min(64, tok), min(128, tok), max(16, next_pow2(num_cls)), 0, max(16, min(256, next_pow2(c))), 4, 2)
+    block_k, block_k2 = class_blocks(num_cls)
+    tok = max(16, next_pow2(n_tok))
+    if dtype == torch.float32 or block_k + block_k2 > 256:
+        bm = bn = min(32, tok)
+        return LaunchConfig(bm, bn, block_k, block_k2, max(16, min(64, next_pow2(c))), 4, 1 if window else 2)
+    if window == 0 and n_tok * c >= 3_000_000:
+        return LaunchConfig(min(128, tok), min(64, tok), block_k, block_k2, max(16, min(256, next_pow2(c))), 8, 2)
+    bm = bn = min(64, tok)
+    return LaunchConfig(bm, bn, block_k, block_k2, max(16, min(128, next_pow2(c))), 4, 2)
 
 
 def _launch(
@@ -212,10 +265,17 @@ def _launch(
     v_bias: Tensor | None,
     *,
     blocks: tuple[int, int, int, int] | None = None,
+    block_k2: int | None = None,
+    dot_precision: str | None = None,
     num_warps: int | None = None,
     num_stages: int | None = None,
 ) -> Tensor:
-    """Launch :func:`_sem_attn_fwd_kernel`; ``window == 0`` means global (q, k, v as (B, N, ·))."""
+    """Launch :func:`_sem_attn_fwd_kernel`; ``window == 0`` means global (q, k, v as (B, N, ·)).
+
+    ``blocks`` = (BLOCK_M, BLOCK_N, BLOCK_K, BLOCK_C) overrides :func:`launch_config`; ``block_k2`` the
+    second class block (0: none; with ``blocks`` given, default 0); ``dot_precision``
+    Triton's ``input_precision`` for fp32 inputs (default: :func:`fp32_dot_precision`).
+    """
     num_cls, c = q.shape[-1], v.shape[-1]
     out = torch.empty(v.shape, device=v.device, dtype=v.dtype)
     if out.numel() == 0:
@@ -232,7 +292,13 @@ def _launch(
         for x in (q, k, v, out):  # view (B, N, ·) as (B, N, 1, ·)
             strides += [x.stride(0), x.stride(1), 0, x.stride(2)]
         k_bias = v_bias = q  # unused (never read when WINDOW == 0)
-    bm, bn, bk, bc = blocks or _blocks(n_keys, num_cls, c, v.dtype, is_interpreted(_sem_attn_fwd_kernel))
+    cfg = launch_config(n_keys, num_cls, c, v.dtype, window, is_interpreted(_sem_attn_fwd_kernel))
+    if blocks is not None:
+        bm, bn, bk, bc = blocks
+        block_k2 = block_k2 or 0
+    else:
+        bm, bn, bk, bc = cfg.block_m, cfg.block_n, cfg.block_k, cfg.block_c
+        block_k2 = cfg.block_k2 if block_k2 is None else block_k2
     grid = (b * n_win_h * n_win_w, triton.cdiv(c, bc), triton.cdiv(n_keys, bm))
     if grid[2] > 65535:
         raise ValueError(f"too many tokens for one launch: N = {n_keys} > {65535 * bm}")
@@ -241,9 +307,10 @@ def _launch(
         h, w, n_win_w, n_win_h * n_win_w, n_keys,
         *strides,
         num_cls, c,
-        WINDOW=window, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, BLOCK_C=bc, DOT_PREC="ieee",
-        num_warps=num_warps or (8 if bk * bn >= 256 * 64 else 4),
-        num_stages=num_stages or (1 if v.dtype == torch.float32 and window > 0 else 2),
+        WINDOW=window, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, BLOCK_C=bc, BLOCK_K2=block_k2,
+        DOT_PREC=dot_precision or (fp32_dot_precision(v.device) if v.dtype == torch.float32 else "ieee"),
+        num_warps=num_warps or cfg.num_warps,
+        num_stages=num_stages or cfg.num_stages,
     )  # fmt: skip
     return out
 

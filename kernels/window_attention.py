@@ -21,7 +21,8 @@ Shapes:
 
 Dtypes:
     qkv float32 / float16 / bfloat16 (output has the same dtype); qkv_bias and bias_table any float dtype
-    (read as fp32). fp32 inputs use full-precision (IEEE) dots, not TF32. In reduced precision, the
+    (read as fp32). fp32 inputs keep fp32 accuracy: 3xTF32 dots on sm_80+ GPUs (fp32-level error on the
+    tensor cores; see ``_triton.fp32_dot_precision``), IEEE FMA dots elsewhere, never plain TF32. In reduced precision, the
     probabilities are rounded to the input dtype for the P·V dot (as flash-attention does).
 
 Grid and limits:
@@ -31,8 +32,8 @@ Grid and limits:
     masking). ``shift`` must be 0 or in [1, window). Maps smaller than the window are padded to one window.
     Inference only: the custom op has no autograd formula (backward raises).
 
-GPUs tested: none yet, CPU interpreter only (``TRITON_INTERPRET=1``); the kernels were also compiled
-ahead of time for sm_80 and sm_90 without a GPU, but never run on one.
+GPUs tested: H200 (sm_90, Triton 3.6; ``benchmarks/results/gpu/``), the CPU interpreter
+(``TRITON_INTERPRET=1``), and compiled ahead of time for sm_80 and sm_90.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._triton import check_launchable, load_triton, next_pow2
+from ._triton import check_launchable, fp32_dot_precision, load_triton, next_pow2
 
 triton, tl, _HAS_TRITON = load_triton()
 
@@ -264,8 +265,10 @@ def _launch(
     block_n: int | None = None,
     num_warps: int | None = None,
     num_stages: int | None = None,
+    dot_precision: str | None = None,
 ) -> Tensor:
-    """Allocate the output and launch :func:`_window_attn_fwd_kernel` (no argument validation)."""
+    """Allocate the output and launch :func:`_window_attn_fwd_kernel` (no argument validation);
+    ``dot_precision`` is Triton's ``input_precision`` for fp32 inputs (default: :func:`fp32_dot_precision`)."""
     b, h, w, c3 = qkv.shape
     c = c3 // 3
     hd = c // num_heads
@@ -276,8 +279,14 @@ def _launch(
     if out.numel() == 0:
         return out
     tok_block = next_pow2(n_tok)
+    fp32 = qkv.dtype == torch.float32
     block_m = block_m or min(64, max(16, tok_block))
-    block_n = block_n or min(64, max(16, tok_block))
+    # fp32 with windows of more than 64 tokens (Swin-B/L, window 12): 32-key blocks in one stage were 2-4x
+    # faster than 64 in two on an H200 (kernel_tuning.md); window 7 keeps one 64-token block
+    block_n = block_n or min(32 if fp32 and n_tok > 64 else 64, max(16, tok_block))
+    num_stages = num_stages or (1 if fp32 and n_tok > 64 else 2)
+    if dot_precision is None:
+        dot_precision = fp32_dot_precision(qkv.device) if fp32 else "ieee"
     block_d = max(16, next_pow2(hd))
     grid = (b * n_win_h * n_win_w, num_heads, triton.cdiv(n_tok, block_m))
     _window_attn_fwd_kernel[grid](
@@ -288,8 +297,8 @@ def _launch(
         *out.stride(),
         c, float(scale),
         WINDOW=window, SHIFT=shift, N_TOK=n_tok, HEAD_DIM=hd,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, DOT_PREC="ieee",
-        num_warps=num_warps or 4, num_stages=num_stages or 2,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, DOT_PREC=dot_precision,
+        num_warps=num_warps or 4, num_stages=num_stages,
     )  # fmt: skip
     return out
 

@@ -178,26 +178,28 @@ def test_compiles_for_nvidia_targets(aot_compile):
     tdt = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
     jobs = []
     for dt, window, k_cls, c, n, archs in (
-        ("fp16", 0, 150, 768, 8192, [80, 90]),
+        ("fp16", 0, 150, 768, 8192, [80, 90]),  # a large map: 128 x 64 tokens, 256 channels, 8 warps
+        ("bf16", 0, 171, 1536, 2048, [80]),  # the same with 128 + 64 classes
         ("bf16", 0, 19, 96, 2048, [90]),
         ("fp32", 0, 150, 384, 2048, [90]),
         ("fp32", 7, 150, 96, 49, [80]),
         ("bf16", 12, 150, 192, 144, [90]),
     ):
-        bm, bn, bk, bc = sa_mod._blocks(n, k_cls, c, tdt[dt], interpreted=False)
+        cfg = sa_mod.launch_config(n, k_cls, c, tdt[dt], window, interpreted=False)
+        bm, bn, bk, bk2, bc = cfg.block_m, cfg.block_n, cfg.block_k, cfg.block_k2, cfg.block_c
         jobs.append(
             dict(
                 name=f"{dt}-w{window}-K{k_cls}-C{c}",
                 module="semask_deploy.kernels.semantic_attention",
                 kernel="_sem_attn_fwd_kernel",
                 ptr=dict(Q=dt, K=dt, V=dt, OUT=dt, K_BIAS="fp32", V_BIAS="fp32"),
-                consts=dict(WINDOW=window, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, BLOCK_C=bc, DOT_PREC="ieee"),
+                consts=dict(WINDOW=window, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, BLOCK_C=bc, BLOCK_K2=bk2, DOT_PREC="tf32x3" if dt == "fp32" else "ieee"),
                 archs=archs,
-                options=dict(num_warps=8 if bk * bn >= 256 * 64 else 4, num_stages=1 if dt == "fp32" and window else 2),
+                options=dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages),
             )
         )
     results = aot_compile(jobs)
-    assert len(results) == 6
+    assert len(results) == 7
     for r in results:
         assert r["ok"], r
         assert r["shared"] <= 160 * 1024, r  # fits an A100 (163 KB per block)

@@ -73,18 +73,18 @@ def test_coordinates_follow_interpolate():
     assert not torch.equal(wrong[clear], out[clear])  # the check can tell the two conventions apart
 
 
-@pytest.mark.parametrize("block_k", [4, 16])
-def test_ties_resolve_to_first_index(block_k, device):
-    """Exact ties (identical class maps) go to the lowest class, also across class blocks."""
+@pytest.mark.parametrize("unroll", [1, 2, 4])
+def test_ties_resolve_to_first_index(unroll, device):
+    """Exact ties (identical class maps) go to the lowest class, inside and across unrolled loop trips."""
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(1, 40, 6, 7, generator=g)
     logits[:, 3] = logits.max(1).values + 1.0  # class 3 wins everywhere ...
-    logits[:, 37] = logits[:, 3]  # ... tied with class 37 (another block for block_k 4 and 16)
-    logits[:, 5] = logits[:, 3]  # ... and with class 5 (same block as 3 for block_k 16)
+    logits[:, 37] = logits[:, 3]  # ... tied with class 37 (another loop trip)
+    logits[:, 2] = logits[:, 3]  # ... and with class 2 (the same trip as 3 for unroll 2 and 4)
     logits = logits.to(device)
-    out = ua_mod._launch(logits, (13, 11), block_p=32, block_k=block_k)
-    assert (out == 3).all()
-    assert torch.equal(upsample_argmax(logits, (13, 11)), torch.full((1, 13, 11), 3, device=device))
+    out = ua_mod._launch(logits, (13, 11), block_p=32, unroll=unroll)
+    assert (out == 2).all()
+    assert torch.equal(upsample_argmax(logits, (13, 11)), torch.full((1, 13, 11), 2, device=device))
     assert (upsample_argmax(torch.zeros(2, 7, 3, 3, device=device), (5, 4)) == 0).all()  # all equal -> 0
 
 
@@ -94,7 +94,8 @@ def test_strided_logits_and_gpu_like_blocks(device):
     cl = logits.to(memory_format=torch.channels_last)
     ref = upsample_argmax_ref(logits, (37, 45))
     assert torch.equal(upsample_argmax(cl, (37, 45)), ref)
-    assert torch.equal(ua_mod._launch(logits, (37, 45), block_p=128, block_k=16), ref)
+    assert torch.equal(ua_mod._launch(logits, (37, 45), block_p=512, unroll=2), ref)
+    assert torch.equal(ua_mod._launch(logits, (37, 45), block_p=64, unroll=3), ref)  # 40 classes: a partial last trip
 
 
 def test_validation_errors(device):
@@ -119,16 +120,17 @@ def test_custom_op_opcheck_and_compile(device):
 def test_compiles_for_nvidia_targets(aot_compile):
     jobs = [
         dict(
-            name=f"{dt}",
+            name=f"{dt}-{kernel}",
             module="semask_deploy.kernels.upsample_argmax",
-            kernel="_upsample_argmax_kernel",
+            kernel=kernel,
             ptr=dict(X=dt, OUT="i64"),
             float_args=["scale_h", "scale_w"],
-            consts=dict(BLOCK_P=128, BLOCK_K=16),
+            consts=consts,
             archs=archs,
             options=dict(num_warps=4, enable_fp_fusion=False),
         )
         for dt, archs in (("fp32", [80, 90]), ("fp16", [90]), ("bf16", [90]))
+        for kernel, consts in (("_upsample_argmax_kernel", dict(BLOCK_P=512, UNROLL=2)),)
     ]
     results = aot_compile(jobs)
     assert len(results) == 4 and all(r["ok"] for r in results), results
