@@ -127,7 +127,7 @@ def fp32_dot_precision(device: torch.device) -> str:
 
     3xTF32 splits each fp32 operand into a TF32 high part and a TF32 remainder and sums three tensor-core
     products, which keeps fp32-level error (measured on an H200: max abs error vs fp64 1.0-1.4e-6 against
-    1.0-1.4e-6 with IEEE FMA dots) at 2-4x the speed (``benchmarks/results/gpu/kernel_tuning.md``). It is
+    1.0-1.4e-6 with IEEE FMA dots) at 1.7-8x the speed (``benchmarks/results/gpu/kernel_tuning.md``). It is
     *not* TF32: plain TF32 keeps a 10-bit mantissa and would put ~1e-3 relative error into fp32 results.
     The interpreter and pre-Ampere GPUs (no TF32) get IEEE dots.
     """

@@ -27,7 +27,7 @@ Dtypes:
 
 Limits:
     Global N up to 65535 x BLOCK_M tokens (grid axis 2 holds N / BLOCK_M; >= 1M); the class dimension is
-    held whole in one block (K <= 1024 is sensible; 150 -> 256, so 40% of the q·kᵀ work is padding).
+    held in one or two power-of-two blocks (K <= 1024 is sensible; 150 -> 128 + 32, 171 -> 128 + 64).
     Inference only: the custom ops have no autograd formula (backward raises).
 
 GPUs tested: H200 (sm_90, Triton 3.6; ``benchmarks/results/gpu/``), the CPU interpreter
@@ -244,7 +244,8 @@ def launch_config(n_tok: int, num_cls: int, c: int, dtype: torch.dtype, window: 
     """
     if interpreted:
         tok = max(16, next_pow2(n_tok))
-        return LaunchConfig(min(64, tok), min(128, tok), max(16, next_pow2(num_cls)), 0, max(16, min(256, next_pow2(c))), 4, 2)
+        block_c = max(16, min(256, next_pow2(c)))
+        return LaunchConfig(min(64, tok), min(128, tok), max(16, next_pow2(num_cls)), 0, block_c, 4, 2)
     block_k, block_k2 = class_blocks(num_cls)
     tok = max(16, next_pow2(n_tok))
     if dtype == torch.float32 or block_k + block_k2 > 256:

@@ -86,7 +86,7 @@ def _upsample_argmax_kernel(
 ):  # fmt: skip
     """One pixel per lane and one class at a time: each pixel's running (max, argmax) stays in its thread,
     so nothing is reduced across threads (``UNROLL`` classes per loop trip keep independent loads in flight).
-    On an H200 this is 3.3-4.0x eager, where reducing 16-class blocks across threads was 0.5-0.6x
+    On an H200 this launch is 3.3-4.0x eager, where reducing 16-class blocks across threads was 0.5-0.6x
     (``benchmarks/results/gpu/kernel_tuning.md``)."""
     pid_p = tl.program_id(0)
     n = tl.program_id(1).to(tl.int64)

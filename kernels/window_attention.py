@@ -22,8 +22,9 @@ Shapes:
 Dtypes:
     qkv float32 / float16 / bfloat16 (output has the same dtype); qkv_bias and bias_table any float dtype
     (read as fp32). fp32 inputs keep fp32 accuracy: 3xTF32 dots on sm_80+ GPUs (fp32-level error on the
-    tensor cores; see ``_triton.fp32_dot_precision``), IEEE FMA dots elsewhere, never plain TF32. In reduced precision, the
-    probabilities are rounded to the input dtype for the P·V dot (as flash-attention does).
+    tensor cores; see ``_triton.fp32_dot_precision``), IEEE FMA dots elsewhere, never plain TF32. In
+    reduced precision, the probabilities are rounded to the input dtype for the P·V dot (as
+    flash-attention does).
 
 Grid and limits:
     One program per (window, head, block of BLOCK_M query tokens); keys are visited in BLOCK_N blocks.
@@ -281,8 +282,8 @@ def _launch(
     tok_block = next_pow2(n_tok)
     fp32 = qkv.dtype == torch.float32
     block_m = block_m or min(64, max(16, tok_block))
-    # fp32 with windows of more than 64 tokens (Swin-B/L, window 12): 32-key blocks in one stage were 2-4x
-    # faster than 64 in two on an H200 (kernel_tuning.md); window 7 keeps one 64-token block
+    # fp32 with windows of more than 64 tokens (Swin-B/L, window 12): 32-key blocks in one stage were
+    # 1.35-1.9x faster than 64 in two on an H200 (kernel_tuning.md); window 7 keeps one 64-token block
     block_n = block_n or min(32 if fp32 and n_tok > 64 else 64, max(16, tok_block))
     num_stages = num_stages or (1 if fp32 and n_tok > 64 else 2)
     if dot_precision is None:
