@@ -132,12 +132,15 @@ def test_eval_on_user_images(tmp_path):
     assert res["aAcc"] == pytest.approx(1.0)  # its own predictions as ground truth: every image was segmented
 
 
-def test_float_tiff_says_what_is_wrong(tmp_path):
-    """A 32-bit float TIFF decodes, but IMREAD_COLOR has no 8-bit form of it: say so, not "corrupt"."""
+def test_float_tiff_says_what_is_wrong(tmp_path, capfd):
+    """A 32-bit float TIFF decodes, but IMREAD_COLOR has no 8-bit form of it: say so, not "corrupt", and
+    without OpenCV's own ``[ WARN ]`` line before our message."""
     path = tmp_path / "f32.tiff"
     assert cv2.imwrite(str(path), _scene(8, 12).astype(np.float32) / 255)
+    capfd.readouterr()
     with pytest.raises(ImageError, match="float32 image that OpenCV cannot convert to 8 bits"):
         read_image_rgb(path)
+    assert "WARN" not in capfd.readouterr().err
 
 
 @pytest.mark.parametrize("kwargs", [

@@ -40,6 +40,20 @@ def _read_bytes(path: PathLike, what: str) -> bytes:
     return data
 
 
+def _imdecode_quietly(data: bytes, flags: int) -> np.ndarray | None:
+    """``cv2.imdecode`` with OpenCV's own log lines held back: a decoder that cannot honour ``flags`` prints
+    a ``[ WARN ]`` line to stderr before returning None, and the caller reports that case itself."""
+    log = getattr(getattr(cv2, "utils", None), "logging", None)
+    if log is None:  # an OpenCV build without the logging module
+        return cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
+    level = log.getLogLevel()
+    log.setLogLevel(log.LOG_LEVEL_ERROR)
+    try:
+        return cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
+    finally:
+        log.setLogLevel(level)
+
+
 def _decode(data: bytes, flags: int, path: Path, what: str) -> np.ndarray:
     arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
     if arr is None or arr.size == 0:
@@ -78,7 +92,7 @@ def read_image_rgb(path: PathLike, allow_16bit: bool = True) -> np.ndarray:
             raise ImageError(f"{p} is a 16-bit image; convert it to 8 bits per channel first (or call "
                              "read_image_rgb(..., allow_16bit=True) to scale it)")
         depth = img.dtype
-        img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)  # OpenCV's own conversion to 8 bits
+        img = _imdecode_quietly(data, cv2.IMREAD_COLOR)  # OpenCV's own conversion to 8 bits
         if img is None or img.size == 0:  # e.g. a 32-bit float TIFF: decodable, but IMREAD_COLOR has no 8-bit form
             raise ImageError(f"{p} is a {depth} image that OpenCV cannot convert to 8 bits per channel; "
                              "save it as an 8-bit (or 16-bit) PNG/TIFF first")
