@@ -63,7 +63,7 @@ SEMANTIC_WINDOW_CONFIGS = [
     (64, 64, 128, 8, 2, False), (64, 64, 128, 4, 2, True), (128, 64, 128, 8, 2, True),
     (64, 64, 256, 4, 2, True), (32, 32, 64, 4, 1, False), (32, 32, 64, 4, 1, True),
 ]
-SEMANTIC_FP32_CONFIGS = [(32, 32, 64, 4, 2, False), (32, 32, 64, 4, 2, True), (64, 64, 128, 4, 2, True)]
+SEMANTIC_FP32_CONFIGS = [(32, 32, 64, 4, 2, False), (32, 32, 64, 4, 2, True), (32, 32, 64, 4, 1, True), (64, 64, 128, 4, 2, True)]
 # Not swept: a split class block with BLOCK_M 64 and 8 warps ((64, 64, 128 or 256, 8, 2, True)) faulted with
 # an illegal address on Triton 3.6 / H200 (benchmarks/results/gpu/kernel_tuning_faults.log).
 SEMANTIC_GLOBAL_CASES = [  # (name, N, K, C)
