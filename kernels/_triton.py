@@ -129,9 +129,10 @@ def fp32_dot_precision(device: torch.device) -> str:
     products, which keeps fp32-level error (measured on an H200: max abs error vs fp64 1.0-1.4e-6 against
     1.0-1.4e-6 with IEEE FMA dots) at 1.7-8x the speed (``benchmarks/results/gpu/kernel_tuning.md``). It is
     *not* TF32: plain TF32 keeps a 10-bit mantissa and would put ~1e-3 relative error into fp32 results.
-    The interpreter and pre-Ampere GPUs (no TF32) get IEEE dots.
+    The interpreter, pre-Ampere GPUs (no TF32) and ROCm builds (whose Triton backend has no 3xTF32) get IEEE
+    dots.
     """
-    if device.type != "cuda":
+    if device.type != "cuda" or torch.version.hip is not None:
         return "ieee"
     return "tf32x3" if torch.cuda.get_device_capability(device) >= (8, 0) else "ieee"
 

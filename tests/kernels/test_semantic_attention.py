@@ -193,7 +193,8 @@ def test_compiles_for_nvidia_targets(aot_compile):
                 module="semask_deploy.kernels.semantic_attention",
                 kernel="_sem_attn_fwd_kernel",
                 ptr=dict(Q=dt, K=dt, V=dt, OUT=dt, K_BIAS="fp32", V_BIAS="fp32"),
-                consts=dict(WINDOW=window, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, BLOCK_C=bc, BLOCK_K2=bk2, DOT_PREC="tf32x3" if dt == "fp32" else "ieee"),
+                consts=dict(WINDOW=window, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, BLOCK_C=bc, BLOCK_K2=bk2,
+                            DOT_PREC="tf32x3" if dt == "fp32" else "ieee"),
                 archs=archs,
                 options=dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages),
             )

@@ -120,17 +120,16 @@ def test_custom_op_opcheck_and_compile(device):
 def test_compiles_for_nvidia_targets(aot_compile):
     jobs = [
         dict(
-            name=f"{dt}-{kernel}",
+            name=f"{dt}",
             module="semask_deploy.kernels.upsample_argmax",
-            kernel=kernel,
+            kernel="_upsample_argmax_kernel",
             ptr=dict(X=dt, OUT="i64"),
             float_args=["scale_h", "scale_w"],
-            consts=consts,
+            consts=dict(BLOCK_P=512, UNROLL=2),  # the launcher's GPU defaults
             archs=archs,
             options=dict(num_warps=4, enable_fp_fusion=False),
         )
         for dt, archs in (("fp32", [80, 90]), ("fp16", [90]), ("bf16", [90]))
-        for kernel, consts in (("_upsample_argmax_kernel", dict(BLOCK_P=512, UNROLL=2)),)
     ]
     results = aot_compile(jobs)
     assert len(results) == 4 and all(r["ok"] for r in results), results
