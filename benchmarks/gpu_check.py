@@ -13,6 +13,8 @@ Steps, in order of value (:func:`plan`), each in its own subprocess with its own
    sdpa / triton × fp32 / fp16 / bf16 — latency p50/p99 (CUDA events), peak memory, parity vs fp32 eager.
    The `gpu` tests (pytest) and the kernel benchmarks (``benchmarks/kernels.py --quick``) come between.
 3. ``compile_<case>`` — ``torch.compile`` of the sdpa model in fp16 (compile time in ``first_call_ms``).
+4. ``kernel_tuning`` — the launch-configuration sweep (``benchmarks/kernel_tuning.py``) that the kernels'
+   defaults come from; it needs more than the default budget leaves (``--only kernel_tuning``).
 
 A step that fails, times out or hangs is killed (its whole process group) and recorded; the next one runs.
 The budget (``--budget-s``, default 450 s) bounds the total: a step's timeout is cut to what is left, and a
@@ -107,6 +109,10 @@ def plan(out: Path, dry_run: bool) -> list[Step]:
     # compiling takes ~55-70 s per dtype on an H200 (measured): fp16, the deployment dtype, fits the step;
     # three dtypes were cut short at fp16 anyway
     steps += [e2e(c.name, 90, compile_=True, extra=("--dtypes", "fp16")) for c in MODEL_CASES[:2]]
+    # last: the launch-configuration sweep behind the kernels' defaults (3-4 min on an H200; a larger
+    # --budget-s, or --only kernel_tuning, gives it its time)
+    steps.append(Step("kernel_tuning", _py("semask_deploy.benchmarks.kernel_tuning", "--out", str(out / "kernel_tuning")),
+                      300, 120, out / "kernel_tuning" / "kernel_tuning.json"))
     for step in steps:
         step.env["TRITON_INTERPRET"] = None  # compiled kernels on the GPU, never the interpreter
     return steps

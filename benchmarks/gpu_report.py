@@ -113,4 +113,11 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines += _tests_section(s)
         elif s["name"] == "kernels":
             lines += _kernels_section(s)
+        elif s["name"] == "kernel_tuning" and s.get("result"):
+            result = s["result"]
+            lines += ["## Kernel launch-configuration sweep", "",
+                      f"{len(result.get('cases', []))} cases, every configuration timed and checked: "
+                      "`kernel_tuning/kernel_tuning.md`."]
+            lines += [f"- crashed: `{name}` ({why})" for name, why in result.get("meta", {}).get("crashed_configs", {}).items()]
+            lines.append("")
     return "\n".join(lines).rstrip() + "\n"

@@ -28,6 +28,7 @@ def test_plan_orders_steps_and_covers_every_case(tmp_path):
     assert {f"e2e_{c.name}" for c in MODEL_CASES} <= set(names)
     assert "kernels" in names and names.index("kernels") < names.index("e2e_semask_l_2048x1024")
     assert [n for n in names if n.startswith("compile_")] == ["compile_semask_t_512", "compile_semask_l_640"]
+    assert names[-1] == "kernel_tuning"  # the longest and least often needed step comes last
     assert all(s.env.get("TRITON_INTERPRET", "unset") is None for s in steps)  # compiled kernels on the GPU
     assert {c.size for c in MODEL_CASES} == {(512, 512), (640, 640), (1024, 2048)}
     dry = plan(tmp_path, dry_run=True)
@@ -80,6 +81,9 @@ def test_markdown_of_partial_results():
              "result": {"meta": {"partial": "3/10 cases"}, "cases": [
                  {"kernel": "window_attention", "name": "L s0", "dtype": "fp16",
                   "results": {"triton": {"ms": 0.1, "max_err": 1e-3}, "eager": {"ms": 0.5}, "sdpa": {"error": "x"}}}]}},
+            {"name": "kernel_tuning", "status": "ok", "seconds": 200, "note": "",
+             "result": {"meta": {"crashed_configs": {"M64 N64 warps=8": "illegal memory access"}},
+                        "cases": [{"kernel": "upsample_argmax"}, {"kernel": "semantic_global"}]}},
         ],
     }
     md = render_markdown(report)
@@ -89,6 +93,8 @@ def test_markdown_of_partial_results():
     assert "error: OutOfMemoryError" in md
     assert "passed 5, failed 1, skipped 2" in md and "FAILED `t::x`: boom" in md
     assert "Partial: 3/10 cases" in md and "| window_attention | L s0 | fp16 | 0.1000 | 0.5000 | error |" in md
+    assert "2 cases, every configuration timed and checked" in md
+    assert "- crashed: `M64 N64 warps=8` (illegal memory access)" in md
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU refusal")
