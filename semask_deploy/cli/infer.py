@@ -11,6 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import ConfigError, ImageError
+from ..fileio import check_output_folder
 from ._common import OneLineParser, hw_type, main_wrapper, progress
 
 EPILOG = """examples:
@@ -138,8 +139,7 @@ def run_infer(
         raise ConfigError("--image is required (an image file or a folder of images)")
     else:
         images = list_images(image)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} exists and is not a folder")
+    check_output_folder(out)
     _check_output_names(images, out, overlay)
     seg = Segmenter(model, device=device, mode=mode, scale=scale, crop=crop, stride=stride, attention_backend=attention,
                     backend=None if backend == "auto" else backend, precision=precision, threads=threads)

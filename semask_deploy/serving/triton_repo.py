@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..errors import ConfigError
+from ..fileio import make_work_folder
 
 PLATFORMS = {"onnx": ("onnxruntime_onnx", "onnxruntime", "model.onnx"),
              "tensorrt": ("tensorrt_plan", "tensorrt", "model.plan"),
@@ -254,8 +254,7 @@ def write_repository(out: str | Path, spec: RepoSpec, artifact: str | Path, side
     existing = [out / n for n in names if (out / n).exists()]
     if existing and not force:
         raise ConfigError(f"{', '.join(str(p) for p in existing)} already exist(s); use --force to overwrite")
-    out.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{spec.name}.", suffix=".tmp", dir=out))
+    stage = make_work_folder(out, prefix=f".{spec.name}.")
     try:
         written = [out / p.relative_to(stage) for p in _write_models(stage, spec, artifact, sidecar)]
         for name in names:  # the swap: renames only
