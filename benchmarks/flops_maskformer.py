@@ -47,7 +47,9 @@ def maskformer_flops(model: Any, height: int, width: int, batch: int = 1) -> dic
 
     aten = torch.ops.aten
     interp_ops = {aten.grid_sampler_2d: _per_output_value, aten.upsample_bilinear2d: _per_output_value}
-    m = copy.deepcopy(model).float().cpu().eval()
+    # no parameter requires grad: a view of one (MaskFormer's query_pos) would otherwise reach the counter's module
+    # tracker as a tensor that requires grad without a grad_fn, which it asserts against
+    m = copy.deepcopy(model).float().cpu().eval().requires_grad_(False)
     m.set_attention_backend("eager")
     x = torch.zeros(batch, 3, height, width)
     counter = FlopCounterMode(display=False, depth=None, custom_mapping=interp_ops)

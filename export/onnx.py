@@ -378,7 +378,8 @@ def clean_graph(proto: Any) -> tuple[Any, str]:
     from onnxscript import optimizer
 
     try:
-        return optimizer.optimize(proto), "onnxscript.optimizer"
+        with _quiet_exporter():  # its "Skipping constant folding for op Split with multiple outputs" warnings
+            return optimizer.optimize(proto), "onnxscript.optimizer"
     except Exception as exc:  # noqa: BLE001 - the exporter already optimised once; keep its graph
         log.warning("onnxscript optimizer failed (%s); keeping the exporter's graph", _first_line(exc))
         return proto, "exporter"

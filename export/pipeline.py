@@ -416,7 +416,8 @@ def _run_export(o: ExportOptions) -> ExportResult:
             if not res.ok:
                 cases = "; ".join(line.strip() for line in res.format().splitlines())
                 raise ExportError(f"verification failed: the {o.precision} ONNX is outside its tolerance vs PyTorch "
-                                  f"({_tolerance_text(res)}): {cases}; nothing was written. {_what_to_try(o)}")
+                                  f"({_tolerance_text(res)}): {cases}; nothing was written. "
+                                  f"{_what_to_try(o, len(calib))}")
         result.verification = verification
 
         t = steps.start("offline TensorRT parser check")
@@ -480,11 +481,17 @@ def _warn_without_tensorrt() -> None:
               "engine cannot be built here (the command then exits with status 2)", file=sys.stderr)
 
 
-def _what_to_try(o: ExportOptions) -> str:
-    """The failure message's advice: what to change for a precision that passes."""
+def _what_to_try(o: ExportOptions, calibrated_on: int) -> str:
+    """The failure message's advice: what to change for a precision that passes (``calibrated_on``: how many
+    calibration images were used; fewer than ``--calib-count`` when the folder holds fewer)."""
     if o.precision == "int8":
-        first = ("calibrate on images like those you will segment: --calib-images DIR" if o.calib_images is None
-                 else f"calibrate on more images (--calib-count, now {o.calib_count}) like those you will segment")
+        if o.calib_images is None:
+            first = "calibrate on images like those you will segment: --calib-images DIR"
+        elif calibrated_on < o.calib_count:
+            first = (f"calibrate on more images like those you will segment ({o.calib_images} holds only "
+                     f"{calibrated_on}; --calib-count {o.calib_count} uses up to that many)")
+        else:
+            first = f"calibrate on more images (--calib-count, now {o.calib_count}) like those you will segment"
         other = [c for c in ("percentile", "entropy", "minmax") if c != o.int8_calibration]
         return (f"Try: {first}; another --int8-calibration ({' or '.join(other)}); or another precision "
                 "(--precision fp16, or fp32). --no-verify keeps such an export anyway.")

@@ -62,6 +62,21 @@ def require(module: str, extra: str):
         ) from exc
 
 
+def check_cpu_threads(threads: int, what: str = "threads", zero_means_all: bool = True) -> None:
+    """Refuse a CPU thread count above this machine's CPUs (a pool of thousands of threads exhausts memory, and
+    more threads than CPUs never helps); every CLI and the runtime say it the same way.
+
+    Raises:
+        ConfigError: ``threads`` > the CPU count.
+    """
+    import os
+
+    cpus = os.cpu_count() or 1
+    if threads > cpus:
+        raise ConfigError(f"{what}={int(threads)} is more than the {cpus} CPUs of this machine; use 1..{cpus}"
+                          + (" (or 0 = all cores)" if zero_means_all else ""))
+
+
 class Terminated(BaseException):
     """SIGTERM arrived (a BaseException, like KeyboardInterrupt: ``except Exception`` does not swallow it).
 

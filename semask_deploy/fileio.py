@@ -81,6 +81,12 @@ def check_output_folder(path: str | os.PathLike, flag: str = "--out") -> None:
             raise ConfigError(f"{flag} {path} cannot be created: {base} is a file, not a folder")
     if not os.access(base, os.W_OK | os.X_OK):
         raise ConfigError(f"{flag} {path} cannot be written: no write permission in {base}")
+    try:  # a real write: os.access says yes to root on a read-only mount or /proc
+        with tempfile.TemporaryFile(dir=base):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{flag} {path} cannot be written: the folder {base} is not writable "
+                          f"({exc.strerror or exc})") from None
 
 
 def check_output_file(path: str | os.PathLike, flag: str = "--out") -> None:

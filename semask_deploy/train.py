@@ -30,7 +30,7 @@ import torch
 from .checkpoint import infer_config, load_state_dict_strict, read_checkpoint, save_checkpoint
 from .config import SeMaskConfig
 from .data.transforms import TrainAugment
-from .errors import CheckpointError, ConfigError, SemaskError
+from .errors import CheckpointError, ConfigError, SemaskError, check_cpu_threads
 from .fileio import check_output_folder
 from .model import SeMaskSegmentor
 from .training import data as tdata
@@ -135,6 +135,8 @@ def _check_options(o: TrainOptions) -> None:
         v = getattr(o, name)
         if v is not None and v <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {v}")
+    if o.threads is not None:
+        check_cpu_threads(o.threads, "--threads", zero_means_all=False)
     if o.lr is not None and not 0 < o.lr <= torch.finfo(torch.float32).max:
         raise ConfigError(f"--lr must be a positive finite (float32) number, got {o.lr}")
     if not 0 <= o.weight_decay < math.inf or (o.warmup is not None and o.warmup < 0):
@@ -143,6 +145,9 @@ def _check_options(o: TrainOptions) -> None:
         raise ConfigError(f"--gamma-init must be a finite number, got {o.gamma_init}")
     if o.workers < 0:
         raise ConfigError(f"--workers must be >= 0, got {o.workers}")
+    if o.data == "synthetic" and o.data_root is not None:  # it would be ignored: the scenes are made in memory
+        raise ConfigError("--data synthetic makes its own scenes in memory: drop --data-root (or pick the --data "
+                          "layout those files belong to)")
     if not 0 <= o.seed < 2**32:
         raise ConfigError(f"--seed must be between 0 and 2**32 - 1, got {o.seed}")
     check_output_folder(o.out)

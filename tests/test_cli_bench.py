@@ -274,6 +274,7 @@ def _code(argv) -> int:
     (["--limit", "3"], "need --dataset"),
     (["--device", "tpu"], "cpu or cuda"),
     (["--bogus"], "unrecognized arguments"),
+    (["--threads", "100000"], "--threads=100000 is more than the"),  # as semask-infer/-eval say it
     (["--demo"], "not allowed with"),
     (["--backends", "tensorrt", "--precisions", "fp32"], "nothing to benchmark here: tensorrt fp32"),  # (no GPU)
 ])

@@ -232,6 +232,8 @@ def test_errors_one_line_exit_2(models, tmp_path, capsys):
         (["--model", str(models["folder"]), "--dataset", "synthetic", "--threads", "-1"], "threads must be"),
         (["--model", str(models["folder"]), "--dataset", "synthetic", "--data-root", str(root)], "drop --data-root"),
         (["--model", str(models["folder"]), "--dataset", "synthetic", "--split", "val"], "drop --data-root/--split"),
+        (["--model", str(models["folder"]), "--dataset", "synthetic", "--out", str(tmp_path / "img.png")],
+         "give a .json file name"),  # the results must not replace an image
     ]
     for argv, needle in cases:
         assert _code(argv) == 2, argv
@@ -278,3 +280,18 @@ def test_unwritable_out_is_refused_before_evaluating(models, tmp_path, capsys, m
     assert _code(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: cannot write --out {tmp_path / 'r.json'}: No space left on device"], err
+
+
+@pytest.mark.slow  # a static export (~20 CPU-seconds)
+def test_eval_of_a_static_export_reports_its_input_size(models, tmp_path, capsys):
+    """A --static export resizes every image to its size: the report says so, not the unused test scale."""
+    pytest.importorskip("onnxruntime")
+    pipeline = pytest.importorskip("semask_deploy.export.pipeline")
+    res = pipeline.run_export(pipeline.ExportOptions(ckpt=models["folder"], fmt="onnx", precision="fp32",
+                                                     static=(64, 96), out=tmp_path / "exp", name="tiny",
+                                                     verify=False, quiet=True))
+    out = tmp_path / "r.json"
+    assert main(["--model", str(res.onnx_path), "--dataset", "synthetic", "--limit", "2", "--out", str(out)]) == 0
+    got = json.loads(out.read_text())
+    assert got["static_input"] == [64, 96] and got["scale"] is None
+    assert "static 64x96 input" in capsys.readouterr().out

@@ -157,6 +157,33 @@ def test_unreadable_image_in_a_folder_is_skipped_and_reported(tiny_ckpt, images,
     assert not list(out.glob("broken*")) and list(out.glob("*_labels.png"))
 
 
+def test_a_single_unreadable_image_gives_one_error_line(tiny_ckpt, tmp_path, capsys):
+    """Nothing segmented: no 'wrote 0 file(s)' line naming a folder that is removed again, no '(skipped)'."""
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not a png at all")
+    out = tmp_path / "o"
+    assert main(["--model", str(tiny_ckpt), "--image", str(bad), "--out", str(out), "--scale", "none"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "broken.png" in err[0]
+    assert not err[0].endswith("(skipped)") and not out.exists()
+
+
+def test_slide_stride_larger_than_the_crop_is_refused(tiny_ckpt, images, tmp_path, capsys):
+    """Windows 64 apart with a 32 crop leave pixels without any prediction (they came out as class 0)."""
+    out = tmp_path / "o"
+    assert main(["--model", str(tiny_ckpt), "--image", str(images), "--out", str(out), "--mode", "slide",
+                 "--crop", "32x32", "--stride", "64x64"]) == 2
+    assert "stride 64x64 is larger than the crop 32x32" in _err(capsys)
+    assert not out.exists()
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc")
+def test_out_folder_that_cannot_be_created_fails_before_the_model_runs(tiny_ckpt, images, capsys):
+    """os.access says yes to root under /proc: the check makes a real write, so the error comes at once."""
+    assert main(["--model", str(tiny_ckpt), "--image", str(images), "--out", "/proc/semask_x"]) == 2
+    assert "--out /proc/semask_x cannot be written" in _err(capsys)
+
+
 def test_outputs_that_would_collide_are_refused_before_anything_runs(tmp_path, images, capsys):
     """a.png and a.jpg both map to a_labels.png: one would silently overwrite the other."""
     shutil.copy(images / "main.png", images / "odd.jpg")

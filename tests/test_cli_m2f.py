@@ -53,6 +53,17 @@ def test_flops_count_new_layers(m2f_ckpt):
     assert f["groups"]["postprocess"] >= 2 * 20 * 150 * 64 * 64
 
 
+def test_flops_of_maskformer(tmp_path):
+    """MaskFormer's query_pos is a view of a parameter: FLOP counting crashed on it (semask-bench exited 1)."""
+    from semask_deploy import load_model
+    from semask_deploy.benchmarks.flops_maskformer import maskformer_flops
+
+    z = np.load(DATA / "golden_maskformer_ade20k_small.npz")
+    torch.save({"model": {k[3:]: torch.from_numpy(z[k]) for k in z.files if k.startswith("sd/")}}, tmp_path / "mf.pth")
+    f = maskformer_flops(load_model(tmp_path / "mf.pth"), 64, 64)
+    assert f["total"] == sum(f["groups"].values()) and f["groups"]["transformer_decoder"] > 0
+
+
 @pytest.mark.slow
 def test_infer_and_eval_mask2former(m2f_ckpt, tmp_path):
     from semask_deploy.cli.eval import run_eval

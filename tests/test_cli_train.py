@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from semask_deploy.api import load_model
+from semask_deploy.assets import demo_checkpoint
 from semask_deploy.cli.train import main
 
 from test_train import tiny_config  # tests/ is on sys.path (pytest rootdir import)
@@ -71,6 +72,10 @@ def test_cli_trains_and_writes_loadable_weights(tmp_path, tiny_json):
         (["--seed", "-1"], "--seed"),
         (["--seed", str(2**64)], "--seed"),
         (["--lr", "inf"], "--lr must be a positive finite"),
+        (["--threads", "100000"], "--threads=100000 is more than the"),
+        (["--data", "synthetic", "--data-root", "."], "drop --data-root"),
+        (["--variant", "demo", "--init", str(demo_checkpoint()), "--num-classes", "12", "--iters", "1"],
+         "predicts 10 classes but the training data has 12"),  # not 18 'mis-shaped' keys
         (["--lr", "1e39"], "--lr must be a positive finite"),  # overflows float32 inside the optimizer
         (["--weight-decay", "nan"], "--weight-decay"),
         (["--gamma-init", "nan"], "--gamma-init"),

@@ -212,8 +212,10 @@ def test_semask_init_is_strict(tmp_path):
     assert report.kind == "semask"
     for k, v in src.state_dict().items():
         assert torch.equal(model.state_dict()[k], v)
-    with pytest.raises(CheckpointError, match="does not match"):
+    with pytest.raises(CheckpointError, match="predicts 8 classes but the training data has 9"):
         init_from_checkpoint(build_model(tiny_config(num_classes=9)), path)
+    with pytest.raises(CheckpointError, match="does not match"):  # other shapes: every mis-shaped key named
+        init_from_checkpoint(build_model(tiny_config(head_channels=24)), path)
 
 
 def test_gamma_init_option():

@@ -160,10 +160,14 @@ def test_segmenter_predict_refuses_empty_or_non_array_images():
     from semask_deploy.errors import ConfigError
 
     seg = Segmenter(SMALL, scale=SCALE)
-    for bad in (np.zeros((0, 5, 3), np.uint8), np.zeros((4, 0, 3), np.uint8), _scene(4, 5).tolist(),
-                _scene(4, 5)[:, :, 0], _scene(4, 5).astype(np.float32)):
-        with pytest.raises(ConfigError, match=r"expected a uint8 \(H, W, 3\) RGB image"):
+    for bad, hint in ((np.zeros((0, 5, 3), np.uint8), "one"), (np.zeros((4, 0, 3), np.uint8), "one"),
+                      (_scene(4, 5).tolist(), "one image per call"), (_scene(4, 5)[:, :, 0], "COLOR_GRAY2RGB"),
+                      (_scene(4, 5).astype(np.float32), "astype"), ("img.png", "read_image_rgb")):
+        with pytest.raises(ConfigError, match=r"expected a uint8 \(H, W, 3\) RGB image") as exc:
             seg.predict(bad)
+        assert hint in str(exc.value)
+    with pytest.raises(ConfigError, match="expected the path of a model file"):
+        Segmenter(None)
 
 
 def test_attention_backend_is_refused_for_exported_models(tmp_path):

@@ -110,10 +110,13 @@ def _out_of_memory() -> int:
 
 
 def _is_allocation_failure(exc: BaseException) -> bool:
-    """torch reports a failed CPU allocation as a RuntimeError (CUDA: torch.OutOfMemoryError, a RuntimeError)."""
+    """torch reports a failed CPU allocation as a RuntimeError (CUDA: torch.OutOfMemoryError, a RuntimeError);
+    OpenCV as ``cv2.error`` "Insufficient memory" (e.g. resizing an image to an enormous ``--scale``)."""
+    text = str(exc)
+    if type(exc).__module__.split(".")[0] == "cv2" and "Insufficient memory" in text:
+        return True
     if not isinstance(exc, RuntimeError):
         return False
-    text = str(exc)
     return type(exc).__name__ == "OutOfMemoryError" or "can't allocate memory" in text or "out of memory" in text
 
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from ..errors import ConfigError
+from ..errors import ConfigError, check_cpu_threads
 from ._common import OneLineParser, csv_list, main_wrapper, parse_hw
 
 if TYPE_CHECKING:
@@ -142,6 +142,8 @@ def config_from_args(args: argparse.Namespace, argv: Sequence[str] | None = None
     threads = _int(args.threads, "--threads") if args.threads is not None else (1 if args.device == "cpu" else None)
     if threads is not None and threads < 0:
         raise ConfigError(f"--threads must be >= 0, got {threads}")
+    if threads is not None:
+        check_cpu_threads(threads, "--threads")
     if threads == 0:
         threads = None  # all cores: torch's and ONNX Runtime's defaults
     out = args.out or Path(f"semask-bench-{_dt.datetime.now():%Y%m%d-%H%M%S}")

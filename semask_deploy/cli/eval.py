@@ -40,15 +40,16 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", type=Path, help=".pth/.safetensors checkpoint, .onnx file or .engine file")
+    src.add_argument("--model", type=Path, help=".pth/.safetensors checkpoint, .onnx file, OpenVINO .xml, "
+                     "TensorRT .engine or AOTInductor .pt2")
     src.add_argument("--demo", action="store_true", help="the built-in demo model (synthetic scenes)")
     p.add_argument("--dataset", required=True, choices=DATASET_CHOICES, help="data-set layout (see below)")
     p.add_argument("--data-root", type=Path, default=None, help="data-set root folder")
     p.add_argument("--split", default=None, help="split (default: validation / val / test2014)")
     p.add_argument("--mode", choices=("whole", "slide"), default="whole", help="inference mode (default: whole)")
     p.add_argument("--scale", default=None,
-                   help="keep-ratio test resize LONGxSHORT or 'none' (default: the model's test scale for "
-                   "ade20k/cityscapes/coco-stuff, none for folder/synthetic)")
+                   help="keep-ratio test resize LONGxSHORT (one number N means NxN) or 'none' (default: the "
+                   "model's test scale for ade20k/cityscapes/coco-stuff, none for folder/synthetic)")
     p.add_argument("--crop", type=hw_type("--crop"), default=None, help="slide window HxW (default: training crop)")
     p.add_argument("--stride", type=hw_type("--stride"), default=None, help="slide step HxW (default: 2/3 crop)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
@@ -72,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _scale(text: str | None, dataset: str) -> Any:
     if text is None:
-        return "none" if dataset in ("folder", "synthetic") else None
+        return None  # run_eval's default: none for folder/synthetic data (unless a static export), else the model's
     if text.lower() == "none":
         return "none"
     try:
@@ -129,6 +130,9 @@ def run_eval(
         raise ConfigError("--dataset synthetic makes its own scenes in memory: drop --data-root/--split (or pick "
                           "the --dataset those files belong to)")
     if out is not None:  # before evaluating (which may take hours), not after
+        if Path(out).suffix.lower() != ".json" and not Path(out).is_dir():
+            # the results are JSON: a typo such as --out img.png must not replace an image with them
+            raise ConfigError(f"--out is the results file: give a .json file name, got {out}")
         check_output_file(out)
     if demo:
         from ..assets import demo_checkpoint
@@ -136,10 +140,12 @@ def run_eval(
         model = demo_checkpoint()
     if model is None:
         raise ConfigError("give --model PATH or --demo")
-    if scale is None and dataset in ("folder", "synthetic"):
-        scale = "none"
+    # folder / synthetic data default to no test resize — except for a static export, which takes one size only
+    keep_size = scale is None and dataset in ("folder", "synthetic")
     seg = Segmenter(model, device=device, mode=mode, scale=scale, crop=crop, stride=stride, attention_backend=attention,
                     backend=None if backend == "auto" else backend, precision=precision, threads=threads)
+    if keep_size and seg.input_hw is None:
+        seg.scale, seg.resize_rule = None, None
     ds = open_eval_dataset(dataset, data_root, seg.num_classes, split=split, limit=limit)
     if len(ds) == 0:
         raise ConfigError(f"the {dataset} data set at {data_root} has no images")
@@ -147,11 +153,14 @@ def run_eval(
     bar = (lambda it: progress(it, total=len(ds), desc="evaluating", disable=quiet))
     cm, _ = evaluate(seg.predict, ds, seg.num_classes, progress=bar)
     res = cm.to_dict(list(ds.classes))
+    static = seg.input_hw is not None and mode == "whole"
     result = {
         "model": str(model), "demo": demo, "dataset": dataset,
         "data_root": None if data_root is None else str(data_root),
         "split": getattr(ds, "split", split), "mode": mode,
-        "scale": None if seg.scale is None else list(seg.scale),
+        # a static export resizes every image to its one input size (no keep-ratio scale applies)
+        "scale": None if seg.scale is None or static else list(seg.scale),
+        "static_input": list(seg.input_hw) if static else None,
         "images": len(ds), "mIoU": res["mIoU"], "aAcc": res["aAcc"], "mAcc": res["mAcc"], "pixels": res["pixels"],
         "per_class": res["per_class"], "seconds": time.perf_counter() - t0,
         "runtime": seg.backend.describe(),  # what ran: backend, precision (OpenVINO: read back from the compile)
@@ -176,8 +185,11 @@ def format_result(result: dict[str, Any], per_class: bool = True) -> str:
         lines += [f"{'class':<{width}}  {'IoU':>6}  {'Acc':>6}", f"{'-' * width}  ------  ------"]
         lines += [f"{c['class']:<{width}}  {pct(c['iou'])}  {pct(c['acc'])}" for c in result["per_class"]]
         lines.append("")
-    lines.append(f"{result['dataset']} ({result['images']} images, mode {result['mode']}, scale "
-                 f"{'none' if result['scale'] is None else 'x'.join(map(str, result['scale']))}): "
+    if result.get("static_input"):
+        scale = "static {}x{} input".format(*result["static_input"])
+    else:
+        scale = "scale " + ("none" if result["scale"] is None else "x".join(map(str, result["scale"])))
+    lines.append(f"{result['dataset']} ({result['images']} images, mode {result['mode']}, {scale}): "
                  f"mIoU {pct(result['mIoU']).strip()}  aAcc {pct(result['aAcc']).strip()}  "
                  f"mAcc {pct(result['mAcc']).strip()}")
     runtime = result.get("runtime") or {}

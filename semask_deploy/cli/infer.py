@@ -81,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("semask-infer-out"), help="output folder (default: %(default)s)")
     p.add_argument("--mode", choices=("whole", "slide"), default="whole", help="inference mode (default: whole)")
     p.add_argument("--scale", type=_scale, default=None,
-                   help="keep-ratio test resize LONGxSHORT, e.g. 2048x512, or 'none' to keep the image size "
+                   help="keep-ratio test resize LONGxSHORT, e.g. 2048x512 (one number N means NxN: the image fits an "
+                   "NxN square), or 'none' to keep the image size "
                    "(default: the model's test scale: ADE20K/COCO 2048x512, 640-crop models 2560x640, "
                    "Cityscapes 2048x1024)")
     p.add_argument("--crop", type=hw_type("--crop"), default=None, help="slide window HxW (default: training crop)")
@@ -165,15 +166,16 @@ def _run(args: argparse.Namespace) -> int:
         threads=args.threads, alpha=args.alpha, overlay=not args.no_overlay, quiet=args.quiet,
     )
     n_ok = len({p.name.rsplit("_", 1)[0] for p in result.written})
-    if not args.quiet:
+    if not args.quiet and result.written:  # (nothing written: only the errors below, the empty folder is removed)
         print(f"wrote {len(result.written)} file(s) for {n_ok} image(s) to {args.out}", file=sys.stderr)
         if result.runtime.get("backend") == "openvino":  # OpenVINO may pick another precision: say what ran
             from semask_deploy.runtime.openvino_backend import ran_text
 
             print(f"OpenVINO ran {ran_text(result.runtime['ran'])}", file=sys.stderr)
     if result.failed:
-        for path, msg in result.failed:  # the other images were segmented and written (counted above)
-            print(f"error: {msg} (skipped)", file=sys.stderr)
+        skipped = " (skipped)" if result.written else ""  # the other images were segmented and written
+        for path, msg in result.failed:
+            print(f"error: {msg}{skipped}", file=sys.stderr)
         return 2
     return 0
 

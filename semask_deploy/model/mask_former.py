@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from ..config import ATTENTION_BACKENDS
 from ..errors import ConfigError
 from ..maskformer_config import MaskFormerConfig
+from ._inputs import check_image_batch
 from .mask_decoders import MultiScaleMaskedTransformerDecoder
 from .pixel_decoders import MSDeformAttnPixelDecoder
 from .semask import SeMaskSwin
@@ -141,13 +142,7 @@ class MaskFormerSegmentor(nn.Module):
         return semantic_argmax(logits, masks, self.pad_size(x), (int(x.shape[2]), int(x.shape[3])))
 
     def _check_input(self, x: Tensor) -> None:
-        if x.dim() != 4 or x.shape[1] != 3:
-            raise ConfigError(f"expected a float image batch of shape (N, 3, H, W), got {tuple(x.shape)}")
-        if self.attention_backend == "triton" and not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-            raise ConfigError(
-                "attention_backend='triton' needs a CUDA device (or TRITON_INTERPRET=1 for the slow CPU "
-                "interpreter); use 'sdpa' on the CPU"
-            )
+        check_image_batch(x, next(self.parameters()).dtype, self.attention_backend)
 
 
 def semantic_inference(pred_logits: Tensor, pred_masks: Tensor, padded_hw: tuple[int, int]) -> Tensor:

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from ..config import ATTENTION_BACKENDS, SeMaskConfig
 from ..errors import ConfigError, MissingDependencyError
 from . import fast
+from ._inputs import check_image_batch
 from .fpn_head import SemanticFPNHead
 from .semask import SeMaskSwin, SemanticLayer
 from .swin import PatchMerging, SwinBlock
@@ -96,13 +97,7 @@ class SeMaskSegmentor(nn.Module):
         )
 
     def _check_input(self, x: Tensor) -> None:
-        if x.dim() != 4 or x.shape[1] != 3:
-            raise ConfigError(f"expected a float image batch of shape (N, 3, H, W), got {tuple(x.shape)}")
-        if self.attention_backend == "triton" and not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-            raise ConfigError(
-                "attention_backend='triton' needs a CUDA device (or TRITON_INTERPRET=1 for the slow CPU "
-                "interpreter); use 'sdpa' on the CPU"
-            )
+        check_image_batch(x, next(self.parameters()).dtype, self.attention_backend)
 
 
 def _check_triton_installed() -> None:

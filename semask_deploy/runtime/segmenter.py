@@ -8,7 +8,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, check_cpu_threads
 from .pipeline import labels_from_logits, labels_to_size, prepare, prepare_with_rule, slide_logits
 
 TORCH_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors")
@@ -16,6 +16,20 @@ TRT_SUFFIXES = (".engine", ".plan", ".trt")
 #: ``backend=`` names and the files each runs (``None``/``"auto"``: chosen by the suffix)
 BACKEND_SUFFIXES = {"torch": TORCH_SUFFIXES, "onnxruntime": (".onnx",), "openvino": (".onnx", ".xml"),
                     "tensorrt": TRT_SUFFIXES, "aoti": (".pt2",)}
+
+
+def _image_hint(image: Any) -> str:
+    """What to do with an image :meth:`Segmenter.predict` does not take."""
+    if isinstance(image, (list, tuple)):
+        return "predict takes one image per call (call it once per image)"
+    if not isinstance(image, np.ndarray):
+        return "pass a numpy array (np.asarray(pil_image) for PIL; semask_deploy.data.read_image_rgb reads a file)"
+    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 4)):
+        return ("convert it to RGB first, e.g. cv2.cvtColor(img, cv2.COLOR_GRAY2RGB) or img[..., :3] for RGBA "
+                "(read_image_rgb does this for files)")
+    if image.ndim == 3 and image.dtype != np.uint8 and image.shape[2] == 3:
+        return "scale it to 0-255 uint8 first, e.g. (img * 255).round().astype(np.uint8) for floats in [0, 1]"
+    return "one (H, W, 3) RGB image per call"
 
 
 def _cpu_threads(threads: Any, suffix: str, backend: str | None) -> int | None:
@@ -26,10 +40,7 @@ def _cpu_threads(threads: Any, suffix: str, backend: str | None) -> int | None:
         raise ConfigError(f"threads must be a whole number >= 0 (0 = all cores), got {threads!r}")
     if threads and (backend == "tensorrt" or suffix in TRT_SUFFIXES):
         raise ConfigError("threads is a CPU setting; a TensorRT engine runs on the GPU (leave threads unset)")
-    cpus = os.cpu_count() or 1
-    if threads > cpus:  # a pool of thousands of threads exhausts memory; more than the CPUs never helps
-        raise ConfigError(f"threads={int(threads)} is more than the {cpus} CPUs of this machine; use 1..{cpus} "
-                          "(or 0 = all cores)")
+    check_cpu_threads(threads)
     return int(threads) or None
 
 
@@ -107,6 +118,9 @@ class Segmenter:
         precision: str | None = None,
         threads: int | None = None,
     ) -> None:
+        if not isinstance(path, (str, os.PathLike)):
+            raise ConfigError(f"expected the path of a model file (.pth, .safetensors, .onnx, .xml, .engine, .pt2), "
+                              f"got {type(path).__name__}")
         path = Path(path)
         suffix = path.suffix.lower()
         if backend == "auto":
@@ -131,6 +145,10 @@ class Segmenter:
             scale = _size_pair(scale, "scale (long, short)")
         crop = None if crop is None else _size_pair(crop, "crop (h, w)")
         stride = None if stride is None else _size_pair(stride, "stride (h, w)")
+        if mode == "slide" and crop is not None and stride is not None and any(a > b for a, b in zip(stride, crop)):
+            raise ConfigError(  # before loading anything (checked again below against the model's own crop)
+                f"the slide stride {stride[0]}x{stride[1]} is larger than the crop {crop[0]}x{crop[1]}: pixels "
+                "between the windows would get no prediction; use a stride <= the crop")
         if backend == "openvino" or suffix == ".xml":
             from .openvino_backend import OpenVinoBackend
 
@@ -190,6 +208,10 @@ class Segmenter:
             if mode == "slide":
                 self.crop = self.input_hw
         self.stride = tuple(stride) if stride is not None else tuple(max(1, c * 2 // 3) for c in self.crop)
+        if mode == "slide" and any(s > c for s, c in zip(self.stride, self.crop)):
+            raise ConfigError(
+                f"the slide stride {self.stride[0]}x{self.stride[1]} is larger than the crop {self.crop[0]}x"
+                f"{self.crop[1]}: pixels between the windows would get no prediction; use a stride <= the crop")
         if mode == "slide" and not self.backend.has_logits:
             raise ConfigError(
                 f"{path.name} outputs labels only; slide mode needs logits: re-export with --with-logits"
@@ -207,20 +229,26 @@ class Segmenter:
     def palette(self) -> list[tuple[int, int, int]]:
         return [tuple(c) for c in self.backend.palette]
 
+    def prepare(self, image_rgb: np.ndarray) -> np.ndarray:
+        """uint8 (H, W, 3) RGB → the normalised float32 (1, 3, h, w) network input, by this model's test resize:
+        a static export's fixed size (whole mode), the detectron2 models' shortest-edge rule, or the keep-ratio
+        ``scale``. :meth:`predict` and the serving batcher both prepare images through here."""
+        if self.input_hw is not None and self.mode == "whole":
+            return prepare(image_rgb, None, exact_size=self.input_hw)
+        if self.resize_rule:
+            return prepare_with_rule(image_rgb, self.resize_rule)
+        return prepare(image_rgb, self.scale)
+
     def predict(self, image_rgb: np.ndarray) -> np.ndarray:
         """uint8 (H, W, 3) RGB image → int64 labels (H, W) at the image's own size."""
         shape = getattr(image_rgb, "shape", None)
         if (not isinstance(image_rgb, np.ndarray) or image_rgb.dtype != np.uint8 or image_rgb.ndim != 3
                 or shape[2] != 3 or min(shape[:2]) < 1):
             what = f"{image_rgb.dtype} {shape}" if isinstance(image_rgb, np.ndarray) else type(image_rgb).__name__
-            raise ConfigError(f"expected a uint8 (H, W, 3) RGB image with H, W >= 1, got {what}")
+            raise ConfigError(f"expected a uint8 (H, W, 3) RGB image with H, W >= 1, got {what}; "
+                              f"{_image_hint(image_rgb)}")
         size = (int(image_rgb.shape[0]), int(image_rgb.shape[1]))
-        if self.input_hw is not None and self.mode == "whole":
-            x = prepare(image_rgb, None, exact_size=self.input_hw)
-        elif self.resize_rule:
-            x = prepare_with_rule(image_rgb, self.resize_rule)
-        else:
-            x = prepare(image_rgb, self.scale)
+        x = self.prepare(image_rgb)
         if self.mode == "slide":
             logits = slide_logits(self._logits, x, self.num_classes, self.crop, self.stride)
             return labels_from_logits(logits, size).astype(np.int64)

@@ -85,17 +85,14 @@ def predict_batch(seg, images: Sequence[np.ndarray], max_batch: int = 8) -> list
     Returns:
         int32 (H_i, W_i) labels per image, equal to ``seg.predict(image)``.
     """
-    from ..runtime.pipeline import labels_from_logits, prepare
+    from ..runtime.pipeline import labels_from_logits
 
     if not _batchable(seg):
         return [seg.predict(img).astype(np.int32) for img in images]
     out: list[np.ndarray | None] = [None] * len(images)
     buckets: "OrderedDict[tuple[int, int], list[tuple[int, np.ndarray]]]" = OrderedDict()
     for i, img in enumerate(images):
-        if seg.input_hw is not None:
-            x = prepare(img, None, exact_size=seg.input_hw)
-        else:
-            x = prepare(img, seg.scale)
+        x = seg.prepare(img)
         buckets.setdefault(tuple(x.shape[2:]), []).append((i, x))
     for items in buckets.values():
         for start in range(0, len(items), max(1, max_batch)):
@@ -135,13 +132,12 @@ class Bucketer:
 
     def predict(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Same contract as :func:`predict_batch`; blocks until this caller's images are done."""
-        from ..runtime.pipeline import labels_from_logits, prepare
+        from ..runtime.pipeline import labels_from_logits
 
         slots = []
         with self._cv:
             for img in images:
-                x = prepare(img, None, exact_size=self.seg.input_hw) if self.seg.input_hw is not None \
-                    else prepare(img, self.seg.scale)
+                x = self.seg.prepare(img)
                 slot: dict = {}
                 self._queue.append((x, slot))
                 slots.append(slot)

@@ -5,8 +5,9 @@ Triton server needs only numpy and opencv-python-headless in its Python backend.
 the official test pipeline (the same as :mod:`semask_deploy.runtime.pipeline`):
 
     uint8 (N, H, W, 3) RGB → keep-ratio resize (mmcv ``imrescale``: factor = min(long/max(H, W),
-    short/min(H, W)), size = int(x·f + 0.5), cv2 bilinear) or an exact resize for static exports
-    → (x − mean) / std → float32 (N, 3, h, w)
+    short/min(H, W)), size = int(x·f + 0.5), cv2 bilinear), or the mask-classification models'
+    detectron2 ``ResizeShortestEdge`` (PIL bilinear: those models also need Pillow in the Python backend),
+    or an exact resize for static exports → (x − mean) / std → float32 (N, 3, h, w)
 
     logits (N, K, h, w) → bilinear resize (half-pixel centres, = torch align_corners=False) to (H, W)
     → argmax → int32 (N, H, W)
@@ -22,13 +23,23 @@ import cv2
 import numpy as np
 
 MEAN = np.array([123.675, 116.28, 103.53], dtype=np.float32)
+STD = np.array([58.395, 57.12, 57.375], dtype=np.float32)
 INV_STD = (1.0 / np.array([58.395, 57.12, 57.375], dtype=np.float64)).astype(np.float32)
 
 
-def network_size(h: int, w: int, test_scale: Sequence[int] | None, exact: Sequence[int] | None = None) -> tuple[int, int]:
-    """Network input (h, w) of an H×W image: ``exact``, the keep-ratio test resize, or unchanged (None)."""
+def network_size(h: int, w: int, test_scale: Sequence[int] | None, exact: Sequence[int] | None = None,
+                 shortest_edge: Sequence[int] | None = None) -> tuple[int, int]:
+    """Network input (h, w) of an H×W image: ``exact``, detectron2's ResizeShortestEdge(``shortest_edge`` =
+    (min_size, max_size)), the keep-ratio test resize, or unchanged (all None)."""
     if exact is not None:
         return int(exact[0]), int(exact[1])
+    if shortest_edge is not None:  # ResizeShortestEdge.get_output_shape
+        short, cap = float(shortest_edge[0]), float(shortest_edge[1])
+        f = short / min(h, w)
+        nh, nw = (short, f * w) if h < w else (f * h, short)
+        if max(nh, nw) > cap:
+            nh, nw = nh * cap / max(nh, nw), nw * cap / max(nh, nw)
+        return int(nh + 0.5), int(nw + 0.5)
     if test_scale is None:
         return int(h), int(w)
     s0, s1 = float(test_scale[0]), float(test_scale[1])
@@ -37,16 +48,26 @@ def network_size(h: int, w: int, test_scale: Sequence[int] | None, exact: Sequen
 
 
 def preprocess(images: np.ndarray, test_scale: Sequence[int] | None,
-               exact: Sequence[int] | None = None) -> np.ndarray:
-    """uint8 (N, H, W, 3) RGB → normalised float32 (N, 3, h, w) at the network size."""
+               exact: Sequence[int] | None = None, shortest_edge: Sequence[int] | None = None) -> np.ndarray:
+    """uint8 (N, H, W, 3) RGB → normalised float32 (N, 3, h, w) at the network size (:func:`network_size`)."""
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or min(images.shape) == 0:
         raise ValueError(f"expected uint8 (N, H, W, 3) RGB images, got {images.dtype} {tuple(images.shape)}")
     n, h, w, _ = images.shape
-    nh, nw = network_size(h, w, test_scale, exact)
+    nh, nw = network_size(h, w, test_scale, exact, None if exact is not None else shortest_edge)
     out = np.empty((n, 3, nh, nw), dtype=np.float32)
     for i in range(n):
-        img = images[i] if (nh, nw) == (h, w) else cv2.resize(images[i], (nw, nh), interpolation=cv2.INTER_LINEAR)
-        out[i] = ((img.astype(np.float32) - MEAN) * INV_STD).transpose(2, 0, 1)
+        if (nh, nw) == (h, w):
+            img = images[i]
+        elif shortest_edge is not None and exact is None:  # detectron2 resizes with PIL, not OpenCV
+            from PIL import Image
+
+            img = np.asarray(Image.fromarray(images[i]).resize((nw, nh), Image.BILINEAR))
+        else:
+            img = cv2.resize(images[i], (nw, nh), interpolation=cv2.INTER_LINEAR)
+        if shortest_edge is not None and exact is None:  # detectron2 divides by the std (bit-equal inputs)
+            out[i] = ((img.astype(np.float32) - MEAN) / STD).transpose(2, 0, 1)
+        else:
+            out[i] = ((img.astype(np.float32) - MEAN) * INV_STD).transpose(2, 0, 1)
     return out
 
 

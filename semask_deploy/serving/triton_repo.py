@@ -47,6 +47,8 @@ class RepoSpec:
         max_batch: ``max_batch_size`` of every model.
         static_hw: a static export's (H, W), else None (dims -1).
         test_scale: keep-ratio test resize (long, short) of the pre-processing.
+        shortest_edge: instead, detectron2's ResizeShortestEdge (min_size, max_size) of the mask-classification
+            models (Mask2Former, MaskFormer, FaPN/MSFaPN).
         gpu: run the network's instances on the GPU (always for TensorRT).
         instances: instances of the network.
         queue_delay_us: dynamic batcher delay.
@@ -59,6 +61,7 @@ class RepoSpec:
     max_batch: int = 4
     static_hw: tuple[int, int] | None = None
     test_scale: tuple[int, int] | None = None
+    shortest_edge: tuple[int, int] | None = None
     gpu: bool = False
     instances: int = 1
     queue_delay_us: int = 2000
@@ -105,11 +108,12 @@ def pre_config(spec: RepoSpec) -> str:
     """Python-backend pre-processing: uint8 image → normalised network input + the image size."""
     scale = ",".join(str(v) for v in spec.test_scale) if spec.test_scale else "none"
     exact = ",".join(str(v) for v in spec.static_hw) if spec.static_hw else "none"
+    edge = ",".join(str(v) for v in spec.shortest_edge) if spec.shortest_edge else "none"
     return (f"name: \"{spec.name}_pre\"\nbackend: \"python\"\n" + _batching(spec)
             + _io("input", "image", "TYPE_UINT8", (-1, -1, 3))
             + _io("output", "input", "TYPE_FP32", (3, -1, -1)) + _io("output", "size", "TYPE_INT32", (2,))
             + "instance_group [\n  {\n    count: 1\n    kind: KIND_CPU\n  }\n]\n"
-            + _params({"test_scale": scale, "exact_size": exact}))
+            + _params({"test_scale": scale, "exact_size": exact, "shortest_edge": edge}))
 
 
 def post_config(spec: RepoSpec) -> str:
@@ -158,13 +162,14 @@ class TritonPythonModel:
         params = json.loads(args["model_config"]).get("parameters", {})
         self.scale = _pair(params["test_scale"]["string_value"])
         self.exact = _pair(params["exact_size"]["string_value"])
+        self.shortest_edge = _pair(params.get("shortest_edge", {}).get("string_value", "none"))
 
     def execute(self, requests):
         responses = []
         for request in requests:
             try:
                 images = pb_utils.get_input_tensor_by_name(request, "image").as_numpy()
-                x = preprocess(images, self.scale, self.exact)
+                x = preprocess(images, self.scale, self.exact, self.shortest_edge)
                 size = np.tile(np.array(images.shape[1:3], dtype=np.int32), (images.shape[0], 1))
                 responses.append(pb_utils.InferenceResponse(output_tensors=[
                     pb_utils.Tensor("input", x), pb_utils.Tensor("size", size)]))
@@ -312,6 +317,11 @@ def spec_from_metadata(meta: Mapping[str, Any], name: str, *, max_batch: int, gp
         shape = meta["inputs"][0]["shape"]
         static = (int(shape[2]), int(shape[3]))
     kind = "tensorrt" if meta.get("kind") == "tensorrt" else ("onnx-python" if python_runtime else "onnx")
+    rule = meta.get("resize")
+    edge = None
+    if not static and isinstance(rule, dict) and rule.get("kind") == "shortest_edge":
+        edge = (int(rule["min_size"]), int(rule["max_size"]))  # detectron2 models: not the keep-ratio test_scale
     return RepoSpec(name=name, kind=kind, num_classes=int(meta["num_classes"]), max_batch=max_batch,
-                    static_hw=static, test_scale=None if static else tuple(meta["test_scale"]), gpu=gpu,
+                    static_hw=static, test_scale=None if static or edge else tuple(meta["test_scale"]),
+                    shortest_edge=edge, gpu=gpu,
                     instances=instances, with_labels=any(o["name"] == "labels" for o in meta["outputs"]))

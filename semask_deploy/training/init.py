@@ -149,6 +149,7 @@ def init_from_checkpoint(
     data = data if data is not None else read_checkpoint(path)
     kind = checkpoint_kind(data)
     if kind == "semask":
+        _check_class_counts(model, data.state_dict, path)
         load_state_dict_strict(model, data.state_dict, where=str(path))
         return InitReport("semask", str(path), loaded=sorted(data.state_dict))
     if kind == "swin":
@@ -157,6 +158,19 @@ def init_from_checkpoint(
     raise CheckpointError(
         f"--init {path} is neither a SeMask-FPN checkpoint (backbone.* with semantic layers) nor a Swin "
         "classification checkpoint (patch_embed.*, layers.N.blocks.*); pass one of those, or omit --init"
+    )
+
+
+def _check_class_counts(model: SeMaskSegmentor, sd: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Say so plainly when the checkpoint's classes are not the training data's (instead of listing every
+    class-sized tensor as mis-shaped)."""
+    seg = sd.get("decode_head.conv_seg.weight")
+    if seg is None or seg.ndim < 1 or int(seg.shape[0]) == model.config.num_classes:
+        return
+    raise CheckpointError(
+        f"--init {path} predicts {int(seg.shape[0])} classes but the training data has "
+        f"{model.config.num_classes}: --init continues training on the same classes (for the synthetic data, "
+        f"--num-classes {int(seg.shape[0])}); to start on other classes, --init from a Swin ImageNet checkpoint"
     )
 
 

@@ -46,3 +46,13 @@ def test_failed_gate_writes_nothing_and_says_what_to_try(tmp_path, monkeypatch):
     for hint in ("--calib-images", "--int8-calibration", "--precision fp16", "--no-verify"):
         assert hint in msg, hint
     assert not [p for p in out.rglob("*") if p.is_file()]
+
+
+def test_failure_advice_counts_the_calibration_images_used(tmp_path):
+    """A folder of 3 images with --calib-count 32: the advice says 3 were used, not 'now 32'."""
+    from semask_deploy.export.pipeline import _what_to_try
+
+    few = _what_to_try(ExportOptions(ckpt=SMALL_CKPT, precision="int8", calib_images=tmp_path, calib_count=32), 3)
+    assert "holds only 3" in few and "now 32" not in few
+    enough = _what_to_try(ExportOptions(ckpt=SMALL_CKPT, precision="int8", calib_images=tmp_path, calib_count=4), 4)
+    assert "--calib-count, now 4" in enough

@@ -86,3 +86,23 @@ def test_cli_error_on_fpn_confusion(tmp_path, capsys):
     assert rc == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "Traceback" not in err
+
+
+@pytest.mark.parametrize("bad,needle", [
+    (np.zeros((1, 3, 32, 32), np.float32), "torch.from_numpy"),
+    (torch.zeros(1, 3, 32, 32, dtype=torch.uint8), "normalise it first"),
+    (torch.zeros(1, 3, 32, 32, dtype=torch.float64), "x.to(torch.float32)"),
+    (torch.zeros(0, 3, 32, 32), "empty batch"),
+    (torch.zeros(1, 3, 0, 0), "empty batch"),
+    (torch.zeros(1, 4, 32, 32), "(N, 3, H, W)"),
+])
+def test_bad_inputs_to_the_models_say_what_to_pass(small_ckpt, bad, needle):
+    """Both families (SeMask-FPN and Mask2Former), forward and predict: a ConfigError, not a deep torch error."""
+    from semask_deploy.assets import demo_checkpoint
+    from semask_deploy.errors import ConfigError
+
+    for model in (load_model(demo_checkpoint()), load_model(small_ckpt)):
+        for call in (model, model.predict):
+            with pytest.raises(ConfigError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+                with torch.no_grad():
+                    call(bad)

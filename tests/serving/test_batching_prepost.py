@@ -92,3 +92,38 @@ def test_bucketer_merges_concurrent_callers_of_equal_network_size():
     assert bucketer.forwards == 2  # one forward per network size, not one per caller
     for i, img in enumerate(images):
         np.testing.assert_array_equal(results[i], seg.predict(img))
+
+
+@pytest.mark.parametrize("hw", [(45, 70), (70, 45), (100, 1000), (96, 96), (300, 200)])
+def test_preprocess_shortest_edge_equals_runtime_rule(hw):
+    """The Triton pre-processing of the mask-classification models = the runtime's ResizeShortestEdge."""
+    from semask_deploy.data.transforms import shortest_edge_size
+    from semask_deploy.runtime.pipeline import prepare_with_rule
+
+    img = np.random.default_rng(2).integers(0, 256, (*hw, 3), dtype=np.uint8)
+    assert network_size(*hw, None, shortest_edge=(96, 384)) == shortest_edge_size(*hw, 96, 384)
+    got = preprocess(img[None], None, shortest_edge=(96, 384))
+    ref = prepare_with_rule(img, {"kind": "shortest_edge", "min_size": 96, "max_size": 384})
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_predict_batch_of_a_mask_classification_model_uses_its_resize_rule(tmp_path):
+    """Served Mask2Former labels equal Segmenter.predict: the batcher resizes by the model's shortest-edge rule
+    (it used the keep-ratio test scale, so served labels differed)."""
+    import dataclasses
+    from pathlib import Path
+
+    from semask_deploy.api import load_model
+    from semask_deploy.checkpoint import save_checkpoint
+
+    z = np.load(Path(__file__).resolve().parents[1] / "data" / "m2f" / "golden_mask2former_ade20k_small.npz")
+    torch.save({"model": {k[3:]: torch.from_numpy(z[k]) for k in z.files if k.startswith("sd/")}}, tmp_path / "o.pth")
+    model = load_model(tmp_path / "o.pth")
+    model.config = dataclasses.replace(model.config, min_size_test=64, max_size_test=128)
+    save_checkpoint(model, tmp_path / "small.pth")
+    seg = Segmenter(tmp_path / "small.pth")
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 256, (*hw, 3), dtype=np.uint8) for hw in [(30, 50), (60, 100), (41, 29)]]
+    assert seg.prepare(images[0]).shape[2:] == (64, 107)  # short side 64, not the keep-ratio test scale
+    for img, lab in zip(images, predict_batch(seg, images, max_batch=2)):
+        np.testing.assert_array_equal(lab, seg.predict(img))

@@ -150,3 +150,18 @@ def test_export_triton_repository_served_by_bundled_tritonserver(tmp_path):
         log = server.log_text()
         server.close()
     assert "successfully loaded 'demo_ensemble'" in log
+
+
+def test_mask_classification_repository_resizes_by_the_shortest_edge():
+    """A detectron2 model's sidecar (resize kind shortest_edge) gives the pre-processing its own rule."""
+    meta = {"has_logits": True, "preprocess_in_graph": False, "dynamic": {"N": True, "H": True, "W": True},
+            "num_classes": 150, "test_scale": [2560, 640], "kind": "onnx",
+            "resize": {"kind": "shortest_edge", "min_size": 640, "max_size": 2560, "test_scale": [2560, 640]},
+            "inputs": [{"name": "image", "shape": ["N", 3, "H", "W"]}], "outputs": [{"name": "logits"}]}
+    spec = spec_from_metadata(meta, "m2f", max_batch=2)
+    assert spec.shortest_edge == (640, 2560) and spec.test_scale is None
+    pre = parse(pre_config(spec))
+    assert pre.parameters["shortest_edge"].string_value == "640,2560"
+    assert pre.parameters["test_scale"].string_value == "none"
+    assert parse(pre_config(RepoSpec("n", "onnx", 19, test_scale=(2048, 512)))).parameters[
+        "shortest_edge"].string_value == "none"
