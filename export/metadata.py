@@ -223,4 +223,35 @@ def read_sidecar(artifact: str | Path) -> dict[str, Any]:
     missing = [k for k in REQUIRED if k not in meta]
     if missing:
         raise RuntimeBackendError(f"the metadata sidecar {path} lacks {', '.join(missing)}; {hint}")
+    problem = _invalid_field(meta)
+    if problem:
+        raise RuntimeBackendError(f"the metadata sidecar {path} is invalid: {problem}; {hint}")
     return meta
+
+
+def _invalid_field(meta: dict[str, Any]) -> str | None:
+    """What is wrong with the values a runtime relies on (an edited or foreign sidecar), or None."""
+    def positive_ints(v: Any, n: int) -> bool:
+        return (isinstance(v, list) and len(v) == n
+                and all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v))
+
+    k = meta["num_classes"]
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        return f"num_classes must be a positive integer, got {k!r}"
+    classes, palette = meta["classes"], meta["palette"]
+    if not isinstance(classes, list) or len(classes) != k or not all(isinstance(c, str) for c in classes):
+        got = len(classes) if isinstance(classes, list) else repr(classes)
+        return f"classes must list {k} names (num_classes), got {got}"
+    if not isinstance(palette, list) or len(palette) != k or not all(
+            isinstance(c, list) and len(c) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in c)
+            for c in palette):
+        return f"palette must hold {k} colours [r, g, b] of 0-255 integers"
+    for key in ("test_scale", "crop_size"):
+        if not positive_ints(meta[key], 2):
+            return f"{key} must be two positive integers, got {meta[key]!r}"
+    for key in ("inputs", "outputs"):
+        io = meta[key]
+        if not isinstance(io, list) or not io or not all(isinstance(t, dict) and isinstance(t.get("name"), str)
+                                                         for t in io):
+            return f"{key} must list the graph's {key} by name"
+    return None

@@ -345,6 +345,10 @@ def _run_export(o: ExportOptions) -> ExportResult:
     if build and not o.quiet:
         _warn_without_tensorrt()
     if to_ov:
+        if o.precision == "fp16":  # its CPU plugin would run such an IR in f32 (or bf16 by hint): say so up front
+            raise ConfigError("--fmt openvino takes --precision fp32 or int8: OpenVINO's CPU plugin computes in f32, "
+                              "bf16 or int8, and bf16 is chosen when the model runs (semask-infer --backend openvino "
+                              "--precision bf16), not stored in the IR")
         require("openvino", "openvino")  # before any work
     steps = _Steps(5 + int(build) + int(to_ov), o.quiet)
     # model and names first: an existing artifact or a bad checkpoint fails before any work
@@ -428,6 +432,7 @@ def _run_export(o: ExportOptions) -> ExportResult:
         steps.info("ok" if report.ok else report.format().replace("\n", "\n      "))
 
         steps.start(f"writing {onnx_path}")
+        num_nodes, op_counts = (info.num_nodes, info.op_counts) if model_path == fp32_path else _node_counts(model_path)
         input_name = info.inputs[0]["name"]
         profile = shapes.profile(input_name, o.preprocess)
         size_range = shapes.output_size_range() if o.output_size else None
@@ -438,9 +443,9 @@ def _run_export(o: ExportOptions) -> ExportResult:
                        **({"output_size": {k: size_range[k] for k in ("min", "opt", "max")}} if size_range else {})}],
             preprocess=o.preprocess, opset=info.opset, source=source,
             extra={"tensorrt_check": result.trt_check, "precision_details": details, "verification": verification,
-                   "export": {"seconds": None, "trace_shape": info.trace_shape, "onnx_nodes": info.num_nodes,
-                              "labels_head": labels_head, "winograd": winograd,
-                              "op_counts": info.op_counts, "simplifier": info.simplifier,
+                   "export": {"seconds": None, "trace_shape": info.trace_shape, "onnx_nodes": num_nodes,
+                              "fp32_onnx_nodes": info.num_nodes, "labels_head": labels_head, "winograd": winograd,
+                              "op_counts": op_counts, "simplifier": info.simplifier,
                               "attention_backend_traced": "sdpa", "notes": info.notes}},
         )
         meta["export"]["seconds"] = round(time.perf_counter() - t_start, 1)
@@ -479,6 +484,17 @@ def _warn_without_tensorrt() -> None:
         why = str(exc).split(". ")[0]  # "TensorRT is not installed or cannot be loaded (…)"
         print(f"warning: {why} — the ONNX will be exported, verified and checked offline for TensorRT, but the "
               "engine cannot be built here (the command then exits with status 2)", file=sys.stderr)
+
+
+def _node_counts(path: Path) -> tuple[int, dict[str, int]]:
+    """Nodes and op counts of the ONNX written (a reduced-precision graph has Casts or Q/DQ pairs added)."""
+    import onnx
+
+    nodes = onnx.load(str(path), load_external_data=False).graph.node
+    counts: dict[str, int] = {}
+    for n in nodes:
+        counts[n.op_type] = counts.get(n.op_type, 0) + 1
+    return len(nodes), dict(sorted(counts.items()))
 
 
 def _what_to_try(o: ExportOptions, calibrated_on: int) -> str:

@@ -126,6 +126,7 @@ def test_corrupt_checkpoint(tmp_path, capsys):
     (["--batch", "2", "--max-batch", "4"], "exclude each other"),
     (["--batch", "0"], "at least 1"),
     (["--opset", "12"], "--opset must be between 18 and 21"),
+    (["--fmt", "openvino", "--precision", "fp16"], "--fmt openvino takes --precision fp32 or int8"),
     (["--calib-count", "0", "--precision", "int8"], "--calib-count"),
     (["--fmt", "trt", "--precision", "int8", "--int8-activations", "u8"], "symmetric"),
     (["--timing-cache", "x.cache"], "--timing-cache is only used"),

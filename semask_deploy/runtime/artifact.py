@@ -32,6 +32,29 @@ def apply_sidecar(backend: Any, meta: dict[str, Any]) -> None:
     backend.resize_rule = dict(rule) if isinstance(rule, dict) and rule.get("kind") == "shortest_edge" else None
 
 
+def check_graph_matches_sidecar(meta: dict[str, Any], inputs: Sequence[str], outputs: Sequence[str],
+                                logits_classes: Any, name: str) -> None:
+    """Refuse a model whose graph is not the one its sidecar describes (a copied or edited sidecar, a foreign
+    model): the same input and output names, and the logits' class count (where the graph states it).
+
+    Raises:
+        RuntimeBackendError: they differ.
+    """
+    from ..errors import RuntimeBackendError
+
+    want_in = sorted(t["name"] for t in meta["inputs"])
+    want_out = sorted(t["name"] for t in meta["outputs"])
+    if sorted(inputs) != want_in or sorted(outputs) != want_out:
+        raise RuntimeBackendError(
+            f"{name} does not match its metadata sidecar: the graph has inputs {sorted(inputs)} and outputs "
+            f"{sorted(outputs)}, the sidecar says {want_in} and {want_out}; re-export it with semask-export "
+            "(the sidecar belongs next to the model it was written with)")
+    if isinstance(logits_classes, (int, np.integer)) and int(logits_classes) != int(meta["num_classes"]):
+        raise RuntimeBackendError(
+            f"{name} outputs logits of {int(logits_classes)} classes but its sidecar says {meta['num_classes']}; "
+            "re-export it with semask-export")
+
+
 def static_input(meta: dict[str, Any]) -> tuple[int | None, tuple[int, int] | None]:
     """(batch, (H, W)) fixed by the export, from the sidecar's input shape; None where dynamic.
 
@@ -54,8 +77,9 @@ def graph_input(x: np.ndarray, accepts_uint8: bool) -> np.ndarray:
     Normalised input made from uint8 pixels inverts exactly (the rounding error is ~1e-5 of a level);
     callers that hold the pixels should pass them directly (``labels_uint8``).
     """
-    if x.ndim != 4 or x.shape[1] != 3:
-        raise ConfigError(f"expected a normalised float32 batch (N, 3, H, W), got {x.shape}")
+    if x.ndim != 4 or x.shape[1] != 3 or not np.issubdtype(x.dtype, np.floating):
+        raise ConfigError(f"expected a normalised float32 batch (N, 3, H, W), got {x.dtype} {x.shape} (uint8 "
+                          "images: Segmenter.predict, or semask_deploy.data.normalize first)")
     if not accepts_uint8:
         return np.ascontiguousarray(x, dtype=np.float32)
     std = np.asarray(IMAGENET_STD, np.float32).reshape(1, 3, 1, 1)

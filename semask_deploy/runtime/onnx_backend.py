@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, RuntimeBackendError, require
-from .artifact import OUTPUT_SIZE, apply_sidecar, graph_input, output_size_feed
+from .artifact import OUTPUT_SIZE, apply_sidecar, check_graph_matches_sidecar, graph_input, output_size_feed
 
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider", "ROCMExecutionProvider",
                  "MIGraphXExecutionProvider", "DmlExecutionProvider")
@@ -103,6 +103,10 @@ class OnnxBackend:
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.has_logits = "logits" in self.output_names
         self.accepts_uint8 = bool(m.get("preprocess_in_graph")) or self.session.get_inputs()[0].type == "tensor(uint8)"
+        logits = next((o for o in self.session.get_outputs() if o.name == "logits"), None)
+        check_graph_matches_sidecar(m, names, self.output_names,
+                                    logits.shape[1] if logits is not None and len(logits.shape) == 4 else None,
+                                    self.path.name)
         apply_sidecar(self, m)
 
     # -- numpy in, numpy/torch out --------------------------------------------------------------------

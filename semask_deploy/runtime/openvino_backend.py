@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, RuntimeBackendError, SemaskError, require
-from .artifact import OUTPUT_SIZE, apply_sidecar, graph_input, output_size_feed
+from .artifact import OUTPUT_SIZE, apply_sidecar, check_graph_matches_sidecar, graph_input, output_size_feed
 from .cpu_info import require_native_bf16
 from .signal_stack import keep_signal_stack
 
@@ -287,6 +287,12 @@ class OpenVinoBackend:
         first = next(i for i in self.compiled.inputs if i.get_any_name() != OUTPUT_SIZE)
         self.input_name = first.get_any_name()
         self.accepts_uint8 = bool(m.get("preprocess_in_graph")) or str(first.get_element_type()) in ("u8", "<Type: 'uint8_t'>")
+        logits = next((o for o in self.compiled.outputs if _output_name(o) == "logits"), None)
+        k = None
+        if logits is not None and logits.get_partial_shape().rank.is_static and len(logits.get_partial_shape()) == 4:
+            dim = logits.get_partial_shape()[1]
+            k = dim.get_length() if dim.is_static else None
+        check_graph_matches_sidecar(m, names, self.output_names, k, self.path.name)
         apply_sidecar(self, m)
 
     def _run(self, x: np.ndarray, size: Sequence[int] | None = None) -> dict[str, np.ndarray]:

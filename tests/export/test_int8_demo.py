@@ -30,6 +30,9 @@ def test_demo_int8_with_default_options_passes_its_gate(tmp_path, monkeypatch):
     roles = {layer["role"] for layer in d["float_layers"]}
     assert {"classifier", "semantic scores"} <= roles
     assert meta["tensorrt_check"]["ok"]
+    # the node counts are the written int8 graph's (they were the fp32 graph's)
+    ex = meta["export"]
+    assert ex["op_counts"].get("QuantizeLinear", 0) > 0 and ex["onnx_nodes"] > ex["fp32_onnx_nodes"]
 
 
 @pytest.mark.slow  # a full int8 export with calibration and verification (~25 CPU-seconds)

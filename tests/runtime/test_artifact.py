@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
+
+import numpy as np
+import pytest
 
 from semask_deploy.export.metadata import resize_rule
 from semask_deploy.runtime.artifact import apply_sidecar
@@ -29,3 +33,77 @@ def test_fpn_exports_use_the_keep_ratio_scale():
     backend = SimpleNamespace()
     apply_sidecar(backend, _meta(resize_rule((2048, 512), (512, 512))))
     assert backend.resize_rule is None and backend.test_scale == (2560, 640)
+
+
+def _conv_graph(path, classes: int, out_names=("logits", "labels")) -> None:
+    """A stand-in ONNX: a 1×1 conv to ``classes`` channels (``logits``) and its argmax (``labels``)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((classes, 3, 1, 1), np.float32), "w")
+    nodes = [helper.make_node("Conv", ["image", "w"], [out_names[0]]),
+             helper.make_node("ArgMax", [out_names[0]], ["labels64"], axis=1, keepdims=0),
+             helper.make_node("Cast", ["labels64"], [out_names[1]], to=TensorProto.INT32)]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info(out_names[0], TensorProto.FLOAT, ["N", classes, "H", "W"]),
+         helper.make_tensor_value_info(out_names[1], TensorProto.INT32, ["N", "H", "W"])], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def _sidecar(path, **change) -> None:
+    meta = {"format_version": 2, "kind": "onnx", "precision": "fp32", "num_classes": 4,
+            "classes": ["a", "b", "c", "d"], "palette": [[0, 0, 0], [1, 1, 1], [2, 2, 2], [3, 3, 3]],
+            "test_scale": [64, 64], "crop_size": [32, 32],
+            "inputs": [{"name": "image", "dtype": "float32", "shape": ["N", 3, "H", "W"]}],
+            "outputs": [{"name": "logits"}, {"name": "labels"}]}
+    meta.update(change)
+    path.with_suffix(".json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("change,needle", [
+    ({"num_classes": "ten"}, "num_classes must be a positive integer"),
+    ({"classes": ["a"]}, "classes must list 4 names"),
+    ({"palette": [[300, -1, 0]] * 4}, "palette must hold 4 colours"),
+    ({"test_scale": [0, 0]}, "test_scale must be two positive integers"),
+    ({"crop_size": [-5, 256]}, "crop_size must be two positive integers"),
+    ({"inputs": []}, "inputs must list"),
+])
+def test_an_edited_sidecar_is_refused(tmp_path, change, needle):
+    from semask_deploy.errors import RuntimeBackendError
+    from semask_deploy.runtime import Segmenter
+
+    pytest.importorskip("onnxruntime")
+    _conv_graph(tmp_path / "m.onnx", 4)
+    _sidecar(tmp_path / "m.onnx")
+    assert Segmenter(tmp_path / "m.onnx").num_classes == 4  # the unedited pair loads
+    _sidecar(tmp_path / "m.onnx", **change)
+    with pytest.raises(RuntimeBackendError, match=needle):
+        Segmenter(tmp_path / "m.onnx")
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_a_graph_its_sidecar_does_not_describe_is_refused(tmp_path, backend):
+    """A copied sidecar next to a foreign graph, or one edited to another class count: refused at load (they ran
+    and gave wrong labels, or failed deep inside slide mode or OpenVINO's output lookup)."""
+    from semask_deploy.errors import RuntimeBackendError
+    from semask_deploy.runtime import Segmenter
+
+    pytest.importorskip(backend)
+    _conv_graph(tmp_path / "k.onnx", 5)
+    _sidecar(tmp_path / "k.onnx")  # says 4 classes; the graph has 5
+    with pytest.raises(RuntimeBackendError, match="logits of 5 classes but its sidecar says 4"):
+        Segmenter(tmp_path / "k.onnx", backend=backend)
+    _conv_graph(tmp_path / "f.onnx", 4, out_names=("y", "z"))
+    _sidecar(tmp_path / "f.onnx")
+    with pytest.raises(RuntimeBackendError, match="does not match its metadata sidecar"):
+        Segmenter(tmp_path / "f.onnx", backend=backend)
+
+
+def test_graph_input_refuses_pixels_that_were_not_normalised():
+    from semask_deploy.errors import ConfigError
+    from semask_deploy.runtime.artifact import graph_input
+
+    with pytest.raises(ConfigError, match="normalised float32 batch"):
+        graph_input(np.zeros((1, 3, 4, 4), np.uint8), accepts_uint8=False)
+    assert graph_input(np.zeros((1, 3, 4, 4), np.float64), accepts_uint8=False).dtype == np.float32

@@ -97,7 +97,8 @@ def test_silent_cpu_fallback_of_onnxruntime_gpu_is_detected(golden_onnx, monkeyp
 def _engine(tmp_path, **meta):
     engine = tmp_path / "m_trt.engine"
     engine.write_bytes(b"not really an engine")
-    base = {"format_version": 1, "kind": "tensorrt", "inputs": [], "outputs": [], "num_classes": 2,
+    base = {"format_version": 1, "kind": "tensorrt", "inputs": [{"name": "image"}], "outputs": [{"name": "labels"}],
+            "num_classes": 2,
             "classes": ["a", "b"], "palette": [[0, 0, 0], [1, 1, 1]], "test_scale": [2048, 512],
             "crop_size": [512, 512], "precision": "fp16", "tensorrt_version": "10.15.1.29",
             "gpu_compute_capability": "8.9"}
