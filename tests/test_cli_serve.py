@@ -18,6 +18,7 @@ def _err(argv, capsys) -> str:
 
 def test_bad_options_are_one_line_errors(tmp_path, capsys):
     assert "does not exist" in _err(["--model", str(tmp_path / "missing.onnx")], capsys)
+    assert "is a folder, not a model file" in _err(["--model", str(tmp_path)], capsys)
     ckpt = tmp_path / "m.pth"
     ckpt.write_bytes(b"x")
     assert "--backend onnxruntime runs .onnx" in _err(["--model", str(ckpt), "--backend", "onnxruntime"], capsys)
@@ -37,9 +38,35 @@ def test_server_options_are_checked_before_the_server_starts(capsys, flags, text
     assert text in _err(["--demo", *flags], capsys)
 
 
+def test_a_port_in_use_or_a_foreign_host_fails_at_once():
+    """tritonserver died in the background and PyTriton waited ~2 min (or reached the other server on the port)."""
+    import socket
+
+    from semask_deploy.errors import ConfigError
+    from semask_deploy.serving.server import check_port_free
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"--grpc-port {port} on 127.0.0.1 is already in use"):
+            check_port_free("127.0.0.1", port, "--grpc-port")
+    check_port_free("127.0.0.1", port, "--grpc-port")  # free again
+    with pytest.raises(ConfigError, match="--host 999.1.1.1 is not an address"):
+        check_port_free("999.1.1.1", port, "--http-port")
+
+
 @pytest.mark.skipif(importlib.util.find_spec("pytriton") is not None, reason="PyTriton is installed here")
 def test_without_pytriton_the_error_names_the_serve_extra(capsys):
-    assert "semask-deploy[serve]" in _err(["--demo", "--http-port", "1"], capsys)
+    import socket
+
+    ports = []
+    for _ in range(3):  # ports that are free (the options' checks bind them, as tritonserver would)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(str(s.getsockname()[1]))
+    flags = ["--http-port", ports[0], "--grpc-port", ports[1], "--metrics-port", ports[2]]
+    assert "semask-deploy[serve]" in _err(["--demo", "--host", "127.0.0.1", *flags], capsys)
 
 
 def test_export_fmt_triton_option_errors(tmp_path, capsys):

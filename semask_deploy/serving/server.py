@@ -23,6 +23,7 @@ accepting work, answers the requests already in flight (up to ``exit_timeout_s``
 
 from __future__ import annotations
 
+import errno
 import logging
 import re
 import signal
@@ -76,6 +77,9 @@ def model_path(o: ServeOptions) -> Path:
         path = demo_checkpoint()
     else:
         path = Path(o.model)
+        if path.is_dir():
+            raise ConfigError(f"--model {path} is a folder, not a model file (.pth, .safetensors, .onnx, .xml, "
+                              ".engine, .pt2)")
         if not path.is_file():
             raise ConfigError(f"--model {path} does not exist")
     if o.backend != "auto":
@@ -85,6 +89,32 @@ def model_path(o: ServeOptions) -> Path:
             raise ConfigError(f"--backend {o.backend} runs {'/'.join(BACKENDS[o.backend])} files, not {path.name}; "
                               "export the model to that format first (semask-export)")
     return path
+
+
+def check_port_free(host: str, port: int, flag: str) -> None:
+    """Fail at once when tritonserver could not listen on ``host:port``: otherwise it dies in the background
+    and PyTriton waits up to two minutes for it, then raises a timeout (or reaches another server on that
+    port and reports that one's error).
+
+    Raises:
+        ConfigError: the port is taken, or the host is not an address of this machine.
+    """
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        raise ConfigError(f"--host {host} is not an address this machine can listen on ({exc})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as tritonserver does: TIME_WAIT is no obstacle
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(f"{flag} {port} on {host} is already in use (another server?): stop it or choose "
+                                  f"another port") from None
+            raise ConfigError(f"cannot listen on {host}:{port} ({flag}): {exc.strerror or exc}") from None
 
 
 def build_segmenter(o: ServeOptions):
@@ -107,6 +137,8 @@ def build_segmenter(o: ServeOptions):
                           + ", ".join(str(p) for p in ports.values()))
     if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", o.name or ""):
         raise ConfigError(f"--name must be a plain model name (letters, digits, _ . -), got {o.name!r}")
+    for flag, port in ports.items():
+        check_port_free(o.host, int(port), flag)
     return Segmenter(model_path(o), device=o.device, mode=o.mode, scale=o.scale, attention_backend=o.attention)
 
 
