@@ -274,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m semask_deploy.benchmarks.gpu_check", description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, help="output folder (gpu_check.md, gpu_check.json, steps/, kernels/)")
     ap.add_argument("--dry-run", action="store_true", help="run the same steps on the CPU: tiny shapes, Triton interpreter")
-    ap.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S, help="total wall-time budget in seconds")
+    ap.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S,
+                    help="total wall-time budget in seconds (default: %(default)s)")
     ap.add_argument("--only", help="comma-separated step names to run (env always runs)")
     ap.add_argument("--list", action="store_true", help="print the planned steps and exit")
     ap.add_argument("--env-json", type=Path, help=argparse.SUPPRESS)  # the env step's worker
@@ -299,6 +300,13 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
     only = [s for s in args.only.split(",") if s] if args.only else None
+    if only is not None:
+        known = [s.name for s in plan(args.out, args.dry_run)]
+        unknown = [s for s in only if s not in known]
+        if unknown:  # it ran only the env step and reported success
+            print(f"error: unknown step(s) {', '.join(unknown)}; choose from {', '.join(known)} (--list)",
+                  file=sys.stderr)
+            return 2
     report = run_check(args.out, dry_run=args.dry_run, budget_s=args.budget_s, only=only)
     print(f"wrote {args.out / 'gpu_check.md'} and {args.out / 'gpu_check.json'}")
     return 0 if all(s["status"] in ("ok", "skipped") for s in report["steps"]) else 1

@@ -16,15 +16,42 @@ GOAL = 1.2
 
 def profile_parser(doc: str, report: str) -> argparse.ArgumentParser:
     """The options both runtime profiles take; ``report`` names the files written to ``--out``."""
+    from semask_deploy.config import VARIANTS
+
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True, help=f"folder for {report}.md/.json")
     p.add_argument("--work", type=Path, default=None, help="exports (cpu_deploy's --work folder is reused)")
-    p.add_argument("--variant", default="semask_swin_t_ade20k")
-    p.add_argument("--size", default="512x512")
-    p.add_argument("--threads", default="1,2")
-    p.add_argument("--runs", type=int, default=6)
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--variant", default="semask_swin_t_ade20k", choices=sorted(VARIANTS),
+                   help="model (random weights, seed 0) (default: %(default)s)")
+    p.add_argument("--size", default="512x512", help="input HxW (default: %(default)s)")
+    p.add_argument("--threads", default="1,2", help="comma list of thread counts (default: %(default)s)")
+    p.add_argument("--runs", type=int, default=6, help="profiled calls per graph, interleaved (default: %(default)s)")
+    p.add_argument("--warmup", type=int, default=2, help="unprofiled calls first (default: %(default)s)")
     return p
+
+
+def hw_arg(text: str) -> tuple[int, int]:
+    """argparse type: ``"512x512"`` → (512, 512), or argparse's own error."""
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"expected HxW with positive integers, e.g. 512x512, got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
+def hw_list_arg(text: str) -> list[tuple[int, int]]:
+    """argparse type: a comma list of HxW sizes."""
+    return [hw_arg(t) for t in text.split(",") if t]
+
+
+def int_list_arg(text: str) -> list[int]:
+    """argparse type: a comma list of positive integers."""
+    try:
+        values = [int(t) for t in text.split(",") if t]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma list of integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
 
 
 class WorkDir:
@@ -58,12 +85,12 @@ def profiled_graphs(variant: str, size: str, work: Path) -> ProfiledGraphs:
 
     hw = tuple(int(v) for v in size.lower().split("x"))
     eager, fast = random_weight_models(variant)
-    naive = work / f"naive_{hw[0]}x{hw[1]}.onnx"
+    naive = work / f"naive_{variant}_{hw[0]}x{hw[1]}.onnx"  # the names cpu_deploy uses: never another model's
     if not naive.is_file():
         _naive_export(eager, hw, naive)
     k = eager.config.num_classes
     scenes = [normalize(SyntheticScenes(num_classes=k, size=hw, seed=i, length=1)[0][0])[None] for i in range(4)]
-    return ProfiledGraphs(hw, naive, _our_exports(fast, work, print, scenes), scenes)
+    return ProfiledGraphs(hw, naive, _our_exports(fast, work / variant, print, scenes), scenes)
 
 
 def summary_table(sn: dict[str, float], so: dict[str, float], matrix_label: str, *extra_rows: str) -> list[str]:

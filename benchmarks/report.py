@@ -102,7 +102,7 @@ def render_markdown(data: Mapping[str, Any]) -> str:
         f"command: `{meta.get('command') or 'semask-bench'}`",
         f"- machine: {mach.get('cpu', '?')}{' (' + mach['isa_text'] + ')' if mach.get('isa_text') else ''}, "
         f"{mach.get('cpu_count')} CPUs, torch {mach.get('torch')}; threads "
-        f"(torch and ONNX Runtime): {meta.get('threads', mach.get('torch_threads'))}"
+        f"(torch, ONNX Runtime and OpenVINO): {meta.get('threads', mach.get('torch_threads'))}"
         f"{', GPU ' + mach['gpu'] if mach.get('gpu') else ''}; "
         f"load average (1/5/15 min) at start {load0 or '?'}, at end {load1 or '?'}{_busy(mach)}",
         f"- measured device peak (square matmul, n={int(peak.get('size', 0))}): {peak_txt}",
@@ -114,9 +114,11 @@ def render_markdown(data: Mapping[str, Any]) -> str:
         "/ p50, same size and batch, this run",
         "- FLOPs: analytic, 2×MAC of convs/linears/matmuls with the padded token counts the backend computes, "
         "plus bilinear resizes at 7 FLOPs per value; GFLOP/s = analytic FLOPs / p50; % peak = of the measured "
-        "matmul peak above",
+        "matmul peak above; img/s = batch / mean latency (throughput over all timed runs, slow runs included)",
         "- timed runs of all backends are interleaved run by run (rotating order) so machine load hits all alike; "
-        "memory = peak RSS (and device) growth over the first call + warm-up; export+quant s = ONNX export "
+        "memory = growth of the process's peak RSS (and device memory) over the cell's first call + warm-up: what "
+        "the cell added on top of everything measured before it in this process (so it depends on the order of "
+        "the cells; device memory is a true per-cell peak); export+quant s = ONNX export "
         "(shared by every precision) + fp16 conversion or int8 calibration/quantisation",
     ]
     lines += [f"- note: {n}" for n in meta.get("notes", [])]
@@ -218,13 +220,14 @@ def plot(data: Mapping[str, Any], path: Path) -> None:
     groups = list(dict.fromkeys(f"{c['size']} b{c['batch']}" for c in cells))
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [3, 2]})
     width = 0.8 / max(1, len(series))
+    palette = plt.get_cmap("tab20" if len(series) > 10 else "tab10").colors  # one distinct colour per series
     for i, s in enumerate(series):
         vals = []
         for g in groups:
             m = [c["latency_ms_p50"] for c in cells if f"{c['backend']} {c['precision']}" == s
                  and f"{c['size']} b{c['batch']}" == g]
             vals.append(m[0] if m else 0.0)
-        ax1.bar([j + i * width for j in range(len(groups))], vals, width, label=s)
+        ax1.bar([j + i * width for j in range(len(groups))], vals, width, label=s, color=palette[i % len(palette)])
     ax1.set_xticks([j + width * (len(series) - 1) / 2 for j in range(len(groups))], groups)
     ax1.set_ylabel("p50 latency per batch (ms)")
     ax1.set_title("Latency")
@@ -269,5 +272,5 @@ def write_report(data: Mapping[str, Any], out_dir: str | Path, *, with_plot: boo
     if with_plot:
         plot(data, paths["plot.png"])
     else:
-        paths.pop("plot.png")
+        paths.pop("plot.png").unlink(missing_ok=True)  # an earlier run's plot (--force) would not match this run
     return paths

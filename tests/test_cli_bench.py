@@ -69,6 +69,25 @@ def test_bench_cli_end_to_end(ckpt, tmp_path, capsys):
     assert set(data["flops"]) == {"64x64", "40x56"}
 
 
+def test_duplicate_sizes_and_batches_are_timed_once(ckpt, tmp_path):
+    """64x64 twice once gave four rows of one cell, and the baseline was whichever came last."""
+    args = build_parser().parse_args(["--ckpt", str(ckpt), "--sizes", "64x64,64x64,32x48", "--batch", "1,1,2",
+                                      "--out", str(tmp_path / "o")])
+    cfg = config_from_args(args, [])
+    assert cfg.sizes == ((64, 64), (32, 48)) and cfg.batches == (1, 2)
+
+
+def test_an_earlier_report_is_not_replaced_without_force(ckpt, tmp_path, capsys):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "results.json").write_text("{}")  # an earlier run's report
+    argv = ["--ckpt", str(ckpt), "--out", str(out), "--backends", "torch-eager", "--precisions", "fp32"]
+    assert _code(argv) == 2
+    assert "holds the report of an earlier run (results.json)" in capsys.readouterr().err
+    assert (out / "results.json").read_text() == "{}"
+    assert config_from_args(build_parser().parse_args([*argv, "--force"]), []).out == out
+
+
 def test_default_arguments(ckpt, monkeypatch):
     import semask_deploy.assets as assets
 

@@ -104,8 +104,8 @@ def _interrupted(code: int) -> int:
 
 
 def _out_of_memory() -> int:
-    print("error: out of memory; use a smaller input size (--scale, --static, --sizes) or --batch, or a machine "
-          "with more memory", file=sys.stderr)
+    print("error: out of memory; use smaller inputs (a smaller size or batch) or a machine with more memory",
+          file=sys.stderr)
     return 2
 
 

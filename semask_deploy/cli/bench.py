@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "swing by 10-100x; untouched with --device cuda)")
     p.add_argument("--out", type=Path, default=None, help="report folder (default: ./semask-bench-<date>-<time>/)")
     p.add_argument("--keep-artifacts", action="store_true", help="keep exported ONNX/engines in OUT/artifacts/")
+    p.add_argument("--force", action="store_true",
+                   help="replace the report of an earlier run in --out (without it, such a folder is refused)")
     p.add_argument("--no-plot", action="store_true", help="skip plot.png")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no printed table")
     return p
@@ -115,8 +117,9 @@ def config_from_args(args: argparse.Namespace, argv: Sequence[str] | None = None
         ckpt, label = demo_checkpoint(), "the built-in demo model"
     backends = tuple(csv_list(args.backends)) if args.backends is not None else BACKENDS
     precisions = tuple(csv_list(args.precisions)) if args.precisions is not None else DEFAULT_PRECISIONS
-    sizes = tuple(_sizes(args.sizes)) if args.sizes is not None else DEFAULT_SIZES
-    batches = tuple(_ints(args.batch, "--batch")) if args.batch is not None else DEFAULT_BATCHES
+    # a size or batch given twice would time the same cells twice (and pick either as the baseline)
+    sizes = tuple(dict.fromkeys(_sizes(args.sizes))) if args.sizes is not None else DEFAULT_SIZES
+    batches = tuple(dict.fromkeys(_ints(args.batch, "--batch"))) if args.batch is not None else DEFAULT_BATCHES
     runs, warmup = _int(args.runs, "--runs"), _int(args.warmup, "--warmup")
     limit = None
     if args.limit is not None:
@@ -150,6 +153,12 @@ def config_from_args(args: argparse.Namespace, argv: Sequence[str] | None = None
     from ..fileio import check_output_folder
 
     check_output_folder(out)  # now, not when the report is written after minutes of measuring
+    from ..benchmarks.report import FILES
+
+    earlier = [name for name in FILES if (Path(out) / name).exists()]
+    if earlier and not getattr(args, "force", False):
+        raise ConfigError(f"--out {out} holds the report of an earlier run ({', '.join(earlier)}): choose another "
+                          "--out, or --force to replace it")
     cmd = "semask-bench" + ("" if not argv else " " + " ".join(shlex.quote(a) for a in argv))
     cfg = BenchConfig(
         checkpoint=ckpt, out=out, backends=backends, precisions=precisions, sizes=sizes, batches=batches,

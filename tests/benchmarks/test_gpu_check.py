@@ -137,3 +137,12 @@ def test_list_needs_no_out_folder(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines and lines[0].split()[0] == "env" and "OUT/steps/env.json" in lines[0]
     assert gpu_check.main([]) == 2  # a real run still needs --out
+
+
+def test_unknown_only_step_is_an_error(tmp_path, capsys):
+    """--only nosuchstep ran just the env step and exited 0."""
+    from semask_deploy.benchmarks import gpu_check
+
+    assert gpu_check.main(["--dry-run", "--only", "nosuchstep", "--out", str(tmp_path / "gc")]) == 2
+    assert "unknown step(s) nosuchstep" in capsys.readouterr().err
+    assert not (tmp_path / "gc").exists()

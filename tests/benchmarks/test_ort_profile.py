@@ -37,3 +37,17 @@ def test_report_states_what_the_goal_needs():
     assert "80 GFLOP/s (80 % of torch.mm)" in text
     assert "would have to take 200 ms instead of 300 ms" in text  # 1200 / 1.2 − 800
     assert "| Gemm (matrix) | 900.0 | 800.0 |" in text and "| Transpose | 20.0 | 40.0 |" in text
+
+
+def test_script_options_are_checked_by_argparse():
+    """A bad size or an unknown variant was a traceback (ValueError / KeyError) after imports and exports."""
+    import argparse
+
+    from semask_deploy.benchmarks.profile_common import hw_arg, hw_list_arg, int_list_arg, profile_parser
+
+    assert hw_list_arg("512x512,499x667") == [(512, 512), (499, 667)] and int_list_arg("1,2") == [1, 2]
+    for bad in ("64", "0x5", "axb", "64x64x3"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            hw_arg(bad)
+    with pytest.raises(SystemExit):
+        profile_parser("doc", "ort_profile").parse_args(["--out", "x", "--variant", "demo"])
