@@ -47,3 +47,15 @@ def test_markdown_ends_with_the_goals():
     assert "| 1.10× | NO |" in section
     assert "not run on this CPU" in section
     assert "| 3.20× | yes, agreement met |" in section
+
+
+def test_goals_are_not_judged_on_another_model_or_size():
+    """A demo-model or 64×64 run printed 'met / NO' verdicts for goals stated for SeMask-T at 512×512."""
+    r = _result()
+    r["variant"] = "demo"
+    assert "Not judged here" in to_markdown(r) and "| NO |" not in to_markdown(r)
+    r = _result()
+    for row in r["speed"]:
+        row["size"], row["p50_ms"] = [64, 64], 7.25
+    text = to_markdown(r)
+    assert "Not judged here" in text and "| 7.2 |" in text  # small p50s keep a decimal
