@@ -162,6 +162,14 @@ def _quiet_exporter():
             lg.setLevel(lv)
 
 
+def op_counts(nodes: Any) -> dict[str, int]:
+    """How many nodes of each op type (sorted by name), as the sidecar records them."""
+    counts: dict[str, int] = {}
+    for node in nodes:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return dict(sorted(counts.items()))
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     for line in text.splitlines():
@@ -300,13 +308,10 @@ def export_onnx(
         raise ExportError(f"the exported ONNX graph is invalid (onnx.checker): {_first_line(exc)}") from exc
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save_model(proto, str(path))
-    counts: dict[str, int] = {}
-    for node in proto.graph.node:
-        counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return OnnxExportInfo(
         path=path, opset=int(opset), inputs=io_spec(proto.graph.input), outputs=io_spec(proto.graph.output),
         dynamic=dyn_flags, trace_shape=list(example.shape), num_nodes=len(proto.graph.node),
-        op_counts=dict(sorted(counts.items())), seconds=round(time.perf_counter() - started, 2),
+        op_counts=op_counts(proto.graph.node), seconds=round(time.perf_counter() - started, 2),
         simplifier=simplifier, notes=notes,
     )
 

@@ -490,11 +490,10 @@ def _node_counts(path: Path) -> tuple[int, dict[str, int]]:
     """Nodes and op counts of the ONNX written (a reduced-precision graph has Casts or Q/DQ pairs added)."""
     import onnx
 
+    from semask_deploy.export.onnx import op_counts
+
     nodes = onnx.load(str(path), load_external_data=False).graph.node
-    counts: dict[str, int] = {}
-    for n in nodes:
-        counts[n.op_type] = counts.get(n.op_type, 0) + 1
-    return len(nodes), dict(sorted(counts.items()))
+    return len(nodes), op_counts(nodes)
 
 
 def _what_to_try(o: ExportOptions, calibrated_on: int) -> str:

@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _scale(text: str | None, dataset: str) -> Any:
+def _scale(text: str | None) -> Any:
     if text is None:
         return None  # run_eval's default: none for folder/synthetic data (unless a static export), else the model's
     if text.lower() == "none":
@@ -203,7 +203,7 @@ def format_result(result: dict[str, Any], per_class: bool = True) -> str:
 def _run(args: argparse.Namespace) -> int:
     result = run_eval(
         args.model, args.dataset, args.data_root, demo=args.demo, split=args.split, mode=args.mode,
-        scale=_scale(args.scale, args.dataset), crop=args.crop, stride=args.stride, limit=args.limit,
+        scale=_scale(args.scale), crop=args.crop, stride=args.stride, limit=args.limit,
         device=args.device, attention=args.attention, backend=args.backend, precision=args.precision,
         threads=args.threads, out=args.out, quiet=args.quiet,
     )

@@ -18,6 +18,13 @@ BACKEND_SUFFIXES = {"torch": TORCH_SUFFIXES, "onnxruntime": (".onnx",), "openvin
                     "tensorrt": TRT_SUFFIXES, "aoti": (".pt2",)}
 
 
+def _check_stride(stride: Sequence[int], crop: Sequence[int]) -> None:
+    """Slide windows further apart than their size leave pixels without any prediction."""
+    if any(s > c for s, c in zip(stride, crop)):
+        raise ConfigError(f"the slide stride {stride[0]}x{stride[1]} is larger than the crop {crop[0]}x{crop[1]}: "
+                          "pixels between the windows would get no prediction; use a stride <= the crop")
+
+
 def _image_hint(image: Any) -> str:
     """What to do with an image :meth:`Segmenter.predict` does not take."""
     if isinstance(image, (list, tuple)):
@@ -145,10 +152,8 @@ class Segmenter:
             scale = _size_pair(scale, "scale (long, short)")
         crop = None if crop is None else _size_pair(crop, "crop (h, w)")
         stride = None if stride is None else _size_pair(stride, "stride (h, w)")
-        if mode == "slide" and crop is not None and stride is not None and any(a > b for a, b in zip(stride, crop)):
-            raise ConfigError(  # before loading anything (checked again below against the model's own crop)
-                f"the slide stride {stride[0]}x{stride[1]} is larger than the crop {crop[0]}x{crop[1]}: pixels "
-                "between the windows would get no prediction; use a stride <= the crop")
+        if mode == "slide" and crop is not None and stride is not None:
+            _check_stride(stride, crop)  # before loading anything (again below against the model's own crop)
         if backend == "openvino" or suffix == ".xml":
             from .openvino_backend import OpenVinoBackend
 
@@ -208,10 +213,8 @@ class Segmenter:
             if mode == "slide":
                 self.crop = self.input_hw
         self.stride = tuple(stride) if stride is not None else tuple(max(1, c * 2 // 3) for c in self.crop)
-        if mode == "slide" and any(s > c for s, c in zip(self.stride, self.crop)):
-            raise ConfigError(
-                f"the slide stride {self.stride[0]}x{self.stride[1]} is larger than the crop {self.crop[0]}x"
-                f"{self.crop[1]}: pixels between the windows would get no prediction; use a stride <= the crop")
+        if mode == "slide":
+            _check_stride(self.stride, self.crop)
         if mode == "slide" and not self.backend.has_logits:
             raise ConfigError(
                 f"{path.name} outputs labels only; slide mode needs logits: re-export with --with-logits"
