@@ -217,7 +217,10 @@ def read_sidecar(artifact: str | Path) -> dict[str, Any]:
     if not isinstance(meta, dict):
         raise RuntimeBackendError(f"the metadata sidecar {path} is not a JSON object; {hint}")
     version = meta.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise RuntimeBackendError(f"{path} is not a semask-deploy metadata sidecar (it has no valid "
+                                  f"'format_version'); {hint}")
+    if version > FORMAT_VERSION:
         raise RuntimeBackendError(f"the metadata sidecar {path} has format version {version!r}; this semask-deploy "
                                   f"reads version {FORMAT_VERSION}: upgrade semask-deploy or {hint}")
     missing = [k for k in REQUIRED if k not in meta]

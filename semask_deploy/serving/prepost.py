@@ -48,11 +48,18 @@ def network_size(h: int, w: int, test_scale: Sequence[int] | None, exact: Sequen
 
 
 def preprocess(images: np.ndarray, test_scale: Sequence[int] | None,
-               exact: Sequence[int] | None = None, shortest_edge: Sequence[int] | None = None) -> np.ndarray:
-    """uint8 (N, H, W, 3) RGB → normalised float32 (N, 3, h, w) at the network size (:func:`network_size`)."""
+               exact: Sequence[int] | None = None, shortest_edge: Sequence[int] | None = None,
+               max_pixels: int | None = None) -> np.ndarray:
+    """uint8 (N, H, W, 3) RGB → normalised float32 (N, 3, h, w) at the network size (:func:`network_size`).
+
+    Raises ValueError for other arrays, and for images of more than ``max_pixels`` pixels (when given).
+    """
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or min(images.shape) == 0:
         raise ValueError(f"expected uint8 (N, H, W, 3) RGB images, got {images.dtype} {tuple(images.shape)}")
     n, h, w, _ = images.shape
+    if max_pixels and h * w > max_pixels:
+        raise ValueError(f"image of {h}x{w} has more than the server's limit of {max_pixels} pixels (the "
+                         "max_pixels parameter of the pre-processing model's config.pbtxt); resize it first")
     nh, nw = network_size(h, w, test_scale, exact, None if exact is not None else shortest_edge)
     out = np.empty((n, 3, nh, nw), dtype=np.float32)
     for i in range(n):

@@ -28,6 +28,7 @@ from typing import Any, Mapping, Sequence
 
 from ..errors import ConfigError
 from ..fileio import make_work_folder
+from .batching import DEFAULT_MAX_PIXELS
 
 PLATFORMS = {"onnx": ("onnxruntime_onnx", "onnxruntime", "model.onnx"),
              "tensorrt": ("tensorrt_plan", "tensorrt", "model.plan"),
@@ -53,6 +54,9 @@ class RepoSpec:
         instances: instances of the network.
         queue_delay_us: dynamic batcher delay.
         with_labels: the network also outputs labels (exported with its own argmax).
+        max_pixels: the pre-processing refuses a larger image (H·W), as ``semask-serve --max-pixels`` does:
+            the post-processing holds K·h·W floats of it (edit the ``max_pixels`` parameter of the
+            ``_pre`` model's config.pbtxt to change it).
     """
 
     name: str
@@ -66,6 +70,7 @@ class RepoSpec:
     instances: int = 1
     queue_delay_us: int = 2000
     with_labels: bool = True
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
 
 def _dims(values: Sequence[int]) -> str:
@@ -113,7 +118,8 @@ def pre_config(spec: RepoSpec) -> str:
             + _io("input", "image", "TYPE_UINT8", (-1, -1, 3))
             + _io("output", "input", "TYPE_FP32", (3, -1, -1)) + _io("output", "size", "TYPE_INT32", (2,))
             + "instance_group [\n  {\n    count: 1\n    kind: KIND_CPU\n  }\n]\n"
-            + _params({"test_scale": scale, "exact_size": exact, "shortest_edge": edge}))
+            + _params({"test_scale": scale, "exact_size": exact, "shortest_edge": edge,
+                       "max_pixels": str(int(spec.max_pixels))}))
 
 
 def post_config(spec: RepoSpec) -> str:
@@ -163,13 +169,14 @@ class TritonPythonModel:
         self.scale = _pair(params["test_scale"]["string_value"])
         self.exact = _pair(params["exact_size"]["string_value"])
         self.shortest_edge = _pair(params.get("shortest_edge", {}).get("string_value", "none"))
+        self.max_pixels = int(params.get("max_pixels", {}).get("string_value", "0")) or None
 
     def execute(self, requests):
         responses = []
         for request in requests:
             try:
                 images = pb_utils.get_input_tensor_by_name(request, "image").as_numpy()
-                x = preprocess(images, self.scale, self.exact, self.shortest_edge)
+                x = preprocess(images, self.scale, self.exact, self.shortest_edge, self.max_pixels)
                 size = np.tile(np.array(images.shape[1:3], dtype=np.int32), (images.shape[0], 1))
                 responses.append(pb_utils.InferenceResponse(output_tensors=[
                     pb_utils.Tensor("input", x), pb_utils.Tensor("size", size)]))

@@ -88,6 +88,9 @@ def test_read_sidecar_round_trip_and_errors(tmp_path, exported):
     (tmp_path / "m.json").write_text(json.dumps({**exported.metadata, "format_version": 99}))
     with pytest.raises(RuntimeBackendError, match="format version"):
         md.read_sidecar(art)
+    (tmp_path / "m.json").write_text("{}")  # some other tool's JSON beside the model
+    with pytest.raises(RuntimeBackendError, match="not a semask-deploy metadata sidecar"):
+        md.read_sidecar(art)
     partial = {k: v for k, v in exported.metadata.items() if k != "palette"}
     (tmp_path / "m.json").write_text(json.dumps(partial))
     with pytest.raises(RuntimeBackendError, match="palette"):

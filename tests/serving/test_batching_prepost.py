@@ -45,6 +45,9 @@ def test_preprocess_exact_size_and_bad_input():
     assert preprocess(img, (256, 256), exact=(64, 48)).shape == (1, 3, 64, 48)
     with pytest.raises(ValueError):
         preprocess(np.zeros((1, 0, 5, 3), np.uint8), None)
+    assert preprocess(img, None, max_pixels=20 * 30).shape == (1, 3, 20, 30)
+    with pytest.raises(ValueError, match="limit of 599 pixels"):
+        preprocess(img, None, max_pixels=599)
 
 
 def test_check_images_refuses_bad_requests():

@@ -119,6 +119,9 @@ def test_export_triton_repository_served_by_bundled_tritonserver(tmp_path):
     for name in names:
         assert parse((repo / name / "config.pbtxt").read_text()).name == name
     assert (repo / "demo" / "1" / "model.onnx").is_file() and (repo / "demo" / "1" / "model.py").is_file()
+    pre_cfg = repo / "demo_pre" / "config.pbtxt"  # the documented way to change the pixel limit
+    assert parse(pre_cfg.read_text()).parameters["max_pixels"].string_value == str(4096 * 4096)
+    pre_cfg.write_text(pre_cfg.read_text().replace(f'"{4096 * 4096}"', '"1000000"'))
     meta = json.loads((repo / "demo" / "1" / "semask_metadata.json").read_text())
     assert meta["has_logits"] and meta["num_classes"] == 10
     assert bundled_backends() == ["python"]  # PyTriton 0.7 ships no onnxruntime/tensorrt backend
@@ -145,6 +148,10 @@ def test_export_triton_repository_served_by_bundled_tritonserver(tmp_path):
         bad.set_data_from_numpy(np.zeros((1, 0, 5, 3), np.uint8))
         with pytest.raises(InferenceServerException):
             hc.infer("demo_ensemble", [bad])
+        big = th.InferInput("image", [1, 1001, 1000, 3], "UINT8")
+        big.set_data_from_numpy(np.zeros((1, 1001, 1000, 3), np.uint8))
+        with pytest.raises(InferenceServerException, match="limit of 1000000 pixels"):
+            hc.infer("demo_ensemble", [big])
         assert hc.is_server_ready()
     finally:
         log = server.log_text()
