@@ -464,7 +464,14 @@ def _run_export(o: ExportOptions) -> ExportResult:
 
     if to_ov:
         steps.start(f"converting to OpenVINO IR {ov_xml.name}")
-        result.engine_path, result.engine_sidecar = _write_ir(o, onnx_path, ov_xml, meta, shapes)
+        try:
+            result.engine_path, result.engine_sidecar = _write_ir(o, onnx_path, ov_xml, meta, shapes)
+        except BaseException:
+            # the ONNX is the first half of an OpenVINO export (the IR's source, with OpenVINO's labels head):
+            # without its IR it goes too, so that the same command can simply be run again
+            for written in (onnx_path, md.sidecar_path(onnx_path)):
+                written.unlink(missing_ok=True)
+            raise
         steps.info(f"ok ({result.metadata.get('precision')} IR)")
     if build:
         steps.start(f"building the TensorRT engine {engine_path.name}")

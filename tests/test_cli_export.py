@@ -260,3 +260,24 @@ def test_force_warns_about_an_engine_of_the_replaced_onnx(tmp_path, capsys):
     warning = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: ")]
     assert len(warning) == 1 and "m_trt.engine" in warning[0] and "no longer match" in warning[0], warning
     assert (out / "m_trt.engine").read_bytes() == b"an engine of the first ONNX"
+
+
+@pytest.mark.slow  # one export
+@pytest.mark.parametrize("failure", [KeyboardInterrupt, "agreement"])
+def test_openvino_step_failing_takes_back_its_onnx(tmp_path, capsys, monkeypatch, failure):
+    """Ctrl-C (or a failed IR check) while the ONNX becomes an IR: the ONNX written just before goes too, so the
+    same command can be run again instead of being refused for an existing file."""
+    pytest.importorskip("openvino")
+    from semask_deploy.errors import ExportError
+    from semask_deploy.export import pipeline
+
+    def fail(*args, **kwargs):
+        raise KeyboardInterrupt if failure is KeyboardInterrupt else ExportError("the OpenVINO IR disagrees")
+
+    monkeypatch.setattr(pipeline, "_write_ir", fail)
+    out = tmp_path / "out"
+    argv = ["--ckpt", str(SMALL), "--fmt", "openvino", "--static", "64x64", "--no-verify", "--out", str(out),
+            "--name", "m", "--quiet"]
+    assert main(argv) == (130 if failure is KeyboardInterrupt else 2)
+    assert _files(out) == []
+    assert "Traceback" not in capsys.readouterr().err

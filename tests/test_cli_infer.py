@@ -194,6 +194,23 @@ def test_outputs_that_would_collide_are_refused_before_anything_runs(tmp_path, i
     assert not out.exists()
 
 
+def test_several_image_paths_each_segmented_once(tiny_ckpt, images, tmp_path, capsys):
+    """--image a.png b.png (a shell glob) and --image repeated: every file once, none silently dropped; two
+    files of one stem from different folders are refused before anything runs."""
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(images / "odd.png", other / "extra.png")
+    out = tmp_path / "o"
+    assert main(["--model", str(tiny_ckpt), "--image", str(images / "main.png"), str(images / "main.png"),
+                 "--image", str(other), "--out", str(out), "--scale", "none", "--no-overlay", "--quiet"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["extra_labels.png", "main_labels.png"]
+    shutil.copy(images / "main.png", other / "main.png")
+    out2 = tmp_path / "o2"
+    assert main(["--model", str(tiny_ckpt), "--image", str(images), str(other), "--out", str(out2)]) == 2
+    assert f"{images / 'main.png'} and {other / 'main.png'} would both be written" in _err(capsys)
+    assert not out2.exists()
+
+
 def test_output_that_would_overwrite_an_input_image_is_refused(tmp_path, images, capsys):
     """--out the image folder that holds main_labels.png: main.png's labels would overwrite that image."""
     before = (images / "odd.png").read_bytes()

@@ -102,10 +102,10 @@ def test_read_palette_label(tmp_path):
 
 
 def test_list_images(tmp_path):
-    for n in ("b.png", "a.JPG", "c.txt", ".hidden.png"):
+    for n in ("b.png", "a.JPG", "c.txt", ".hidden.png", "d.gif"):
         (tmp_path / n).write_bytes(b"x")
     (tmp_path / "sub").mkdir()
-    assert [p.name for p in list_images(tmp_path)] == ["a.JPG", "b.png"]
+    assert [p.name for p in list_images(tmp_path)] == ["a.JPG", "b.png", "d.gif"]
     assert list_images(tmp_path / "b.png") == [tmp_path / "b.png"]
     with pytest.raises(ImageError, match="does not look like an image"):
         list_images(tmp_path / "c.txt")
@@ -137,3 +137,11 @@ def test_colorize_overlay():
     np.testing.assert_array_equal(overlay(img, lab, pal, alpha=0.0), img)
     with pytest.raises(ValueError):
         overlay(img, lab[:1], pal)
+
+
+def test_gif_reads_as_pillow_does(tmp_path):
+    """OpenCV ≥ 4.11 decodes GIF: a GIF is an image like the others (its first frame)."""
+    Image = pytest.importorskip("PIL.Image")
+    Image.fromarray(_rgb(6, 9)).save(tmp_path / "g.gif")
+    np.testing.assert_array_equal(read_image_rgb(tmp_path / "g.gif"),
+                                  np.asarray(Image.open(tmp_path / "g.gif").convert("RGB")))

@@ -132,15 +132,19 @@ def test_eval_on_user_images(tmp_path):
     assert res["aAcc"] == pytest.approx(1.0)  # its own predictions as ground truth: every image was segmented
 
 
-def test_float_tiff_says_what_is_wrong(tmp_path, capfd):
+@pytest.mark.parametrize("gray", [False, True])
+def test_float_tiff_says_what_is_wrong(tmp_path, capfd, gray):
     """A 32-bit float TIFF decodes, but IMREAD_COLOR has no 8-bit form of it: say so, not "corrupt", and
-    without OpenCV's own ``[ WARN ]`` line before our message."""
+    without OpenCV's own ``[ WARN ]``/``[ERROR]`` line before our message (a 1-channel one fails even to decode
+    in colour)."""
     path = tmp_path / "f32.tiff"
-    assert cv2.imwrite(str(path), _scene(8, 12).astype(np.float32) / 255)
+    scene = _scene(8, 12).astype(np.float32) / 255
+    assert cv2.imwrite(str(path), scene[:, :, 0] if gray else scene)
     capfd.readouterr()
     with pytest.raises(ImageError, match="float32 image that OpenCV cannot convert to 8 bits"):
         read_image_rgb(path)
-    assert "WARN" not in capfd.readouterr().err
+    err = capfd.readouterr().err
+    assert "WARN" not in err and "ERROR" not in err
 
 
 @pytest.mark.parametrize("kwargs", [

@@ -18,6 +18,7 @@ EPILOG = """examples:
   semask-infer --demo --out out/                 (the bundled sample scenes)
   semask-infer --demo --image street.jpg --out out/
   semask-infer --model semask_swin_tiny_ade20k.pth --image images/ --out out/
+  semask-infer --model model.onnx --image photos/*.jpg extra.png --out out/
   semask-infer --model model.onnx --image images/ --out out/ --mode slide --crop 512x512 --stride 341x341
   semask-infer --model model.engine --image street.jpg --out out/ --device cuda
 
@@ -55,7 +56,8 @@ def _check_output_names(images: list[Path], out: Path, overlay: bool) -> None:
             target = out / f"{path.stem}_{kind}.png"
             key = target.resolve()
             if key in owner:
-                raise ConfigError(f"{owner[key].name} and {path.name} would both be written to {target}; rename one "
+                first, second = (owner[key], path) if owner[key].name == path.name else (owner[key].name, path.name)
+                raise ConfigError(f"{first} and {second} would both be written to {target}; rename one "
                                   "of them or segment them into different --out folders")
             if key in inputs:
                 raise ConfigError(f"the output {target} would overwrite the input image {target.name}; use another "
@@ -76,8 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--model", type=Path, help=".pth/.safetensors checkpoint, .onnx file, OpenVINO .xml, TensorRT .engine or "
                      "AOTInductor .pt2")
     src.add_argument("--demo", action="store_true", help="use the built-in demo model (synthetic scenes)")
-    p.add_argument("--image", type=Path, default=None,
-                   help="an image file or a folder of images (with --demo, default: the bundled sample scenes)")
+    p.add_argument("--image", type=Path, nargs="+", action="extend", default=None, metavar="PATH",
+                   help="image files and/or folders of images (a shell glob works; --image may be repeated) "
+                   "(with --demo, default: the bundled sample scenes)")
     p.add_argument("--out", type=Path, default=Path("semask-infer-out"), help="output folder (default: %(default)s)")
     p.add_argument("--mode", choices=("whole", "slide"), default="whole", help="inference mode (default: whole)")
     p.add_argument("--scale", type=_scale, default=None,
@@ -106,9 +109,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _list_inputs(image: Path | Sequence[Path]) -> list[Path]:
+    """The images of one or several ``--image`` paths (files or folders), each file once, in the given order."""
+    from ..data.io import list_images
+
+    paths = [image] if isinstance(image, (str, Path)) else list(image)
+    images: list[Path] = []
+    seen: set[Path] = set()
+    for path in paths:
+        for found in list_images(path):
+            key = found.resolve()
+            if key not in seen:
+                seen.add(key)
+                images.append(found)
+    return images
+
+
 def run_infer(
     model: Path | None,
-    image: Path | None,
+    image: Path | Sequence[Path] | None,
     out: Path,
     *,
     demo: bool = False,
@@ -125,8 +144,8 @@ def run_infer(
     overlay: bool = True,
     quiet: bool = False,
 ) -> InferResult:
-    """Segment ``image`` (a file or a folder) and write label maps and overlays into ``out``."""
-    from ..data.io import list_images, overlay as blend, read_image_rgb, write_png
+    """Segment ``image`` (files and/or folders) and write label maps and overlays into ``out``."""
+    from ..data.io import overlay as blend, read_image_rgb, write_png
     from ..runtime import Segmenter
 
     if not 0.0 <= alpha <= 1.0:
@@ -135,11 +154,11 @@ def run_infer(
         from ..assets import demo_checkpoint, sample_images
 
         model = demo_checkpoint()
-        images = list_images(image) if image is not None else sample_images()
+        images = _list_inputs(image) if image is not None else sample_images()
     elif image is None:
         raise ConfigError("--image is required (an image file or a folder of images)")
     else:
-        images = list_images(image)
+        images = _list_inputs(image)
     check_output_folder(out)
     _check_output_names(images, out, overlay)
     seg = Segmenter(model, device=device, mode=mode, scale=scale, crop=crop, stride=stride, attention_backend=attention,

@@ -18,8 +18,9 @@ import numpy as np
 from ..errors import ImageError
 from ..fileio import atomic_path
 
-IMAGE_EXTENSIONS: tuple[str, ...] = (
-    ".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm",
+IMAGE_EXTENSIONS: tuple[str, ...] = (  # the file types OpenCV's imread decodes
+    ".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".tif", ".tiff", ".webp", ".gif", ".avif", ".jp2",
+    ".ppm", ".pgm", ".pbm", ".pnm", ".pxm", ".pfm", ".sr", ".ras", ".exr", ".hdr", ".pic",
 )
 
 PathLike = str | os.PathLike
@@ -42,12 +43,12 @@ def _read_bytes(path: PathLike, what: str) -> bytes:
 
 def _imdecode_quietly(data: bytes, flags: int) -> np.ndarray | None:
     """``cv2.imdecode`` with OpenCV's own log lines held back: a decoder that cannot honour ``flags`` prints
-    a ``[ WARN ]`` line to stderr before returning None, and the caller reports that case itself."""
+    a ``[ WARN ]`` or ``[ERROR]`` line to stderr before returning None, and the caller reports that case itself."""
     log = getattr(getattr(cv2, "utils", None), "logging", None)
     if log is None:  # an OpenCV build without the logging module
         return cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
     level = log.getLogLevel()
-    log.setLogLevel(log.LOG_LEVEL_ERROR)
+    log.setLogLevel(log.LOG_LEVEL_SILENT)
     try:
         return cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
     finally:
@@ -55,7 +56,13 @@ def _imdecode_quietly(data: bytes, flags: int) -> np.ndarray | None:
 
 
 def _decode(data: bytes, flags: int, path: Path, what: str) -> np.ndarray:
-    arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
+    arr = _imdecode_quietly(data, flags)
+    if (arr is None or arr.size == 0) and flags != cv2.IMREAD_UNCHANGED:
+        raw = _imdecode_quietly(data, cv2.IMREAD_UNCHANGED)  # a valid file OpenCV cannot give in this form?
+        if raw is not None and raw.size:
+            channels = 1 if raw.ndim == 2 else raw.shape[2]
+            raise ImageError(f"{path} is a {channels}-channel {raw.dtype} image that OpenCV cannot convert to 8 bits "
+                             "per channel; save it as an 8-bit (or 16-bit) PNG/TIFF first")
     if arr is None or arr.size == 0:
         raise ImageError(
             f"cannot decode {what} {path}: not an image OpenCV can read or the file is corrupt "

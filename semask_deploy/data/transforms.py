@@ -476,7 +476,8 @@ class TrainAugment:
 
 def shortest_edge_size(h: int, w: int, min_size: int, max_size: int) -> tuple[int, int]:
     """detectron2 ``ResizeShortestEdge.get_output_shape``: the short side to ``min_size``, capped so the long
-    side is ≤ ``max_size``; each side rounded as ``int(x + 0.5)``.
+    side is ≤ ``max_size``; each side rounded as ``int(x + 0.5)`` and at least 1 (detectron2 itself fails on a
+    strip whose short side rounds to 0; here a 1×N strip stays one pixel high, as in :func:`rescale_size`).
 
     Returns:
         (new_h, new_w).
@@ -487,7 +488,7 @@ def shortest_edge_size(h: int, w: int, min_size: int, max_size: int) -> tuple[in
     if max(newh, neww) > max_size:
         scale = max_size * 1.0 / max(newh, neww)
         newh, neww = newh * scale, neww * scale
-    return int(newh + 0.5), int(neww + 0.5)
+    return max(1, int(newh + 0.5)), max(1, int(neww + 0.5))
 
 
 def resize_shortest_edge(img: np.ndarray, min_size: int, max_size: int) -> np.ndarray:

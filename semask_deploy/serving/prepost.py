@@ -39,12 +39,12 @@ def network_size(h: int, w: int, test_scale: Sequence[int] | None, exact: Sequen
         nh, nw = (short, f * w) if h < w else (f * h, short)
         if max(nh, nw) > cap:
             nh, nw = nh * cap / max(nh, nw), nw * cap / max(nh, nw)
-        return int(nh + 0.5), int(nw + 0.5)
+        return max(1, int(nh + 0.5)), max(1, int(nw + 0.5))  # a 1×N strip stays one pixel high
     if test_scale is None:
         return int(h), int(w)
     s0, s1 = float(test_scale[0]), float(test_scale[1])
     f = min(max(s0, s1) / max(h, w), min(s0, s1) / min(h, w))
-    return int(h * f + 0.5), int(w * f + 0.5)
+    return max(1, int(h * f + 0.5)), max(1, int(w * f + 0.5))
 
 
 def preprocess(images: np.ndarray, test_scale: Sequence[int] | None,

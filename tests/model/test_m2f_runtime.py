@@ -22,6 +22,7 @@ def test_shortest_edge_size_rule():
     assert shortest_edge_size(512, 683, 640, 2560) == (640, 854)
     assert shortest_edge_size(1024, 2048, 1024, 2048) == (1024, 2048)
     assert shortest_edge_size(100, 1000, 640, 2560) == (256, 2560)  # long side capped
+    assert shortest_edge_size(1, 8000, 640, 2560) == (1, 2560)  # a strip stays 1 high (detectron2 would give 0)
     img = np.zeros((48, 64, 3), np.uint8)
     assert resize_shortest_edge(img, 96, 384).shape == (96, 128, 3)
 
@@ -50,6 +51,7 @@ def test_segmenter_matches_pipeline(small_ckpt):
     seg = Segmenter(small_ckpt)
     labels = seg.predict(img)
     assert labels.shape == (45, 70) and labels.dtype == np.int64
+    assert seg.predict(np.zeros((1, 2000, 3), np.uint8)).shape == (1, 2000)  # short side rounds below 1
     # the same pipeline by hand: ResizeShortestEdge(96, 384) → (x − mean)/std → scores → resize → argmax
     model = load_model(small_ckpt)
     r = resize_shortest_edge(img, 96, 384)

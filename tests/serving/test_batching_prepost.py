@@ -30,7 +30,8 @@ def test_postprocess_equals_torch_bilinear_argmax(hw, out):
     assert np.all(np.abs(resized.max(1) - picked)[diff] < 1e-5)
 
 
-@pytest.mark.parametrize("hw,scale", [((37, 53), (256, 256)), ((240, 320), (2048, 512)), ((31, 17), None)])
+@pytest.mark.parametrize("hw,scale", [((37, 53), (256, 256)), ((240, 320), (2048, 512)), ((31, 17), None),
+                                      ((1, 5000), (2048, 512)), ((3, 3000), (256, 256))])  # strips stay ≥ 1 high
 def test_preprocess_equals_runtime_prepare(hw, scale):
     img = np.random.default_rng(1).integers(0, 256, (*hw, 3), dtype=np.uint8)
     got = preprocess(np.stack([img, img]), scale)
@@ -97,7 +98,7 @@ def test_bucketer_merges_concurrent_callers_of_equal_network_size():
         np.testing.assert_array_equal(results[i], seg.predict(img))
 
 
-@pytest.mark.parametrize("hw", [(45, 70), (70, 45), (100, 1000), (96, 96), (300, 200)])
+@pytest.mark.parametrize("hw", [(45, 70), (70, 45), (100, 1000), (96, 96), (300, 200), (1, 800), (800, 1)])
 def test_preprocess_shortest_edge_equals_runtime_rule(hw):
     """The Triton pre-processing of the mask-classification models = the runtime's ResizeShortestEdge."""
     from semask_deploy.data.transforms import shortest_edge_size
