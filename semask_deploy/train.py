@@ -1,14 +1,16 @@
 """Training SeMask-FPN with the semantic decoder's supervision, single-process or DDP via torchrun.
 
 The official recipe (mmseg SeMask-FPN): loss = CE(seg) + 0.4·CE(semantic) at the label size, ignore 255
-(optional OHEM); AdamW (betas 0.9/0.999, weight decay except norms, relative position tables and gamma);
+(OHEM — the 100 000 highest-loss pixels per image — where the official config has it: COCO-Stuff, and ADE20K
+with Large); stochastic depth 0.3 (linear over the Swin blocks) for the official architectures; AdamW (betas 0.9/0.999, weight decay except norms, relative position tables and gamma);
 poly lr (power 1, min 0) after a linear warm-up of ``min(1500, iters // 10)`` iterations from
 ``1e-6·lr``; mmseg's augmentation (random keep-ratio rescale 0.5–2.0 of the image scale, crop with
 cat_max_ratio 0.75, flip, photometric distortion, pad labels with 255).
 
 Checkpoints are written by rank 0 in the official mmseg layout (``meta`` + ``state_dict`` with
 ``backbone.*`` / ``decode_head.*`` keys): ``out/latest.pth`` also holds the optimizer, schedule, iteration
-and every rank's RNG state, so ``--resume`` continues exactly; ``out/final.pth`` holds the weights only.
+and every rank's RNG state, so ``--resume`` continues exactly (the run's resolved options are saved too: a
+resumed run takes every option not given again from them); ``out/final.pth`` holds the weights only.
 Both load strictly with :func:`semask_deploy.api.load_model`. Logs: a tqdm bar and ``out/log.jsonl``.
 
 Distributed: ``torchrun --standalone --nproc-per-node=N -m semask_deploy.train <semask-train args>``
@@ -39,8 +41,8 @@ from .training.init import InitReport, checkpoint_kind, init_from_checkpoint, of
 from .training.losses import OhemSampler, semask_loss
 from .training.optim import PolySchedule, build_optimizer, default_warmup, param_groups
 from .training.setup import (
-    DEMO_BATCH, DEMO_ITERS, DEMO_LR, DEMO_NUM_CLASSES, OFFICIAL_ITERS, OFFICIAL_LR, default_crop, load_variant,
-    resolve_config,
+    DEMO_BATCH, DEMO_ITERS, DEMO_LR, DEMO_NUM_CLASSES, OFFICIAL_DROP_PATH, OFFICIAL_ITERS, OFFICIAL_LR, VARIANT_CHOICES,
+    default_crop, load_variant, resolve_config,
 )
 
 
@@ -66,7 +68,8 @@ class TrainOptions:
     resume: bool = False
     seed: int = 0
     workers: int = 0
-    ohem: bool = False
+    ohem: bool | None = None
+    drop_path: float | None = None
     log_every: int = 20
     gamma_init: float = 0.0
     device: str = "auto"
@@ -145,6 +148,8 @@ def _check_options(o: TrainOptions) -> None:
         raise ConfigError(f"--gamma-init must be a finite number, got {o.gamma_init}")
     if o.workers < 0:
         raise ConfigError(f"--workers must be >= 0, got {o.workers}")
+    if o.drop_path is not None and not 0 <= o.drop_path < 1:
+        raise ConfigError(f"--drop-path must be in [0, 1), got {o.drop_path}")
     if o.data == "synthetic" and o.data_root is not None:  # it would be ignored: the scenes are made in memory
         raise ConfigError("--data synthetic makes its own scenes in memory: drop --data-root (or pick the --data "
                           "layout those files belong to)")
@@ -170,20 +175,51 @@ def _load_resume(path: Path) -> dict[str, Any]:
     return state
 
 
-_RESUME_DEFAULTS = ("variant", "num_classes", "iters", "batch_size", "crop", "lr", "warmup", "eval_every",
-                    "save_every", "eval_size")
+# what a resumed run takes from the interrupted one (not: where it writes, how it runs on this machine)
+_RESUMED_OPTIONS = ("variant", "data", "data_root", "num_classes", "iters", "batch_size", "crop", "lr", "weight_decay",
+                    "warmup", "eval_every", "save_every", "eval_size", "seed", "ohem", "drop_path", "log_every",
+                    "gamma_init", "attention")
 
 
-def _with_saved_defaults(opts: TrainOptions, saved: dict[str, Any]) -> TrainOptions:
-    """On ``--resume``, options not given again default to the interrupted run's."""
+def _with_saved_options(opts: TrainOptions, saved: dict[str, Any]) -> tuple[TrainOptions, dict[str, Any]]:
+    """On ``--resume``: every option left at its default takes the interrupted run's value.
+
+    Returns:
+        The options and those taken from the saved run (name → value), for the log.
+    """
     from dataclasses import replace
 
-    kw = {}
-    for name in _RESUME_DEFAULTS:
-        if getattr(opts, name) is None and saved.get(name) is not None:
-            v = saved[name]
-            kw[name] = tuple(v) if isinstance(v, list) else v
-    return replace(opts, **kw)
+    defaults = TrainOptions()
+    kw: dict[str, Any] = {}
+    for name in _RESUMED_OPTIONS:
+        current, v = getattr(opts, name), saved.get(name)
+        if v is None or current != getattr(defaults, name):  # not saved, or given again for this run
+            continue
+        v = tuple(v) if isinstance(v, list) else Path(v) if name == "data_root" else v
+        if v != current:
+            kw[name] = v
+    return replace(opts, **kw), kw
+
+
+def official_ohem(variant: str, data: str) -> bool:
+    """Whether the official config of ``variant`` on ``data`` uses OHEM (COCO-Stuff; ADE20K with Large)."""
+    return variant in ("tiny", "small", "base", "large") and (
+        data == "coco-stuff" or (variant == "large" and data == "ade20k"))
+
+
+def set_drop_path(model: SeMaskSegmentor, rate: float) -> list[float]:
+    """Stochastic depth as the official Swin: rates linear from 0 to ``rate`` over all Swin blocks in order.
+
+    Returns:
+        The per-block rates.
+    """
+    from .model.swin import SwinBlock
+
+    blocks = [m for m in model.backbone.modules() if isinstance(m, SwinBlock)]
+    rates = [rate * i / (len(blocks) - 1) if len(blocks) > 1 else 0.0 for i in range(len(blocks))]
+    for block, r in zip(blocks, rates):
+        block.drop_path = r
+    return rates
 
 
 def _rng_state(info: tdist.DistInfo) -> dict[str, Any]:
@@ -220,16 +256,19 @@ def _train(opts: TrainOptions, info: tdist.DistInfo, stop_after: int | None, t_w
     out = Path(opts.out)
     log = _Logger(out, info.is_main, opts.quiet)
     resume_state = _load_resume(out / "latest.pth") if opts.resume else None
+    restored: dict[str, Any] = {}
     if resume_state is not None:
-        opts = _with_saved_defaults(opts, resume_state.get("meta", {}).get("train") or {})
+        opts, restored = _with_saved_options(opts, resume_state.get("meta", {}).get("train") or {})
     init_data = read_checkpoint(opts.init) if opts.init is not None and not opts.resume else None
 
     # -- configuration and data -------------------------------------------------------------------
     variant = opts.variant
-    base = load_variant(variant) if variant is not None else None
-    if resume_state is not None and variant is None:
+    if resume_state is not None and (variant is None or ("variant" in restored and variant not in VARIANT_CHOICES)):
+        # the saved model config, not a config file that may have moved since (or a relative path)
         base = SeMaskConfig.from_dict(resume_state["meta"]["semask_config"])
-        variant = "resumed"
+        variant = variant or "resumed"
+    else:
+        base = load_variant(variant) if variant is not None else None
     if variant is None and init_data is None and opts.data == "synthetic":
         variant = "demo"  # the built-in demo architecture is the natural default on synthetic scenes
         base = load_variant(variant)
@@ -253,15 +292,28 @@ def _train(opts: TrainOptions, info: tdist.DistInfo, stop_after: int | None, t_w
                               f"({saved.name}); resume with the same --variant/--data/--crop/--num-classes")
     iters = opts.iters or (DEMO_ITERS if variant == "demo" else OFFICIAL_ITERS)
     lr = opts.lr or (DEMO_LR if variant == "demo" else OFFICIAL_LR)
-    batch = opts.batch_size or (DEMO_BATCH if variant == "demo" else 4 if variant == "large" else 8)
+    large = variant == "large" or (variant == "checkpoint" and config.embed_dim == 192)
+    batch = opts.batch_size or (DEMO_BATCH if variant == "demo" else 4 if large else 8)
     _check_batchnorm_values(crop, batch * info.world_size)
     warmup = default_warmup(iters) if opts.warmup is None else opts.warmup
     eval_every = opts.eval_every or max(iters // 10, min(iters, 100))
     save_every = opts.save_every or eval_every
+    ohem = official_ohem(variant, opts.data) if opts.ohem is None else opts.ohem
+    official_arch = variant in ("tiny", "small", "base", "large", "checkpoint")
+    drop_rate = (OFFICIAL_DROP_PATH if official_arch else 0.0) if opts.drop_path is None else opts.drop_path
+    from dataclasses import replace
+
+    # the run's options as resolved, saved with every checkpoint: a resumed run continues with them
+    resolved = replace(opts, iters=iters, lr=lr, batch_size=batch, crop=tuple(crop), warmup=warmup,
+                       eval_every=eval_every, save_every=save_every, ohem=ohem, drop_path=drop_rate,
+                       variant=str(Path(variant).resolve()) if variant not in VARIANT_CHOICES + ("checkpoint", "resumed")
+                       and Path(variant).is_file() else variant,
+                       data_root=Path(opts.data_root).resolve() if opts.data_root is not None else None)
 
     # -- model -------------------------------------------------------------------------------------
     torch.manual_seed(opts.seed)  # the same initial weights on every rank
     model = SeMaskSegmentor(config, attention_backend=opts.attention)
+    set_drop_path(model, drop_rate)
     official_init(model, opts.gamma_init)
     report = InitReport("scratch")
     if resume_state is None and opts.init is not None:
@@ -290,22 +342,35 @@ def _train(opts: TrainOptions, info: tdist.DistInfo, stop_after: int | None, t_w
     if info.distributed:
         model = tdist.convert_sync_batchnorm(model, info.device)
         net = tdist.wrap_ddp(model, info)
-    sampler = OhemSampler(thresh=0.7, min_kept=100_000) if opts.ohem else None
+    sampler = OhemSampler(thresh=None, min_kept=100_000) if ohem else None  # the official OHEMPixelSampler
     augment = TrainAugment(crop_size=tuple(crop), img_scale=tuple(config.test_scale))
 
     groups = param_groups(model, opts.weight_decay)
     start_record = {
         "event": "start" if resume_state is None else "resume", "iter": start, "world_size": info.world_size,
-        "device": str(info.device), "options": opts.to_json(), "config": config.to_dict(),
+        "device": str(info.device), "options": resolved.to_json(), "config": config.to_dict(),
         "iters": iters, "lr": lr, "batch_per_process": batch, "warmup": warmup, "eval_every": eval_every,
-        "data": data.description, "init": report.to_dict(),
+        "data": data.description, "init": report.to_dict(), "ohem": ohem, "drop_path": drop_rate,
+        "restored_options": {k: (str(v) if isinstance(v, Path) else v) for k, v in restored.items()},
         "no_decay_params": len(groups[1]["names"]), "decay_params": len(groups[0]["names"]),
     }
     log.event(start_record)
     log.say(f"{'resuming at iteration ' + str(start) if resume_state else 'training'} {config.name}: "
             f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, {iters} iterations × "
-            f"{batch}×{info.world_size} crops {crop[0]}x{crop[1]}, lr {lr:g}, warm-up {warmup}; {data.description}")
-    log.say(report.summary())
+            f"{batch}×{info.world_size} crops {crop[0]}x{crop[1]}, lr {lr:g}, warm-up {warmup}"
+            f"{', OHEM' if ohem else ''}{f', drop path {drop_rate:g}' if drop_rate else ''}; {data.description}")
+    if restored:
+        log.say("options of the interrupted run: " + ", ".join(
+            f"--{k.replace('_', '-')} {'x'.join(map(str, v)) if isinstance(v, tuple) else v}"
+            for k, v in restored.items()))
+    if config.sem_num_classes < config.num_classes:
+        log.say(f"the semantic branch has {config.sem_num_classes} classes, the head {config.num_classes} (the "
+                f"official pairing): the semantic loss ignores classes {config.sem_num_classes} and above")
+    if resume_state is None:
+        log.say(report.summary())
+    elif start >= iters:
+        log.say(f"{out} is already at iteration {start} of {iters}: nothing to train (pass a larger --iters to "
+                "train further)")
 
     result = TrainResult(out, config, start, start, init=report)
     end = iters if stop_after is None else min(iters, start + stop_after)
@@ -319,7 +384,7 @@ def _train(opts: TrainOptions, info: tdist.DistInfo, stop_after: int | None, t_w
                               "then: lower --lr")
         rng = tdist.all_gather_objects(info, _rng_state(info))
         if info.is_main:
-            meta = {"iteration": it_done, "train": opts.to_json()}
+            meta = {"iteration": it_done, "train": resolved.to_json()}
             extra = {"optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(),
                      "iteration": it_done, "rng": rng, "world_size": info.world_size}
             result.latest = save_checkpoint(model, out / "latest.pth", meta=meta, extra=extra)
@@ -355,15 +420,16 @@ def _train(opts: TrainOptions, info: tdist.DistInfo, stop_after: int | None, t_w
         x, y = x.to(info.device, non_blocking=True), y.to(info.device, non_blocking=True)
         seg, sem = net(x)
         loss, parts = semask_loss(seg, sem, y, sampler=sampler)
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):  # before the update: the saved weights stay those of a finite loss
+            raise SemaskError(f"the loss became {loss_value} at iteration {it}; lower --lr or check the labels")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if not torch.isfinite(loss.detach()):
-            raise SemaskError(f"the loss became {float(loss)} at iteration {it}; lower --lr or check the labels")
-        window.append(torch.tensor([float(loss.detach()), parts["loss_seg"], parts["loss_sem"], parts["acc"]]))
+        window.append(torch.tensor([loss_value, parts["loss_seg"], parts["loss_sem"], parts["acc"]]))
         it += 1
         if bar is not None:
-            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", lr=f"{cur_lr:.2e}", refresh=False)
+            bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{cur_lr:.2e}", refresh=False)
             bar.update(1)
         if it % opts.log_every == 0 or it == end:
             stats = tdist.all_reduce_sum(info, torch.stack(window).mean(0)) / info.world_size

@@ -91,3 +91,27 @@ def test_our_warnings_are_one_line(capsys):
 
     assert main_wrapper(run, argparse.ArgumentParser(), []) == 0
     assert capsys.readouterr().err.strip() == "warning: assumed something"
+
+
+class _BadLabels:
+    """A data set whose samples fail as a bad label map does (picklable: it runs in a worker process)."""
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, i: int):
+        from semask_deploy.errors import DatasetError
+
+        raise DatasetError("label map x.png has class 7, the data has 4 classes")
+
+
+def test_an_error_in_a_data_loader_worker_is_one_line(capsys):
+    """PyTorch re-raises a worker's error with the worker's whole traceback in its text: print our message."""
+    from torch.utils.data import DataLoader
+
+    def run(_args):
+        list(DataLoader(_BadLabels(), num_workers=1))
+
+    assert main_wrapper(run, OneLineParser(prog="x"), []) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: label map x.png has class 7, the data has 4 classes"]

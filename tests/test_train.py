@@ -282,6 +282,67 @@ def test_resume_continues_exactly(tmp_path, tiny_json):
         assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6), k
 
 
+def test_resume_takes_the_interrupted_runs_options(tmp_path, tiny_json, monkeypatch):
+    """`semask-train --resume --out RUN` alone: data, data root, seed, drop path and the config file come from
+    latest.pth (the file's relative path no longer matters), so the run equals an uninterrupted one."""
+    from semask_deploy.data import write_synthetic_dataset
+
+    root = write_synthetic_dataset(tmp_path / "ds", n=6, size=(64, 80), seed=2, num_classes=8)
+    monkeypatch.chdir(tmp_path)
+    kw = dict(data="folder", data_root=Path("ds"), seed=5, drop_path=0.2, save_every=2, eval_size=None)
+    full = run_train(small_run(tmp_path, Path("tiny.json"), "full", **kw))
+    run_train(small_run(tmp_path, Path("tiny.json"), "part", **kw), stop_after=2)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    resumed = run_train(TrainOptions(out=tmp_path / "part", resume=True, quiet=True))
+    assert resumed.start_iter == 2 and resumed.end_iter == 4
+    for it in (2, 3):
+        assert resumed.losses[it] == pytest.approx(full.losses[it], rel=1e-6, abs=1e-7), it
+    record = json.loads((tmp_path / "part" / "log.jsonl").read_text().splitlines()[0])  # the first start
+    resume = [json.loads(line) for line in (tmp_path / "part" / "log.jsonl").read_text().splitlines()
+              if json.loads(line)["event"] == "resume"][0]
+    assert record["drop_path"] == 0.2 and resume["drop_path"] == 0.2
+    assert resume["restored_options"]["data_root"] == str(root.resolve()) and resume["restored_options"]["seed"] == 5
+    assert str(root.resolve()) in resume["data"]
+    again = run_train(TrainOptions(out=tmp_path / "part", resume=True, quiet=True))  # already at the end
+    assert again.start_iter == again.end_iter == 4
+
+
+def test_semantic_loss_ignores_classes_the_semantic_branch_lacks():
+    """The official COCO-Stuff configs: 150 semantic classes, 171 head classes and labels up to 170."""
+    torch.manual_seed(0)
+    seg, sem = torch.randn(1, 6, 4, 4), torch.randn(1, 4, 4, 4)
+    label = torch.randint(0, 6, (1, 8, 8))
+    label[0, 0, 0] = 255
+    loss, parts = semask_loss(seg, sem, label)
+    up = lambda t: F.interpolate(t, size=(8, 8), mode="bilinear", align_corners=False)  # noqa: E731
+    sem_label = torch.where(label >= 4, torch.full_like(label, 255), label)
+    ce_sem = F.cross_entropy(up(sem), sem_label, ignore_index=255, reduction="none").mean()
+    assert parts["loss_sem"] == pytest.approx(float(ce_sem), abs=1e-6)
+
+
+def test_drop_path_is_linear_over_blocks_and_only_while_training():
+    from semask_deploy.train import official_ohem, set_drop_path
+
+    model = build_model(tiny_config(depths=(2, 1, 2, 1)), attention_backend="sdpa")
+    rates = set_drop_path(model, 0.3)
+    assert rates == pytest.approx([0.0, 0.06, 0.12, 0.18, 0.24, 0.3])
+    x = torch.randn(2, 3, 64, 64)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x))  # inference: no stochastic depth
+        model.train()
+        torch.manual_seed(1)
+        a = model.backbone(x)[0][-1]
+        torch.manual_seed(2)
+        b = model.backbone(x)[0][-1]
+    assert not torch.allclose(a, b)
+    assert official_ohem("large", "ade20k") and official_ohem("tiny", "coco-stuff")
+    assert not official_ohem("tiny", "ade20k") and not official_ohem("base", "cityscapes")
+    assert not official_ohem("demo", "coco-stuff")
+
+
 def test_refuses_to_overwrite_a_run_without_resume(tmp_path, tiny_json):
     run_train(small_run(tmp_path, tiny_json, iters=1))
     with pytest.raises(ConfigError, match="--resume"):

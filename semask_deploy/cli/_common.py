@@ -74,7 +74,7 @@ def main_wrapper(run: Callable[[argparse.Namespace], int | None], parser: argpar
         if found is not None:
             return _interrupted(130 if isinstance(found, KeyboardInterrupt) else 143)
         if isinstance(exc, SemaskError):
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {worker_error_text(str(exc))}", file=sys.stderr)
             return 2
         if _is_allocation_failure(exc):
             return _out_of_memory()
@@ -84,6 +84,19 @@ def main_wrapper(run: Callable[[argparse.Namespace], int | None], parser: argpar
         if installed:
             signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
     return int(code or 0)
+
+
+def worker_error_text(text: str) -> str:
+    """Our own message of an error raised in a DataLoader worker process.
+
+    PyTorch re-raises it in the main process as the same exception type, but with the text ``Caught X in
+    DataLoader worker process 0. Original Traceback (most recent call last): …`` — the worker's whole
+    traceback; its last line is ``module.X: <our message>``.
+    """
+    if "\nOriginal Traceback" not in text:
+        return text
+    last = [line for line in text.strip().splitlines() if line.strip()][-1]
+    return last.split(": ", 1)[1] if ": " in last else last
 
 
 def _one_line_warning(fallback: Callable[..., None]) -> Callable[..., None]:

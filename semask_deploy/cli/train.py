@@ -27,7 +27,8 @@ model starts from scratch. Writes OUT/latest.pth (weights + optimizer/schedule/i
 def build_parser(prog: str = "semask-train") -> argparse.ArgumentParser:
     p = OneLineParser(
         prog=prog,
-        description="Train SeMask-FPN with the official recipe: CE + 0.4 x semantic CE (optional OHEM), AdamW, "
+        description="Train SeMask-FPN with the official recipe: CE + 0.4 x semantic CE (OHEM where the official "
+        "config has it), stochastic depth, AdamW, "
         "poly schedule with linear warm-up, mmseg augmentation; periodic whole-image evaluation on a held-out "
         "split. Run it under torchrun (python -m semask_deploy.train) for multi-process DDP.",
         epilog=EPILOG,
@@ -44,7 +45,8 @@ def build_parser(prog: str = "semask-train") -> argparse.ArgumentParser:
     p.add_argument("--init", type=Path, default=None, help="SeMask or Swin ImageNet checkpoint to start from")
     p.add_argument("--iters", type=int, default=None, help="training iterations (default: 80000; demo 1600)")
     p.add_argument("--batch-size", type=int, default=None,
-                   help="crops per process and iteration (default 8; large and demo 4)")
+                   help="crops per process and iteration (default 8; large (also an --init Large checkpoint) and "
+                   "demo 4)")
     p.add_argument("--crop", type=hw_type("--crop"), default=None,
                    help="training crop HxW (default: the variant's; demo 256x256); synthetic scenes are this size")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 6e-5; demo 1e-3)")
@@ -57,12 +59,18 @@ def build_parser(prog: str = "semask-train") -> argparse.ArgumentParser:
     p.add_argument("--eval-size", type=int, default=None,
                    help="held-out samples to evaluate (default: synthetic 50, data sets the whole split)")
     p.add_argument("--out", type=Path, default=Path("semask-train-out"), help="output folder (default: %(default)s)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest.pth")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest.pth, with the "
+                   "interrupted run's options (data, seed, iterations, …) unless given again")
     p.add_argument("--seed", type=int, default=0,
                    help="random seed (weights, data order, augmentation, synthetic scenes)")
     p.add_argument("--workers", type=int, default=0, help="data-loading worker processes per process (default: 0)")
-    p.add_argument("--ohem", action="store_true",
-                   help="online hard example mining for the segmentation loss (thresh 0.7, min_kept 100000)")
+    p.add_argument("--ohem", action=argparse.BooleanOptionalAction, default=None,
+                   help="online hard example mining for the segmentation loss, as the official OHEMPixelSampler "
+                   "(the 100000 highest-loss pixels per image) (default: as the official config: on for COCO-Stuff, "
+                   "and for ADE20K with large)")
+    p.add_argument("--drop-path", type=float, default=None, metavar="RATE",
+                   help="stochastic depth of the Swin blocks, linear from 0 to RATE (default: the official 0.3 for "
+                   "tiny..large and SeMask --init checkpoints; 0 for demo and config .json files)")
     p.add_argument("--log-every", type=int, default=20, help="log the mean loss every N iterations (default: 20)")
     p.add_argument("--gamma-init", type=float, default=0.0,
                    help="initial semantic-attention gamma of fresh semantic layers (official: 0; e.g. 0.1 when "
@@ -85,7 +93,7 @@ def options_from_args(args: argparse.Namespace):
         init=args.init, iters=args.iters, batch_size=args.batch_size, crop=args.crop, lr=args.lr,
         weight_decay=args.weight_decay, warmup=args.warmup, eval_every=args.eval_every, save_every=args.save_every,
         eval_size=args.eval_size, out=args.out, resume=args.resume, seed=args.seed, workers=args.workers,
-        ohem=args.ohem, log_every=args.log_every, gamma_init=args.gamma_init, device=args.device,
+        ohem=args.ohem, drop_path=args.drop_path, log_every=args.log_every, gamma_init=args.gamma_init, device=args.device,
         threads=args.threads, attention=args.attention, quiet=args.quiet,
     )
 

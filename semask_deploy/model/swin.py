@@ -283,6 +283,19 @@ class WindowAttention(nn.Module):
 QKV_BEFORE_PAD_MIN_CHANNELS = 256
 
 
+def drop_path(x: Tensor, rate: float) -> Tensor:
+    """Stochastic depth (training only): each sample's residual branch is dropped with probability ``rate``
+    and the kept ones scaled by 1/(1 − rate), as in the official Swin (timm ``DropPath``).
+
+    Args:
+        x: (B, …) the residual branch's output.
+        rate: drop probability in [0, 1).
+    """
+    keep = 1.0 - rate
+    mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+    return x * mask.div_(keep)
+
+
 class SwinBlock(nn.Module):
     """Pre-norm Swin block: x + WindowAttention(LN1(x)); x + MLP(LN2(x)).
 
@@ -298,6 +311,7 @@ class SwinBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.backend = "eager"
+        self.drop_path = 0.0  # stochastic depth rate while training (set by the trainer; no parameters)
         self._bias_cache: dict[tuple, Tensor] = {}
         self._index_cache: dict[tuple, tuple[Tensor, Tensor]] = {}
 
@@ -397,6 +411,9 @@ class SwinBlock(nn.Module):
         """x (B, H·W, C) → (B, H·W, C)."""
         b, n, c = x.shape
         attn = self._attention(self.norm1(x).view(b, h, w, c)).reshape(b, n, c)
+        if self.training and self.drop_path > 0:
+            x = x + drop_path(attn, self.drop_path)
+            return x + drop_path(self.mlp(self.norm2(x)), self.drop_path)
         if self.backend == "eager":
             x = x + attn
             return x + self.mlp(self.norm2(x))

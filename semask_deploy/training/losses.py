@@ -83,7 +83,9 @@ def semask_loss(
     Args:
         seg_logits: (N, K, h, w) segmentation logits at stride 4.
         sem_logits: (N, Kb, h, w) summed semantic maps at stride 4.
-        label: (N, H, W) int labels, ``ignore_index`` = ignored.
+        label: (N, H, W) int labels, ``ignore_index`` = ignored. Where the semantic branch has fewer classes
+            than the head (Kb < K: the official COCO-Stuff configs pair 150 semantic classes with 171), the
+            semantic term ignores the classes it does not have (≥ Kb).
         sampler: optional OHEM sampler for the segmentation term.
         sem_weight: weight of the semantic term (official 0.4).
         ignore_index: ignored label.
@@ -98,7 +100,10 @@ def semask_loss(
     sem = F.interpolate(sem_logits, size=size, mode="bilinear", align_corners=False)
     weight = sampler.sample(seg, label) if sampler is not None else None
     loss_seg = _ce(seg, label, weight, ignore_index)
-    loss_sem = _ce(sem, label, None, ignore_index)
+    sem_label = label
+    if sem.shape[1] < seg.shape[1]:  # the official COCO-Stuff pairing: a 150-class semantic branch, 171 classes
+        sem_label = label.masked_fill((label >= sem.shape[1]) & (label != ignore_index), ignore_index)
+    loss_sem = _ce(sem, sem_label, None, ignore_index)
     loss = loss_seg + sem_weight * loss_sem
     with torch.no_grad():
         valid = label != ignore_index

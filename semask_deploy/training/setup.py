@@ -19,6 +19,7 @@ DEMO_ITERS = 1600
 DEMO_BATCH = 4
 OFFICIAL_LR = 6e-5
 OFFICIAL_ITERS = 80_000
+OFFICIAL_DROP_PATH = 0.3  # drop_path_rate of every official SeMask-Swin config (stochastic depth)
 
 
 def demo_config(num_classes: int = DEMO_NUM_CLASSES, size: tuple[int, int] = DEMO_CROP) -> SeMaskConfig:
