@@ -74,7 +74,7 @@ def availability(backend: str, precision: str, device: str, *, explicit_backend:
                 return "this CPU has no native bf16 (avx512_bf16 or AMX): it would be emulated"
     if backend.startswith("torch-"):
         if precision == "int8":
-            return "int8 is an ONNX Q/DQ precision (DESIGN §4); measured on onnxruntime/openvino/tensorrt"
+            return "int8 is an exported ONNX Q/DQ precision; measured on onnxruntime/openvino/tensorrt"
         if backend == "torch-triton":
             if not cuda:
                 return "needs a CUDA GPU (the Triton CPU interpreter is for correctness tests only)"

@@ -30,8 +30,6 @@ from semask_deploy.errors import ConfigError, ExportError, require
 
 #: the package suffix (``Segmenter`` picks the AOTInductor backend from it)
 SUFFIX = ".pt2"
-#: dynamic H/W range of the compiled graph (inputs outside it are rejected by the package)
-MIN_HW, MAX_HW = 32, 4096
 
 
 @dataclass
@@ -189,7 +187,12 @@ def load_package(path: str | Path, device: str | None = None) -> Any:
     Raises:
         ExportError: the package cannot be loaded (another torch version, a GPU package on a CPU, …).
     """
+    import zipfile
+
     torch = require("torch", "dev")
+    if not zipfile.is_zipfile(path):  # torch would say "outdated pt2 file" about any non-archive
+        raise ExportError(f"{path} is not an AOTInductor package (not a zip archive: corrupt, truncated or another "
+                          "kind of file); re-export it with semask-export --fmt aoti")
     try:
         if device is None:
             return torch._inductor.aoti_load_package(str(path))
@@ -245,13 +248,17 @@ def verify_aoti(path: str | Path, model: Any, images: list[Any], *, device: str 
     return {"ok": ok, "cases": cases, "tolerance": {"min_label_agreement": 0.999}}
 
 
-def package_metadata(model: Any, with_logits: bool) -> dict[str, str]:
+def package_metadata(model: Any, with_logits: bool, static_hw: tuple[int, int] | None = None,
+                     static_batch: int | None = None) -> dict[str, str]:
     """String metadata stored inside the package (``AOTIModelPackageLoader::get_metadata()`` in C++), so an
-    app needs no sidecar for the pre/post-processing: test scale, normalisation, classes, outputs."""
+    app needs no sidecar for the pre/post-processing: test scale, normalisation, classes, outputs, and the fixed
+    input size / batch of a static package ("" when dynamic), which the package itself does not check."""
     from semask_deploy.config import IMAGENET_MEAN, IMAGENET_STD
 
     cfg = model.config
     return {
+        "semask.static_hw": ",".join(str(int(v)) for v in static_hw) if static_hw else "",
+        "semask.static_batch": str(int(static_batch)) if static_batch else "",
         "semask.test_scale": ",".join(str(int(v)) for v in cfg.test_scale),
         "semask.mean": ",".join(repr(float(v)) for v in IMAGENET_MEAN),
         "semask.std": ",".join(repr(float(v)) for v in IMAGENET_STD),
@@ -307,7 +314,7 @@ def run_aoti_export(o: Any) -> Any:
         staged = work / pkg.name
         info = export_aoti(model, staged, with_logits=o.with_logits, static_hw=shapes.static_hw,
                            static_batch=shapes.static_batch, device=o.device, progress=steps.info,
-                           metadata=package_metadata(model, o.with_logits))
+                           metadata=package_metadata(model, o.with_logits, shapes.static_hw, shapes.static_batch))
         steps.info(f"done: export {info.seconds_export:.0f} s, compile {info.seconds_compile:.0f} s "
                    f"({time.perf_counter() - t:.0f} s)")
         verification = None
@@ -330,7 +337,8 @@ def run_aoti_export(o: Any) -> Any:
             dynamic=info.dynamic, profiles=[], preprocess=False, opset=None, source=source,
             extra={"verification": verification,
                    "aoti": {"device": info.device, "inductor_configs": info.inductor_configs,
-                            "package_metadata": package_metadata(model, o.with_logits),
+                            "package_metadata": package_metadata(model, o.with_logits, shapes.static_hw,
+                                                                 shapes.static_batch),
                             "loader": "torch._inductor.aoti_load_package / torch::inductor::AOTIModelPackageLoader; "
                                       "needs the torch version it was compiled with"},
                    "export": {"seconds": None, "seconds_trace": info.seconds_export,

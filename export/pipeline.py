@@ -195,6 +195,13 @@ def check_options(o: ExportOptions) -> None:
         raise ConfigError(f"--int8-calibration must be one of {', '.join(CALIBRATIONS)}, got {o.int8_calibration!r}")
     if o.int8_activations not in ("s8", "u8"):
         raise ConfigError(f"--int8-activations must be s8 or u8, got {o.int8_activations!r}")
+    defaults = ExportOptions()
+    int8_only = [flag for flag, name in (("--calib-count", "calib_count"), ("--int8-calibration", "int8_calibration"),
+                                         ("--int8-activations", "int8_activations"))
+                 if getattr(o, name) != getattr(defaults, name)]
+    if o.precision != "int8" and int8_only:  # otherwise minutes of export, then an fp32/fp16 model without a word
+        raise ConfigError(f"{', '.join(int8_only)} only apply to --precision int8 (this export is {o.precision}): add "
+                          "--precision int8 or drop them")
     if o.precision == "int8" and o.int8_activations == "u8" and o.fmt != "onnx":
         raise ConfigError("TensorRT needs symmetric int8 activations: use --int8-activations s8 with --fmt trt/all")
     if o.name is not None and not _NAME_RE.match(o.name):

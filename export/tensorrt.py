@@ -46,8 +46,8 @@ __all__ = ["PRECISIONS", "build_engine", "choose_build_mode", "gpu_compute_capab
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "fp16", "int8")
-_NO_TRT_HINT = ("Without a GPU you can still check the ONNX offline: "
-                "semask_deploy.export.trt_check.check_onnx_for_tensorrt().")
+_NO_TRT_HINT = ("Without a GPU you can still check the ONNX offline: semask-export --check-trt model.onnx "
+                "(semask_deploy.export.trt_check.check_onnx_for_tensorrt() in Python).")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -418,7 +418,7 @@ def build_engine(
         errors = [_parser_error_text(parser.get_error(i)) for i in range(parser.num_errors)] or logger.messages[-5:]
         raise ExportError(
             f"TensorRT {version}'s ONNX parser rejected {onnx_path}:\n  - " + "\n  - ".join(errors)
-            + "\n(check_onnx_for_tensorrt() gives an offline report of unsupported ops and dtypes)"
+            + "\n(semask-export --check-trt gives an offline report of unsupported ops and dtypes)"
         )
 
     config = builder.create_builder_config()

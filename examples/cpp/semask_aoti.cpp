@@ -16,6 +16,7 @@
 #include <c10/core/InferenceMode.h>
 
 #include <chrono>
+#include <fstream>
 #include <iostream>
 #include <sstream>
 #include <string>
@@ -79,6 +80,7 @@ std::string metaValue(std::unordered_map<std::string, std::string> const& meta, 
 
 int run(Options opt) {
     c10::InferenceMode guard;
+    if (!std::ifstream(opt.package).good()) throw std::runtime_error("cannot open the package " + opt.package);
     torch::inductor::AOTIModelPackageLoader loader(opt.package);
     auto const meta = loader.get_metadata();
     std::string const device = opt.device.empty() ? metaValue(meta, "AOTI_DEVICE_KEY", "cpu") : opt.device;
@@ -92,6 +94,21 @@ int run(Options opt) {
     semask::Image const original = semask::readPpm(opt.image);
     int runW = original.width, runH = original.height;
     if (opt.resize) std::tie(runW, runH) = semask::keepRatioSize(original.width, original.height, opt.longEdge, opt.shortEdge);
+    // a static package (semask-export --static HxW) does not check its input: another size would be read out
+    // of bounds, so refuse it here
+    std::string const fixed = metaValue(meta, "semask.static_hw", "");
+    if (!fixed.empty()) {
+        int fixedH = 0, fixedW = 0;
+        char comma = 0;
+        std::istringstream in(fixed);
+        if (!(in >> fixedH >> comma >> fixedW) || comma != ',')
+            throw std::runtime_error("bad semask.static_hw in the package metadata");
+        if (fixedH != runH || fixedW != runW)
+            throw std::runtime_error("the package was compiled for " + std::to_string(fixedH) + "x" +
+                                     std::to_string(fixedW) + " inputs (semask-export --static), but this image runs at " +
+                                     std::to_string(runH) + "x" + std::to_string(runW) +
+                                     ": export a dynamic package (no --static) for images of other sizes");
+    }
     semask::Image const img = semask::resizeLinearCv(original, runW, runH);
     std::vector<float> chw = semask::normalizeChw(img);
     at::Tensor input = at::from_blob(chw.data(), {1, 3, runH, runW}, at::kFloat).to(c10::Device(device));
@@ -132,6 +149,9 @@ int run(Options opt) {
 int main(int argc, char** argv) {
     try {
         return run(parseArgs(argc, argv));
+    } catch (c10::Error const& e) {  // LibTorch's errors carry a C++ stack trace: print the message only
+        std::cerr << "error: " << e.what_without_backtrace() << "\n";
+        return 1;
     } catch (std::exception const& e) {
         std::cerr << "error: " << e.what() << "\n";
         return 1;

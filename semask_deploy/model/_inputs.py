@@ -37,8 +37,12 @@ def check_image_batch(x: object, weight_dtype: torch.dtype, attention_backend: s
                           f"x.to({weight_dtype}) (or convert the model)")
     if not is_tracing() and min(x.shape[0], x.shape[2], x.shape[3]) < 1:
         raise ConfigError(f"expected N, H, W >= 1, got an empty batch of shape {tuple(x.shape)}")
-    if attention_backend == "triton" and not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ConfigError(
-            "attention_backend='triton' needs a CUDA device (or TRITON_INTERPRET=1 for the slow CPU "
-            "interpreter); use 'sdpa' on the CPU"
-        )
+    if attention_backend == "triton" and not x.is_cuda:
+        from ..kernels._triton import interpret_env  # (no triton import: only the environment is read)
+
+        if not interpret_env():
+            chosen = " (chosen by the environment variable SEMASK_ATTN)" if os.environ.get("SEMASK_ATTN") else ""
+            raise ConfigError(
+                f"attention_backend='triton'{chosen} needs a CUDA device (or TRITON_INTERPRET=1 for the slow CPU "
+                "interpreter); use 'sdpa' on the CPU"
+            )

@@ -44,7 +44,10 @@ class SeMaskSegmentor(nn.Module):
     def set_attention_backend(self, name: str) -> "SeMaskSegmentor":
         """Select ``eager`` | ``sdpa`` | ``triton`` for every window and semantic attention."""
         if name not in ATTENTION_BACKENDS:
-            raise ConfigError(f"attention backend must be one of {', '.join(ATTENTION_BACKENDS)}, got {name!r}")
+            env = os.environ.get("SEMASK_ATTN")
+            where = " (the environment variable SEMASK_ATTN)" if env and name == env else ""
+            raise ConfigError(f"attention backend must be one of {', '.join(ATTENTION_BACKENDS)}, got {name!r}"
+                              f"{where}")
         if name == "triton":
             _check_triton_installed()
         for m in self.modules():

@@ -62,6 +62,14 @@ class AotiBackend:
     def _run(self, x: np.ndarray) -> list[torch.Tensor]:
         if x.ndim != 4 or x.shape[1] != 3:
             raise ConfigError(f"expected a normalised float32 batch (N, 3, H, W), got {x.shape}")
+        # a static package does not check its input (AOTInductor's own checks are off by default): another size
+        # would be read out of bounds or in part, another batch silently cut
+        if self.input_hw is not None and tuple(x.shape[2:]) != tuple(self.input_hw):
+            raise ConfigError(f"{self.path.name} was exported for {self.input_hw[0]}x{self.input_hw[1]} inputs "
+                              f"(--static), got {x.shape[2]}x{x.shape[3]}: resize to it or re-export without --static")
+        if self.input_batch is not None and x.shape[0] != self.input_batch:
+            raise ConfigError(f"{self.path.name} was exported for batches of {self.input_batch} (--batch), got "
+                              f"{x.shape[0]}: re-export without --batch for any batch size")
         t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
         try:
             with torch.inference_mode():

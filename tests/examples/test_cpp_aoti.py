@@ -62,6 +62,7 @@ def test_aoti_cpp_app_matches_semask_infer(tmp_path, monkeypatch):
     assert package.is_file() and sidecar.is_file()
     meta = __import__("json").loads(sidecar.read_text())
     assert meta["kind"] == "aoti" and meta["verification"]["ok"]
+    assert meta["aoti"]["package_metadata"]["semask.static_hw"] == f"{run_h},{run_w}"
     assert [o["name"] for o in meta["outputs"]] == ["labels", "logits"]
     assert meta["inputs"][0]["shape"] == [1, 3, run_h, run_w]
 
@@ -72,12 +73,28 @@ def test_aoti_cpp_app_matches_semask_infer(tmp_path, monkeypatch):
     ppm = write_ppm(tmp_path / "scene.ppm", rgb)
     out = run([str(tmp_path / "build" / "semask_aoti"), str(package), str(ppm), str(tmp_path / "labels.pgm")])
     got = read_pgm(tmp_path / "labels.pgm")
+    # an image of another run size: the static package would read out of bounds, the app refuses it
+    tall = write_ppm(tmp_path / "tall.ppm", np.ascontiguousarray(cv2.resize(rgb, (100, 300))))
+    proc = subprocess.run([str(tmp_path / "build" / "semask_aoti"), str(package), str(tall), str(tmp_path / "t.pgm")],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1 and "was compiled for" in proc.stderr and not (tmp_path / "t.pgm").exists()
+    missing = subprocess.run([str(tmp_path / "build" / "semask_aoti"), str(tmp_path / "none.pt2"), str(ppm),
+                              str(tmp_path / "t.pgm")], capture_output=True, text=True, timeout=600)
+    assert missing.returncode == 1 and missing.stderr.strip().splitlines() == [
+        f"error: cannot open the package {tmp_path / 'none.pt2'}"]
     agreement = float((got == expected).mean())
     print(f"C++ app vs semask-infer --demo: {agreement * 100:.4f} % equal pixels\n{out}", file=sys.stderr)
     # The same package from Python through Segmenter: identical logits, and the header's resize + argmax
     # reproduces resize_argmax bit for bit (tests/examples/test_cpp_pipeline.py) -> identical labels.
-    from_python = Segmenter(package).predict(rgb)
+    seg = Segmenter(package)
+    from_python = seg.predict(rgb)
     np.testing.assert_array_equal(got, from_python)
+    # the static package does not check its input itself: the backend refuses another size or batch
+    from semask_deploy.errors import ConfigError
+
+    for shape in ((1, 3, run_h + 8, run_w), (2, 3, run_h, run_w)):
+        with pytest.raises(ConfigError, match="was exported for"):
+            seg.backend.labels(np.zeros(shape, np.float32))
     # vs the PyTorch model: the compiled kernels' logits differ by ~1e-6, which can move an argmax only where two
     # classes tie to that precision (0 pixels when measured; the bound allows a handful of the 76 800)
     assert agreement >= 0.9999, agreement

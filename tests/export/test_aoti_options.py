@@ -58,3 +58,21 @@ def test_segmenter_pt2_without_file(tmp_path):
 
     with pytest.raises(RuntimeBackendError, match="not found"):
         Segmenter(tmp_path / "missing_aoti.pt2")
+
+
+def test_a_file_that_is_not_a_package_says_so(tmp_path):
+    """torch would call any non-archive an "outdated pt2 file" and we would blame the torch version."""
+    import json
+
+    from semask_deploy.runtime import Segmenter
+
+    bad = tmp_path / "m_aoti.pt2"
+    bad.write_bytes(b"not a zip archive" * 10)
+    (tmp_path / "m_aoti.json").write_text(json.dumps({
+        "format": "semask-deploy", "format_version": 2, "kind": "aoti", "precision": "fp32", "num_classes": 2,
+        "classes": ["a", "b"], "palette": [[0, 0, 0], [1, 1, 1]], "test_scale": [64, 64], "crop_size": [64, 64],
+        "inputs": [{"name": "image", "shape": ["N", 3, "H", "W"], "dtype": "float32"}],
+        "outputs": [{"name": "labels", "shape": ["N", "H", "W"], "dtype": "int32"}],
+        "dynamic": {"N": True, "H": True, "W": True}, "aoti": {"device": "cpu"}}))
+    with pytest.raises(RuntimeBackendError, match="not an AOTInductor package"):
+        Segmenter(bad)

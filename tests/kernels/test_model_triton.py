@@ -35,3 +35,11 @@ def test_triton_backend_needs_cuda_or_interpreter(tiny_ckpt, monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(ConfigError, match="needs a CUDA device"):
         model(torch.zeros(1, 3, 32, 32))
+    monkeypatch.setenv("TRITON_INTERPRET", "false")
+    monkeypatch.setenv("SEMASK_ATTN", "triton")  # the error names where the choice came from
+    with pytest.raises(ConfigError, match=r"triton' \(chosen by the environment variable SEMASK_ATTN\) needs"):
+        model(torch.zeros(1, 3, 32, 32))
+    from semask_deploy.model._inputs import check_image_batch
+
+    monkeypatch.setenv("TRITON_INTERPRET", "true")  # Triton's own spellings of "on" are accepted
+    check_image_batch(torch.zeros(1, 3, 32, 32), torch.float32, "triton")
