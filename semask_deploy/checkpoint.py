@@ -105,15 +105,67 @@ def _read_safetensors(path: Path) -> CheckpointData:
     return CheckpointData(sd, meta, path)
 
 
+# what a detectron2 ``.pkl`` checkpoint (``{"model": {key: numpy array}, "__author__": …}``) needs to unpickle
+_NUMPY_PICKLE_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict"),
+    ("_codecs", "encode"),  # protocol 2 writes bytes (the arrays' data) as codecs.encode(text, "latin1")
+}
+
+
+class _NumpyOnlyUnpickler:
+    """A pickle reader that builds numpy arrays, dicts and plain values and refuses every other global.
+
+    detectron2 writes its ``.pkl`` checkpoints with :mod:`pickle` (numpy weights), which ``torch.load``'s
+    weights-only reader cannot read; this reads them without running code from the file.
+    """
+
+    @staticmethod
+    def load(path: Path) -> Any:
+        import pickle
+
+        import numpy as np
+
+        class Restricted(pickle.Unpickler):
+            def find_class(self, module: str, name: str) -> Any:
+                if (module, name) not in _NUMPY_PICKLE_GLOBALS:
+                    raise pickle.UnpicklingError(f"Unsupported global: {module}.{name}")
+                if name == "OrderedDict":
+                    return OrderedDict
+                if module == "_codecs":
+                    import codecs
+
+                    return codecs.encode
+                if name in ("ndarray", "dtype"):
+                    return getattr(np, name)
+                core = getattr(np, "_core", None) or np.core
+                return getattr(core.multiarray, name)
+
+        with path.open("rb") as f:
+            return Restricted(f, encoding="latin1").load()
+
+
 def _read_pickle(path: Path) -> CheckpointData:
     is_zip = zipfile.is_zipfile(path)
     try:
-        with torch.serialization.safe_globals(_safe_globals()):
+        with torch.serialization.safe_globals(_safe_globals()), warnings.catch_warnings():
+            # (a plain pickle of protocol > 2, e.g. a detectron2 .pkl, makes torch warn before it fails)
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types; every one means "cannot use this file"
+        if not is_zip and _starts_as_pickle(path):  # a plain pickle: a detectron2 .pkl of numpy arrays?
+            try:
+                return _unwrap(_NumpyOnlyUnpickler.load(path), path)
+            except CheckpointError:
+                raise
+            except Exception as plain_exc:  # noqa: BLE001 - report it as torch's failure below
+                if "Unsupported global" in str(plain_exc):
+                    exc = plain_exc
         msg = str(exc)
         unsafe = re.search(r"(?:Unsupported global:|unsupported GLOBAL|Unsupported operand) ?([\w.]+)", msg)
-        if "Weights only load failed" in msg and (unsafe or "GLOBAL" in msg) and (is_zip or _starts_as_pickle(path)):
+        if ("Weights only load failed" in msg or "Unsupported global" in msg) and (unsafe or "GLOBAL" in msg) and (
+                is_zip or _starts_as_pickle(path)):
             what = unsafe.group(1) if unsafe else "an unsupported global"
             raise CheckpointError(
                 f"refusing to load {path}: it needs to run pickled code ({what}) to load, "
@@ -160,7 +212,11 @@ def _unwrap(obj: Any, path: Path | None) -> CheckpointData:
         meta = dict(obj.get("meta") or {})
     else:
         sd = obj
-    tensors = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+    import numpy as np
+
+    # detectron2 .pkl checkpoints (and some conversions) hold numpy arrays: the same weights
+    tensors = {k: torch.from_numpy(np.array(v)) if isinstance(v, np.ndarray) else v for k, v in sd.items()}
+    tensors = {k: v for k, v in tensors.items() if isinstance(v, torch.Tensor)}
     if not tensors:
         raise CheckpointError(f"{path} contains no tensors: it is not a model checkpoint")
     if len(tensors) != len(sd):

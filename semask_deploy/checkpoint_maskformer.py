@@ -111,7 +111,10 @@ def infer_maskformer_config(sd: Mapping[str, torch.Tensor], meta: Mapping[str, A
             window_size=window, sem_window_size=official_sem_window(window, num_classes),
             sem_modes=official_sem_modes(arch, pixel_decoder, num_classes), num_classes=num_classes,
             conv_dim=conv_dim, mask_dim=mask_dim, enc_layers=enc_layers, enc_heads=enc_heads, enc_ffn=enc_ffn,
-            hidden_dim=hidden, dec_layers=dec_layers, dec_heads=8, dec_ffn=dec_ffn, num_queries=num_queries,
+            # one MASK_FORMER.NHEADS sets both the MSDeformAttn encoder's and the decoder's heads (the decoder's
+            # own weights do not show it); without that encoder the official 8
+            hidden_dim=hidden, dec_layers=dec_layers, dec_heads=enc_heads if enc_layers else 8, dec_ffn=dec_ffn,
+            num_queries=num_queries,
             mlp_ratio=hidden_mlp / embed, patch_size=patch, dataset=dataset, min_size_test=min_size,
             max_size_test=max_size, name=f"semask_{arch}{kind}_{dataset}",
         )

@@ -67,6 +67,25 @@ def test_saved_pth_is_official_layout(tiny_ckpt, tmp_path):
     assert not list(tmp_path.glob(".*tmp*")), "temp files left behind"
 
 
+@pytest.mark.parametrize("protocol", [2, pickle.DEFAULT_PROTOCOL])
+def test_detectron2_pkl_of_numpy_arrays(golden_tiny, tmp_path, protocol):
+    """detectron2 writes {"model": {key: numpy array}, "__author__": …} with pickle: read without running code."""
+    sd = read_checkpoint(golden_tiny.write_mmseg_checkpoint(tmp_path / "m.pth")).state_dict
+    path = tmp_path / "model_final.pkl"
+    path.write_bytes(pickle.dumps({"model": {k: v.numpy() for k, v in sd.items()}, "__author__": "someone",
+                                   "matching_heuristics": True}, protocol=protocol))
+    got = read_checkpoint(path).state_dict
+    assert set(got) == set(sd) and all(torch.equal(got[k], sd[k]) and got[k].dtype == sd[k].dtype for k in sd)
+    torch.save({"model": {k: v.numpy() for k, v in sd.items()}}, tmp_path / "np.pth")  # numpy inside torch.save
+    from_numpy = read_checkpoint(tmp_path / "np.pth").state_dict
+    assert all(torch.equal(from_numpy[k], sd[k]) for k in sd)
+    marker = tmp_path / "pwned"
+    path.write_bytes(pickle.dumps({"model": {"a": _Evil(str(marker))}}, protocol=protocol))
+    with pytest.raises(CheckpointError, match=r"refusing to load .*\(posix.system\)"):
+        read_checkpoint(path)
+    assert not marker.exists()
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
         read_checkpoint(tmp_path / "nope.pth")

@@ -37,6 +37,9 @@ def check_image_batch(x: object, weight_dtype: torch.dtype, attention_backend: s
                           f"x.to({weight_dtype}) (or convert the model)")
     if not is_tracing() and min(x.shape[0], x.shape[2], x.shape[3]) < 1:
         raise ConfigError(f"expected N, H, W >= 1, got an empty batch of shape {tuple(x.shape)}")
+    if not is_tracing() and not bool(torch.isfinite(x).all()):  # NaN scores, or an index error deep in MSDeformAttn
+        raise ConfigError("the image batch holds NaN or infinite values: check how it was made (normalised pixels "
+                          "are finite)")
     if attention_backend == "triton" and not x.is_cuda:
         from ..kernels._triton import interpret_env  # (no triton import: only the environment is read)
 

@@ -37,8 +37,9 @@ def network_size(h: int, w: int, test_scale: Sequence[int] | None, exact: Sequen
         short, cap = float(shortest_edge[0]), float(shortest_edge[1])
         f = short / min(h, w)
         nh, nw = (short, f * w) if h < w else (f * h, short)
-        if max(nh, nw) > cap:
-            nh, nw = nh * cap / max(nh, nw), nw * cap / max(nh, nw)
+        if max(nh, nw) > cap:  # detectron2's order of operations: the same float rounding, the same sizes
+            scale = cap / max(nh, nw)
+            nh, nw = nh * scale, nw * scale
         return max(1, int(nh + 0.5)), max(1, int(nw + 0.5))  # a 1×N strip stays one pixel high
     if test_scale is None:
         return int(h), int(w)

@@ -137,3 +137,22 @@ def test_build_save_load_roundtrip(arch, pixdec, tmp_path):
         assert back.config == cfg
         with torch.no_grad():
             assert torch.equal(back(x), y)
+
+
+def test_a_detectron2_file_of_another_head_count_loads_its_heads(tmp_path):
+    """MASK_FORMER.NHEADS sets the MSDeformAttn encoder's and the decoder's heads: a bare detectron2 file (no
+    semask metadata) of NHEADS=4 must not come back with the decoder at the default 8."""
+    import semask_deploy as sdp
+
+    cfg = sdp.MaskFormerConfig(
+        arch="mask2former", pixel_decoder="msdeform", embed_dim=32, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8),
+        window_size=7, sem_window_size=7, sem_modes=("window",) * 4, num_classes=19, conv_dim=32, mask_dim=32,
+        enc_layers=1, enc_heads=4, hidden_dim=32, dec_layers=3, dec_heads=4, dec_ffn=64, num_queries=5,
+    )
+    model = sdp.build_model(cfg, attention_backend="eager").eval()
+    torch.save({"model": model.state_dict()}, tmp_path / "heads4.pth")
+    back = load_model(tmp_path / "heads4.pth", attention_backend="eager")
+    assert (back.config.enc_heads, back.config.dec_heads) == (4, 4)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(back(x), model(x))

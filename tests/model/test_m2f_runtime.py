@@ -97,6 +97,8 @@ def test_cli_error_on_fpn_confusion(tmp_path, capsys):
     (torch.zeros(0, 3, 32, 32), "empty batch"),
     (torch.zeros(1, 3, 0, 0), "empty batch"),
     (torch.zeros(1, 4, 32, 32), "(N, 3, H, W)"),
+    (torch.full((1, 3, 40, 40), float("nan")), "NaN or infinite"),  # was an index error in MSDeformAttn
+    (torch.zeros(1, 3, 32, 32).index_fill_(3, torch.tensor([5]), float("inf")), "NaN or infinite"),
 ])
 def test_bad_inputs_to_the_models_say_what_to_pass(small_ckpt, bad, needle):
     """Both families (SeMask-FPN and Mask2Former), forward and predict: a ConfigError, not a deep torch error."""

@@ -98,6 +98,18 @@ def test_bucketer_merges_concurrent_callers_of_equal_network_size():
         np.testing.assert_array_equal(results[i], seg.predict(img))
 
 
+def test_network_size_is_the_shortest_edge_rule_at_every_size():
+    """Every H, W up to 1500 (the cap matters at aspect ratios > 4, where a reordered float product rounded
+    29×1024 to 73×2560 instead of detectron2's 72×2560)."""
+    from semask_deploy.data.transforms import shortest_edge_size
+
+    for rule in ((640, 2560), (1024, 2048)):
+        bad = [(h, w) for h in range(1, 1500, 7) for w in range(1, 1500)
+               if network_size(h, w, None, shortest_edge=rule) != shortest_edge_size(h, w, *rule)]
+        assert not bad, bad[:5]
+    assert network_size(29, 1024, None, shortest_edge=(640, 2560)) == (72, 2560)
+
+
 @pytest.mark.parametrize("hw", [(45, 70), (70, 45), (100, 1000), (96, 96), (300, 200), (1, 800), (800, 1)])
 def test_preprocess_shortest_edge_equals_runtime_rule(hw):
     """The Triton pre-processing of the mask-classification models = the runtime's ResizeShortestEdge."""
