@@ -69,7 +69,12 @@ _TYPE_PARAM_OVERRIDES: dict[str, tuple[str, ...]] = {
     "If": ("V",),
     "Loop": ("V",),
     "Scan": ("V",),
+    "Identity": ("V",),  # (T before opset 16)
 }
+# Reduce ops whose ``axes`` (an input from opset 18; ReduceSum from 13) the parser needs as a constant
+_REDUCE_OPS = ("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+               "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare")
+_TOPK_MAX_K = 3840
 # Ops the ONNX parser implements with a plugin from libnvinfer_plugin (registered by init_libnvinfer_plugins).
 _PLUGIN_OPS = {"DeformConv": "ModulatedDeformConv2d"}
 _RESIZE_COORD_MODES = {"half_pixel", "pytorch_half_pixel", "tf_half_pixel_for_nn", "asymmetric", "align_corners"}
@@ -209,6 +214,7 @@ class _Walker:
         self.opset = next((o.version for o in model.opset_import if o.domain in _STANDARD_DOMAINS), None)
         self.functions = {(f.domain, f.name) for f in model.functions}
         self.producers: dict[str, Any] = {}  # tensor name -> node that makes it (all graphs walked so far)
+        self.ranks: dict[str, int] = {}  # tensor name -> rank, where shape inference knows it
 
     # ---- type and constant lookup -------------------------------------------------------------
     def _scope_of(self, graph: Any, parent: Mapping[str, Any] | None) -> tuple[ChainMap, ChainMap]:
@@ -217,6 +223,8 @@ class _Walker:
         for vi in list(graph.input) + list(graph.value_info) + list(graph.output):
             if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
                 types[vi.name] = vi.type.tensor_type.elem_type
+                if vi.type.tensor_type.HasField("shape"):
+                    self.ranks[vi.name] = len(vi.type.tensor_type.shape.dim)
         for init in graph.initializer:
             types[init.name] = init.data_type
             consts[init.name] = init
@@ -428,7 +436,14 @@ class _Walker:
                 self.col.bad(op, "antialiasing is not supported", label)
             if s("keep_aspect_ratio_policy", "stretch") != "stretch":
                 self.col.bad(op, "keep_aspect_ratio_policy other than 'stretch' is not supported", label)
+            axes = [int(a) for a in attrs.get("axes", [])]
+            rank = self.ranks.get(node.input[0])
+            if len(node.input) > 2 and node.input[2] and axes and (
+                    axes != list(range(len(axes))) or (rank is not None and len(axes) != rank)):
+                self.col.bad(op, f"axes {axes} with a scales input: axes must be 0, 1, …, rank − 1", label)
         elif op == "GridSample":  # IGridSampleLayer: linear/nearest/cubic, fill(zeros)/clamp(border)/reflect
+            if self.ranks.get(node.input[0], 4) != 4:
+                self.col.bad(op, f"input of rank {self.ranks[node.input[0]]}: only 4-D (N, C, H, W) is supported", label)
             if s("mode", "bilinear") not in ("bilinear", "linear", "nearest", "bicubic", "cubic"):
                 self.col.bad(op, f"mode '{s('mode', '')}' is not supported", label)
             if s("padding_mode", "zeros") not in ("zeros", "border", "reflection"):
@@ -443,8 +458,18 @@ class _Walker:
                 self.col.bad(op, "only 2D or 3D pooling is supported", label)
             if op == "MaxPool" and used(1):
                 self.col.bad(op, "the Indices output is not supported", label)
-        elif op == "TopK" and int(attrs.get("sorted", 1)) != 1:
-            self.col.bad(op, "sorted must be 1", label)
+        elif op == "TopK":
+            if int(attrs.get("sorted", 1)) != 1:
+                self.col.bad(op, "sorted must be 1", label)
+            k = self._const_array(consts, node.input[1]) if len(node.input) > 1 else None
+            if k is not None and k.size == 1 and int(k.reshape(-1)[0]) >= _TOPK_MAX_K:
+                self.col.bad(op, f"K = {int(k.reshape(-1)[0])}: K must be less than {_TOPK_MAX_K}", label)
+        elif op in _REDUCE_OPS or op == "CumSum":
+            index = 1
+            if len(node.input) > index and node.input[index] and self._const_array(consts, node.input[index]) is None:
+                what = "axis" if op == "CumSum" else "axes"
+                self.col.bad(op, f"`{what}` is computed in the graph: the parser needs it as a constant (an "
+                             "initializer)", label)
         elif op == "ScatterND" and s("reduction", "none") != "none":
             self.col.bad(op, "reduction other than 'none' is not supported", label)
         elif op == "Constant" and any(k in attrs for k in ("sparse_value", "value_string", "value_strings")):

@@ -271,6 +271,42 @@ def test_attribute_restrictions():
     assert any("first output" in r for r in _reasons(report, "LayerNormalization"))
 
 
+def test_constant_inputs_ranks_and_limits_the_parser_needs():
+    """The table's notes: Reduce axes / CumSum axis constants, TopK K < 3840, 4-D GridSample, Resize axes iota
+    with scales; and Identity's data type (its type parameter is V from opset 16)."""
+    x = _vi("x", TensorProto.FLOAT, [1, 4, 8, 8])
+    inits = [numpy_helper.from_array(np.array([1], np.int64), "ax"), numpy_helper.from_array(np.array([5000], np.int64), "k"),
+             numpy_helper.from_array(np.array([3], np.int64), "k3"),
+             numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "sc"),
+             numpy_helper.from_array(np.zeros((1, 2, 2, 2, 3), np.float32), "grid5")]
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Slice", ["shape", "ax", "k3"], ["dyn_axes"]),  # axes computed in the graph
+        helper.make_node("ReduceSum", ["x", "dyn_axes"], ["rs"], name="rs_dyn"),
+        helper.make_node("ReduceSum", ["x", "ax"], ["rs_ok"], name="rs_const"),
+        helper.make_node("CumSum", ["x", "dyn_axes"], ["cs"], name="cs_dyn"),
+        helper.make_node("TopK", ["x", "k"], ["tv", "ti"], name="topk_big"),
+        helper.make_node("TopK", ["x", "k3"], ["tv3", "ti3"], name="topk_ok"),
+        helper.make_node("Resize", ["x", "", "sc"], ["rz"], name="rz_axes", mode="linear", axes=[3, 2]),
+        helper.make_node("Unsqueeze", ["x", "ax"], ["x5"]),
+        helper.make_node("GridSample", ["x5", "grid5"], ["gs"], name="gs5"),
+        helper.make_node("Cast", ["x"], ["u16"], to=TensorProto.UINT16),
+        helper.make_node("Identity", ["u16"], ["u16_id"], name="id_u16"),
+    ]
+    outs = [_vi(n, TensorProto.FLOAT, None) for n in ("rs", "rs_ok", "cs", "tv", "tv3", "rz", "gs")]
+    report = check_onnx_for_tensorrt(_model(nodes, [x], outs + [_vi("u16_id", TensorProto.UINT16, None)], inits,
+                                            opset=20))
+    where = {name: reason for _, reason, names in report.unsupported for name in names}
+    flagged = " | ".join(f"{k}: {v}" for k, v in where.items())
+    assert any("rs_dyn" in k and "constant" in v for k, v in where.items()), flagged
+    assert any("cs_dyn" in k and "`axis`" in v for k, v in where.items()), flagged
+    assert any("topk_big" in k and "3840" in v for k, v in where.items()), flagged
+    assert any("rz_axes" in k and "axes" in v for k, v in where.items()), flagged
+    assert any("gs5" in k and "4-D" in v for k, v in where.items()), flagged
+    assert any("id_u16" in k and "UINT16" in v for k, v in where.items()), flagged
+    assert not any(k.endswith(("rs_const", "topk_ok")) or "rs_const" in k or "topk_ok" in k for k in where), flagged
+
+
 def test_subgraphs_and_functions_walked():
     then_g = helper.make_graph([helper.make_node("Hardmax", ["x"], ["t"], name="in_then")], "then", [],
                                [_vi("t", TensorProto.FLOAT, [2])])
