@@ -1,24 +1,42 @@
 """semask-deploy: SeMask semantic segmentation from checkpoint to fast, verified deployment.
 
-``import semask_deploy`` needs only torch/numpy: ONNX Runtime, TensorRT and Triton load lazily.
+``import semask_deploy`` needs only torch/numpy: ONNX Runtime, TensorRT and Triton load lazily. The names below
+are imported on first use (PEP 562), so the command-line tools start, answer ``--help`` and take Ctrl-C before
+torch is loaded.
 """
 
 from __future__ import annotations
 
-from .api import build_model, load_model
-from .config import VARIANTS, SeMaskConfig
-from .errors import SemaskError
-from .maskformer_config import MaskFormerConfig
-from .model import MaskFormerSegmentor, SeMaskSegmentor
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["MaskFormerConfig", "MaskFormerSegmentor", "SeMaskConfig", "SeMaskSegmentor", "SemaskError", "Segmenter", "VARIANTS", "build_model", "load_model"]
+# public name -> (module, attribute)
+_LAZY = {
+    "build_model": (".api", "build_model"),
+    "load_model": (".api", "load_model"),
+    "VARIANTS": (".config", "VARIANTS"),
+    "SeMaskConfig": (".config", "SeMaskConfig"),
+    "SemaskError": (".errors", "SemaskError"),
+    "MaskFormerConfig": (".maskformer_config", "MaskFormerConfig"),
+    "MaskFormerSegmentor": (".model", "MaskFormerSegmentor"),
+    "SeMaskSegmentor": (".model", "SeMaskSegmentor"),
+    "Segmenter": (".runtime", "Segmenter"),  # the runtime pulls in optional backends lazily
+}
+
+__all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str):
-    if name == "Segmenter":  # the runtime pulls in optional backends lazily
-        from .runtime import Segmenter
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
 
-        return Segmenter
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module, __name__), attr)
+        globals()[name] = value  # the next access is a plain attribute
+        return value
     raise AttributeError(f"module 'semask_deploy' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

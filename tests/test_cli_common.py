@@ -115,3 +115,22 @@ def test_an_error_in_a_data_loader_worker_is_one_line(capsys):
     assert main_wrapper(run, OneLineParser(prog="x"), []) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: label map x.png has class 7, the data has 4 classes"]
+
+
+def test_ctrl_c_while_torch_loads_is_a_clean_interruption(tmp_path):
+    """The tools load torch inside the Ctrl-C handling (``import semask_deploy`` is lazy): an early Ctrl-C is
+    ``error: interrupted`` (130), not a traceback from inside ``import torch``."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    exe = Path(sys.executable).parent / "semask-eval"
+    proc = subprocess.Popen([str(exe), "--demo", "--dataset", "synthetic", "--out", str(tmp_path / "r.json")],
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    time.sleep(1.0)  # loading torch and the model: several seconds on this machine
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == "error: interrupted"
