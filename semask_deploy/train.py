@@ -2,8 +2,8 @@
 
 The official recipe (mmseg SeMask-FPN): loss = CE(seg) + 0.4·CE(semantic) at the label size, ignore 255
 (OHEM — the 100 000 highest-loss pixels per image — where the official config has it: COCO-Stuff, and ADE20K
-with Large); stochastic depth 0.3 (linear over the Swin blocks) for the official architectures; AdamW (betas 0.9/0.999, weight decay except norms, relative position tables and gamma);
-poly lr (power 1, min 0) after a linear warm-up of ``min(1500, iters // 10)`` iterations from
+with Large); stochastic depth 0.3 (linear over the Swin blocks) for the official architectures; AdamW (betas
+0.9/0.999, weight decay except norms, relative position tables and gamma); poly lr (power 1, min 0) after a linear warm-up of ``min(1500, iters // 10)`` iterations from
 ``1e-6·lr``; mmseg's augmentation (random keep-ratio rescale 0.5–2.0 of the image scale, crop with
 cat_max_ratio 0.75, flip, photometric distortion, pad labels with 255).
 
@@ -23,7 +23,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -187,8 +187,6 @@ def _with_saved_options(opts: TrainOptions, saved: dict[str, Any]) -> tuple[Trai
     Returns:
         The options and those taken from the saved run (name → value), for the log.
     """
-    from dataclasses import replace
-
     defaults = TrainOptions()
     kw: dict[str, Any] = {}
     for name in _RESUMED_OPTIONS:
@@ -301,8 +299,6 @@ def _train(opts: TrainOptions, info: tdist.DistInfo, stop_after: int | None, t_w
     ohem = official_ohem(variant, opts.data) if opts.ohem is None else opts.ohem
     official_arch = variant in ("tiny", "small", "base", "large", "checkpoint")
     drop_rate = (OFFICIAL_DROP_PATH if official_arch else 0.0) if opts.drop_path is None else opts.drop_path
-    from dataclasses import replace
-
     # the run's options as resolved, saved with every checkpoint: a resumed run continues with them
     resolved = replace(opts, iters=iters, lr=lr, batch_size=batch, crop=tuple(crop), warmup=warmup,
                        eval_every=eval_every, save_every=save_every, ohem=ohem, drop_path=drop_rate,

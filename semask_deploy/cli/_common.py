@@ -18,26 +18,26 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
-def parse_hw(text: str, what: str = "size") -> tuple[int, int]:
-    """``"512x1024"`` → (512, 1024); ``"512"`` → (512, 512)."""
+def parse_hw(text: str, what: str = "size", form: str = "HxW", example: str = "512x512") -> tuple[int, int]:
+    """``"512x1024"`` → (512, 1024); ``"512"`` → (512, 512). ``form``/``example`` name the pair in errors."""
     parts = text.lower().replace("×", "x").split("x")
     try:
         values = [int(p) for p in parts]
     except ValueError:
-        raise ConfigError(f"{what} must look like HxW (e.g. 512x512), got {text!r}") from None
+        raise ConfigError(f"{what} must look like {form} (e.g. {example}), got {text!r}") from None
     if len(values) == 1:
         values = values * 2
     if len(values) != 2 or min(values) <= 0:
-        raise ConfigError(f"{what} must be two positive integers HxW, got {text!r}")
+        raise ConfigError(f"{what} must be two positive integers {form}, got {text!r}")
     return values[0], values[1]
 
 
-def hw_type(what: str) -> Callable[[str], tuple[int, int]]:
+def hw_type(what: str, form: str = "HxW", example: str = "512x512") -> Callable[[str], tuple[int, int]]:
     """An argparse ``type=`` that turns ConfigError into a usage error."""
 
     def convert(text: str) -> tuple[int, int]:
         try:
-            return parse_hw(text, what)
+            return parse_hw(text, what, form, example)
         except ConfigError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
 

@@ -77,7 +77,7 @@ def _scale(text: str | None) -> Any:
     if text.lower() == "none":
         return "none"
     try:
-        return hw_type("--scale")(text)
+        return hw_type("--scale", "LONGxSHORT", "2048x512")(text)
     except argparse.ArgumentTypeError as exc:
         raise ConfigError(str(exc)) from None
 

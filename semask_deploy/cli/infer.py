@@ -43,7 +43,7 @@ def _scale(text: str) -> tuple[int, int] | str:
     """argparse type of ``--scale``: ``LONGxSHORT`` or ``none``."""
     if text.lower() == "none":
         return "none"
-    return hw_type("--scale")(text)
+    return hw_type("--scale", "LONGxSHORT", "2048x512")(text)
 
 
 def _check_output_names(images: list[Path], out: Path, overlay: bool) -> None:
