@@ -3,7 +3,8 @@
 The official recipe (mmseg SeMask-FPN): loss = CE(seg) + 0.4·CE(semantic) at the label size, ignore 255
 (OHEM — the 100 000 highest-loss pixels per image — where the official config has it: COCO-Stuff, and ADE20K
 with Large); stochastic depth 0.3 (linear over the Swin blocks) for the official architectures; AdamW (betas
-0.9/0.999, weight decay except norms, relative position tables and gamma); poly lr (power 1, min 0) after a linear warm-up of ``min(1500, iters // 10)`` iterations from
+0.9/0.999, weight decay except parameters named ``*norm*`` and the relative position tables, as the official
+``custom_keys``); poly lr (power 1, min 0) after a linear warm-up of ``min(1500, iters // 10)`` iterations from
 ``1e-6·lr``; mmseg's augmentation (random keep-ratio rescale 0.5–2.0 of the image scale, crop with
 cat_max_ratio 0.75, flip, photometric distortion, pad labels with 255).
 

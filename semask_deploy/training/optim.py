@@ -8,31 +8,30 @@ from typing import Any
 import torch
 from torch import nn
 
-NO_DECAY_SUFFIXES = ("relative_position_bias_table", "absolute_pos_embed", ".gamma")
+# the official paramwise_cfg custom_keys (decay_mult 0): mmcv gives no weight decay to every parameter whose name
+# CONTAINS one of them
+NO_DECAY_KEYS = ("absolute_pos_embed", "relative_position_bias_table", "norm")
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Two AdamW groups: decayed weights, and the parameters that get no weight decay.
+    """Two AdamW groups: decayed parameters, and those that get no weight decay — as the official configs' mmcv
+    ``paramwise_cfg=dict(custom_keys={'absolute_pos_embed', 'relative_position_bias_table', 'norm': decay_mult
+    0})``, which matches substrings of the official parameter names (ours are the same).
 
-    No decay: every LayerNorm / BatchNorm (incl. SyncBatchNorm) weight and bias, the relative
-    position bias tables, and the semantic attention ``gamma``s. Everything else (Linear/Conv weights
-    and biases) decays.
+    No decay: every backbone LayerNorm (``norm1``, ``norm2``, ``patch_embed.norm``, ``downsample.norm``, the
+    semantic layers' ``norm1``, the outputs' ``norm0..3``) and the relative position bias tables. Everything
+    else decays: Linear/Conv weights and biases, the semantic attention ``gamma``s and the decode head's
+    BatchNorm (``bn``), whose names contain none of the keys.
 
     Returns:
         ``[{"params", "weight_decay", "names"}, ...]`` (``names`` is informational; pop it before
         passing the groups to an optimizer if it complains).
     """
-    norm_types = (nn.LayerNorm, nn.modules.batchnorm._BatchNorm, nn.GroupNorm)
-    no_decay: set[str] = set()
-    for mname, module in model.named_modules():
-        if isinstance(module, norm_types):
-            for pname, _ in module.named_parameters(recurse=False):
-                no_decay.add(f"{mname}.{pname}" if mname else pname)
     decay_p, decay_n, free_p, free_n = [], [], [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if name in no_decay or name.endswith(NO_DECAY_SUFFIXES):
+        if any(key in name for key in NO_DECAY_KEYS):
             free_p.append(p)
             free_n.append(name)
         else:
