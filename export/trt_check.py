@@ -69,7 +69,7 @@ _TYPE_PARAM_OVERRIDES: dict[str, tuple[str, ...]] = {
     "If": ("V",),
     "Loop": ("V",),
     "Scan": ("V",),
-    "Identity": ("V",),  # (T before opset 16)
+    "Identity": ("V", "T"),  # (T before opset 14)
 }
 # Reduce ops whose ``axes`` (an input from opset 18; ReduceSum from 13) the parser needs as a constant
 _REDUCE_OPS = ("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",

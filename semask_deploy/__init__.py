@@ -28,13 +28,16 @@ __all__ = sorted(_LAZY)
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
+    import importlib
+    import importlib.util
 
+    if name in _LAZY:
         module, attr = _LAZY[name]
         value = getattr(importlib.import_module(module, __name__), attr)
         globals()[name] = value  # the next access is a plain attribute
         return value
+    if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        return importlib.import_module(f".{name}", __name__)  # a submodule (semask_deploy.api, .config, …)
     raise AttributeError(f"module 'semask_deploy' has no attribute {name!r}")
 
 

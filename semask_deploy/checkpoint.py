@@ -109,6 +109,7 @@ def _read_safetensors(path: Path) -> CheckpointData:
 _NUMPY_PICKLE_GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
     ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),  # protocol 5 arrays
     ("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict"),
     ("_codecs", "encode"),  # protocol 2 writes bytes (the arrays' data) as codecs.encode(text, "latin1")
 }
@@ -140,7 +141,7 @@ class _NumpyOnlyUnpickler:
                 if name in ("ndarray", "dtype"):
                     return getattr(np, name)
                 core = getattr(np, "_core", None) or np.core
-                return getattr(core.multiarray, name)
+                return getattr(core.numeric if name == "_frombuffer" else core.multiarray, name)
 
         with path.open("rb") as f:
             return Restricted(f, encoding="latin1").load()
@@ -156,12 +157,14 @@ def _read_pickle(path: Path) -> CheckpointData:
     except Exception as exc:  # torch raises several types; every one means "cannot use this file"
         if not is_zip and _starts_as_pickle(path):  # a plain pickle: a detectron2 .pkl of numpy arrays?
             try:
-                return _unwrap(_NumpyOnlyUnpickler.load(path), path)
-            except CheckpointError:
-                raise
+                plain = _NumpyOnlyUnpickler.load(path)
             except Exception as plain_exc:  # noqa: BLE001 - report it as torch's failure below
+                plain = None
                 if "Unsupported global" in str(plain_exc):
                     exc = plain_exc
+            # (a legacy torch.save file is a plain pickle too, but its first object is a magic number: not ours)
+            if isinstance(plain, Mapping):
+                return _unwrap(plain, path)
         msg = str(exc)
         unsafe = re.search(r"(?:Unsupported global:|unsupported GLOBAL|Unsupported operand) ?([\w.]+)", msg)
         if ("Weights only load failed" in msg or "Unsupported global" in msg) and (unsafe or "GLOBAL" in msg) and (
@@ -215,12 +218,12 @@ def _unwrap(obj: Any, path: Path | None) -> CheckpointData:
     import numpy as np
 
     # detectron2 .pkl checkpoints (and some conversions) hold numpy arrays: the same weights
-    tensors = {k: torch.from_numpy(np.array(v)) if isinstance(v, np.ndarray) else v for k, v in sd.items()}
-    tensors = {k: v for k, v in tensors.items() if isinstance(v, torch.Tensor)}
+    converted = {k: torch.from_numpy(np.array(v)) if isinstance(v, np.ndarray) else v for k, v in sd.items()}
+    tensors = {k: v for k, v in converted.items() if isinstance(v, torch.Tensor)}
     if not tensors:
         raise CheckpointError(f"{path} contains no tensors: it is not a model checkpoint")
     if len(tensors) != len(sd):
-        bad = sorted(k for k, v in sd.items() if not isinstance(v, torch.Tensor))[:5]
+        bad = sorted(k for k, v in converted.items() if not isinstance(v, torch.Tensor))[:5]
         raise CheckpointError(f"{path}: state dict entries are not tensors: {bad}")
     if all(k.startswith("module.") for k in tensors):
         tensors = {k[len("module."):]: v for k, v in tensors.items()}

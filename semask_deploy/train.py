@@ -151,9 +151,8 @@ def _check_options(o: TrainOptions) -> None:
         raise ConfigError(f"--workers must be >= 0, got {o.workers}")
     if o.drop_path is not None and not 0 <= o.drop_path < 1:
         raise ConfigError(f"--drop-path must be in [0, 1), got {o.drop_path}")
-    if o.data == "synthetic" and o.data_root is not None:  # it would be ignored: the scenes are made in memory
-        raise ConfigError("--data synthetic makes its own scenes in memory: drop --data-root (or pick the --data "
-                          "layout those files belong to)")
+    if not o.resume:  # (a resumed run's --data comes from its checkpoint: checked once restored)
+        _check_data_root(o)
     if not 0 <= o.seed < 2**32:
         raise ConfigError(f"--seed must be between 0 and 2**32 - 1, got {o.seed}")
     check_output_folder(o.out)
@@ -163,6 +162,12 @@ def _check_options(o: TrainOptions) -> None:
         raise CheckpointError(f"--resume: no checkpoint to resume from ({o.out / 'latest.pth'} does not exist)")
     if not o.resume and (o.out / "latest.pth").is_file():
         raise ConfigError(f"{o.out} already holds a training run (latest.pth); pass --resume or another --out")
+
+
+def _check_data_root(o: TrainOptions) -> None:
+    if o.data == "synthetic" and o.data_root is not None:  # it would be ignored: the scenes are made in memory
+        raise ConfigError("--data synthetic makes its own scenes in memory: drop --data-root (or pick the --data "
+                          "layout those files belong to)")
 
 
 def _load_resume(path: Path) -> dict[str, Any]:
@@ -200,8 +205,13 @@ def _with_saved_options(opts: TrainOptions, saved: dict[str, Any]) -> tuple[Trai
     return replace(opts, **kw), kw
 
 
-def official_ohem(variant: str, data: str) -> bool:
-    """Whether the official config of ``variant`` on ``data`` uses OHEM (COCO-Stuff; ADE20K with Large)."""
+def official_ohem(variant: str, data: str, embed_dim: int | None = None) -> bool:
+    """Whether the official config of ``variant`` on ``data`` uses OHEM (COCO-Stuff; ADE20K with Large).
+
+    ``variant`` ``"checkpoint"`` (an official SeMask checkpoint given to --init) is Large when ``embed_dim`` is 192.
+    """
+    if variant == "checkpoint":
+        variant = "large" if embed_dim == 192 else "tiny"  # (T/S/B: the same rule)
     return variant in ("tiny", "small", "base", "large") and (
         data == "coco-stuff" or (variant == "large" and data == "ade20k"))
 
@@ -257,7 +267,11 @@ def _train(opts: TrainOptions, info: tdist.DistInfo, stop_after: int | None, t_w
     resume_state = _load_resume(out / "latest.pth") if opts.resume else None
     restored: dict[str, Any] = {}
     if resume_state is not None:
-        opts, restored = _with_saved_options(opts, resume_state.get("meta", {}).get("train") or {})
+        saved_train = resume_state.get("meta", {}).get("train") or {}
+        if "drop_path" not in saved_train and opts.drop_path is None:  # a run saved before stochastic depth
+            opts = replace(opts, drop_path=0.0)
+        opts, restored = _with_saved_options(opts, saved_train)
+        _check_data_root(opts)
     init_data = read_checkpoint(opts.init) if opts.init is not None and not opts.resume else None
 
     # -- configuration and data -------------------------------------------------------------------
@@ -297,7 +311,7 @@ def _train(opts: TrainOptions, info: tdist.DistInfo, stop_after: int | None, t_w
     warmup = default_warmup(iters) if opts.warmup is None else opts.warmup
     eval_every = opts.eval_every or max(iters // 10, min(iters, 100))
     save_every = opts.save_every or eval_every
-    ohem = official_ohem(variant, opts.data) if opts.ohem is None else opts.ohem
+    ohem = official_ohem(variant, opts.data, config.embed_dim) if opts.ohem is None else opts.ohem
     official_arch = variant in ("tiny", "small", "base", "large", "checkpoint")
     drop_rate = (OFFICIAL_DROP_PATH if official_arch else 0.0) if opts.drop_path is None else opts.drop_path
     # the run's options as resolved, saved with every checkpoint: a resumed run continues with them

@@ -67,7 +67,7 @@ def test_saved_pth_is_official_layout(tiny_ckpt, tmp_path):
     assert not list(tmp_path.glob(".*tmp*")), "temp files left behind"
 
 
-@pytest.mark.parametrize("protocol", [2, pickle.DEFAULT_PROTOCOL])
+@pytest.mark.parametrize("protocol", [2, 4, 5])
 def test_detectron2_pkl_of_numpy_arrays(golden_tiny, tmp_path, protocol):
     """detectron2 writes {"model": {key: numpy array}, "__author__": …} with pickle: read without running code."""
     sd = read_checkpoint(golden_tiny.write_mmseg_checkpoint(tmp_path / "m.pth")).state_dict
@@ -83,6 +83,20 @@ def test_detectron2_pkl_of_numpy_arrays(golden_tiny, tmp_path, protocol):
     path.write_bytes(pickle.dumps({"model": {"a": _Evil(str(marker))}}, protocol=protocol))
     with pytest.raises(CheckpointError, match=r"refusing to load .*\(posix.system\)"):
         read_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_legacy_torch_save_format_is_still_read_and_judged(golden_tiny, tmp_path):
+    """torch.save(..., _use_new_zipfile_serialization=False) is a plain pickle too (its first object a magic
+    number): it must not be taken for a detectron2 .pkl, neither when fine nor when unsafe."""
+    sd = read_checkpoint(golden_tiny.write_mmseg_checkpoint(tmp_path / "m.pth")).state_dict
+    torch.save({"state_dict": sd}, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
+    assert set(read_checkpoint(tmp_path / "legacy.pth").state_dict) == set(sd)
+    marker = tmp_path / "pwned"
+    torch.save({"state_dict": {"a": torch.zeros(1)}, "meta": _Evil(str(marker))}, tmp_path / "evil.pth",
+               _use_new_zipfile_serialization=False)
+    with pytest.raises(CheckpointError, match=r"refusing to load .*\(posix.system\)"):
+        read_checkpoint(tmp_path / "evil.pth")
     assert not marker.exists()
 
 

@@ -71,3 +71,14 @@ def test_import_does_not_load_heavy_backends():
                           capture_output=True, text=True, cwd=ROOT.parent)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+def test_import_is_lazy_but_every_name_and_submodule_is_there():
+    """``import semask_deploy`` loads no torch (the CLIs answer --help and take Ctrl-C before it loads); the
+    public names and the submodules (``semask_deploy.api`` …) still resolve on first use."""
+    code = ("import sys, semask_deploy as s; assert 'torch' not in sys.modules; "
+            "from semask_deploy import load_model, Segmenter, SeMaskConfig, VARIANTS; "
+            "assert s.api.load_model is load_model and s.config.SeMaskConfig is SeMaskConfig; "
+            "assert sorted(s.__all__) == s.__all__ and all(hasattr(s, n) for n in s.__all__); print('ok')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT.parent)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr

@@ -307,7 +307,8 @@ def test_resume_takes_the_interrupted_runs_options(tmp_path, tiny_json, monkeypa
     assert record["drop_path"] == 0.2 and resume["drop_path"] == 0.2
     assert resume["restored_options"]["data_root"] == str(root.resolve()) and resume["restored_options"]["seed"] == 5
     assert str(root.resolve()) in resume["data"]
-    again = run_train(TrainOptions(out=tmp_path / "part", resume=True, quiet=True))  # already at the end
+    # already at the end; a --data-root given again (the data moved) is not judged against the default --data
+    again = run_train(TrainOptions(out=tmp_path / "part", resume=True, data_root=root, quiet=True))
     assert again.start_iter == again.end_iter == 4
 
 
@@ -343,6 +344,7 @@ def test_drop_path_is_linear_over_blocks_and_only_while_training():
     assert official_ohem("large", "ade20k") and official_ohem("tiny", "coco-stuff")
     assert not official_ohem("tiny", "ade20k") and not official_ohem("base", "cityscapes")
     assert not official_ohem("demo", "coco-stuff")
+    assert official_ohem("checkpoint", "ade20k", 192) and not official_ohem("checkpoint", "ade20k", 128)
 
 
 def test_refuses_to_overwrite_a_run_without_resume(tmp_path, tiny_json):

@@ -96,6 +96,10 @@ int run(Options opt) {
     if (opt.resize) std::tie(runW, runH) = semask::keepRatioSize(original.width, original.height, opt.longEdge, opt.shortEdge);
     // a static package (semask-export --static HxW) does not check its input: another size would be read out
     // of bounds, so refuse it here
+    std::string const batch = metaValue(meta, "semask.static_batch", "");
+    if (!batch.empty() && batch != "1")
+        throw std::runtime_error("the package was compiled for batches of " + batch +
+                                 " (semask-export --batch); this app runs one image: export with --batch 1");
     std::string const fixed = metaValue(meta, "semask.static_hw", "");
     if (!fixed.empty()) {
         int fixedH = 0, fixedW = 0;

@@ -20,7 +20,7 @@ from ..fileio import atomic_path
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (  # the file types OpenCV's imread decodes
     ".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".tif", ".tiff", ".webp", ".gif", ".avif", ".jp2",
-    ".ppm", ".pgm", ".pbm", ".pnm", ".pxm", ".pfm", ".sr", ".ras", ".exr", ".hdr", ".pic",
+    ".ppm", ".pgm", ".pbm", ".pnm", ".pxm", ".pfm", ".sr", ".ras", ".hdr", ".pic",
 )
 
 PathLike = str | os.PathLike
