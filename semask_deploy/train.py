@@ -77,9 +77,13 @@ class TrainOptions:
     threads: int | None = None
     attention: str = "sdpa"
     quiet: bool = False
+    # options the user gave explicitly (the CLI fills it): on --resume these are kept even when they equal
+    # the default, e.g. ``--seed 0`` for a run saved with seed 5; not saved with the run
+    given: frozenset[str] = frozenset()
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
+        d.pop("given")
         return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
 
 
@@ -188,7 +192,7 @@ _RESUMED_OPTIONS = ("variant", "data", "data_root", "num_classes", "iters", "bat
 
 
 def _with_saved_options(opts: TrainOptions, saved: dict[str, Any]) -> tuple[TrainOptions, dict[str, Any]]:
-    """On ``--resume``: every option left at its default takes the interrupted run's value.
+    """On ``--resume``: every option not given again (left at its default) takes the interrupted run's value.
 
     Returns:
         The options and those taken from the saved run (name → value), for the log.
@@ -197,7 +201,7 @@ def _with_saved_options(opts: TrainOptions, saved: dict[str, Any]) -> tuple[Trai
     kw: dict[str, Any] = {}
     for name in _RESUMED_OPTIONS:
         current, v = getattr(opts, name), saved.get(name)
-        if v is None or current != getattr(defaults, name):  # not saved, or given again for this run
+        if v is None or name in opts.given or current != getattr(defaults, name):  # not saved, or given again
             continue
         v = tuple(v) if isinstance(v, list) else Path(v) if name == "data_root" else v
         if v != current:

@@ -226,7 +226,7 @@ def test_errors_one_line_exit_2(models, tmp_path, capsys):
         (["--model", str(models["folder"]), "--dataset", "imagenet", "--data-root", str(root)], "invalid choice"),
         (["--model", str(tmp_path / "x.pth"), "--dataset", "synthetic"], "checkpoint not found"),
         (["--model", str(models["folder"]), "--dataset", "synthetic", "--limit", "0"], "positive"),
-        (["--model", str(models["folder"]), "--dataset", "synthetic", "--scale", "abc"], "HxW"),
+        (["--model", str(models["folder"]), "--dataset", "synthetic", "--scale", "abc"], "LONGxSHORT"),
         (["--model", str(models["ade20k"]), "--dataset", "synthetic", "--out", str(tmp_path)], "is a folder"),
         (["--dataset", "synthetic"], "required"),
         (["--model", str(models["folder"]), "--dataset", "synthetic", "--threads", "-1"], "threads must be"),

@@ -218,3 +218,23 @@ def test_torchrun_command_as_written(tmp_path):
     assert load_model(out / "final.pth").config.name == "semask_demo_synthetic"
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert records[-1]["event"] == "done" and records[-1]["iter"] == 4
+
+
+def test_resume_keeps_an_option_given_again_at_its_default_value():
+    """`--resume --seed 0` after a run with seed 5 trains with seed 0: an explicit value wins even when it
+    equals the default; what is not given comes from the saved run."""
+    from semask_deploy.cli.train import build_parser, given_options, options_from_args
+    from semask_deploy.train import _with_saved_options
+
+    argv = ["--resume", "--out", "runs/x", "--seed", "0", "--no-ohem"]
+    given = given_options(argv)
+    assert {"resume", "out", "seed", "ohem"} == given
+    opts = options_from_args(build_parser().parse_args(argv), given)
+    saved = {"seed": 5, "ohem": True, "lr": 1e-3, "iters": 40}
+    resumed, restored = _with_saved_options(opts, saved)
+    assert resumed.seed == 0 and resumed.ohem is False
+    assert resumed.lr == 1e-3 and resumed.iters == 40 and set(restored) == {"lr", "iters"}
+    # without the CLI's record (library use), a default value still means "not given"
+    plain, _ = _with_saved_options(options_from_args(build_parser().parse_args(argv)), saved)
+    assert plain.seed == 5
+    assert "given" not in opts.to_json()

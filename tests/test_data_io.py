@@ -147,3 +147,32 @@ def test_gif_reads_as_pillow_does(tmp_path):
     Image.fromarray(_rgb(6, 9)).save(tmp_path / "g.gif")
     np.testing.assert_array_equal(read_image_rgb(tmp_path / "g.gif"),
                                   np.asarray(Image.open(tmp_path / "g.gif").convert("RGB")))
+
+
+def test_concurrent_decodes_restore_opencv_log_level(tmp_path):
+    """OpenCV's log level is process-wide: decoding from many threads at once (some of them files OpenCV
+    cannot read) must leave it as it was, not stuck at "silent"."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    log = getattr(getattr(cv2, "utils", None), "logging", None)
+    if log is None:
+        pytest.skip("this OpenCV build has no logging module")
+    write_png(tmp_path / "ok.png", _rgb(256, 256))
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    paths = [tmp_path / ("ok.png" if i % 2 else "bad.png") for i in range(256)]
+
+    def read(p):
+        try:
+            return read_image_rgb(p).shape
+        except ImageError:
+            return None
+
+    before = log.getLogLevel()
+    log.setLogLevel(log.LOG_LEVEL_WARNING)
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            shapes = list(pool.map(read, paths))
+        assert log.getLogLevel() == log.LOG_LEVEL_WARNING
+    finally:
+        log.setLogLevel(before)
+    assert shapes == [None if i % 2 == 0 else (256, 256, 3) for i in range(256)]

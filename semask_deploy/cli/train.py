@@ -84,8 +84,19 @@ def build_parser(prog: str = "semask-train") -> argparse.ArgumentParser:
     return p
 
 
-def options_from_args(args: argparse.Namespace):
-    """The :class:`~semask_deploy.train.TrainOptions` of parsed arguments."""
+def given_options(argv: Sequence[str]) -> frozenset[str]:
+    """The options that ``argv`` sets explicitly (their ``dest`` names), even to their default values.
+
+    A second parse in which no option has a default: only what the command line sets ends up in it.
+    """
+    probe = build_parser()
+    for action in probe._actions:
+        action.default = argparse.SUPPRESS
+    return frozenset(vars(probe.parse_args(list(argv))))
+
+
+def options_from_args(args: argparse.Namespace, given: frozenset[str] = frozenset()):
+    """The :class:`~semask_deploy.train.TrainOptions` of parsed arguments (``given``: see :func:`given_options`)."""
     from ..train import TrainOptions
 
     return TrainOptions(
@@ -94,14 +105,14 @@ def options_from_args(args: argparse.Namespace):
         weight_decay=args.weight_decay, warmup=args.warmup, eval_every=args.eval_every, save_every=args.save_every,
         eval_size=args.eval_size, out=args.out, resume=args.resume, seed=args.seed, workers=args.workers,
         ohem=args.ohem, drop_path=args.drop_path, log_every=args.log_every, gamma_init=args.gamma_init, device=args.device,
-        threads=args.threads, attention=args.attention, quiet=args.quiet,
+        threads=args.threads, attention=args.attention, quiet=args.quiet, given=given,
     )
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, given: frozenset[str]) -> int:
     from ..train import run_train
 
-    result = run_train(options_from_args(args))
+    result = run_train(options_from_args(args, given))
     if not args.quiet and result.final is not None:
         miou = (result.metrics or {}).get("mIoU")
         score = f", held-out mIoU {100 * miou:.2f}" if miou is not None else ""
@@ -111,7 +122,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return main_wrapper(_run, build_parser(), argv)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    # (main_wrapper parses first, so a bad command line is reported before the second parse)
+    return main_wrapper(lambda args: _run(args, given_options(raw)), build_parser(), raw)
 
 
 if __name__ == "__main__":

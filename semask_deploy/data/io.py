@@ -9,6 +9,7 @@ Every file written goes to a temporary name first and is renamed (see :mod:`sema
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -41,18 +42,31 @@ def _read_bytes(path: PathLike, what: str) -> bytes:
     return data
 
 
+_quiet = {"lock": threading.Lock(), "depth": 0, "level": None}  # shared by the threads that decode at once
+
+
 def _imdecode_quietly(data: bytes, flags: int) -> np.ndarray | None:
     """``cv2.imdecode`` with OpenCV's own log lines held back: a decoder that cannot honour ``flags`` prints
-    a ``[ WARN ]`` or ``[ERROR]`` line to stderr before returning None, and the caller reports that case itself."""
+    a ``[ WARN ]`` or ``[ERROR]`` line to stderr before returning None, and the caller reports that case itself.
+
+    OpenCV's log level is process-wide, so concurrent decodes (loader threads, a server) share one "silent"
+    span: the first to enter saves the level, the last to leave restores it, and decoding itself is not
+    serialised."""
     log = getattr(getattr(cv2, "utils", None), "logging", None)
     if log is None:  # an OpenCV build without the logging module
         return cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
-    level = log.getLogLevel()
-    log.setLogLevel(log.LOG_LEVEL_SILENT)
+    with _quiet["lock"]:
+        if _quiet["depth"] == 0:
+            _quiet["level"] = log.getLogLevel()
+            log.setLogLevel(log.LOG_LEVEL_SILENT)
+        _quiet["depth"] += 1
     try:
         return cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
     finally:
-        log.setLogLevel(level)
+        with _quiet["lock"]:
+            _quiet["depth"] -= 1
+            if _quiet["depth"] == 0:
+                log.setLogLevel(_quiet["level"])
 
 
 def _decode(data: bytes, flags: int, path: Path, what: str) -> np.ndarray:
