@@ -185,8 +185,10 @@ def check_options(o: ExportOptions) -> None:
     from semask_deploy.export.onnx import MAX_OPSET, MIN_OPSET
 
     if not MIN_OPSET <= int(o.opset) <= MAX_OPSET:
-        raise ConfigError(f"--opset must be between {MIN_OPSET} and {MAX_OPSET}, got {o.opset} (onnx cannot lower the "
-                          "exporter's Pad ops to 17)")
+        why = ("onnx cannot lower the exporter's Pad ops below 18" if int(o.opset) < MIN_OPSET else
+               "the fp16/int8 passes and the TensorRT check are written for opsets up to 21; at 23 attention becomes "
+               "one Attention op")
+        raise ConfigError(f"--opset must be between {MIN_OPSET} and {MAX_OPSET}, got {o.opset} ({why})")
     if o.calib_count < 1:
         raise ConfigError(f"--calib-count must be at least 1, got {o.calib_count}")
     from semask_deploy.export.int8 import CALIBRATIONS

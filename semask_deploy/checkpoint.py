@@ -176,6 +176,9 @@ def _read_pickle(path: Path) -> CheckpointData:
                 "or .safetensors"
             ) from None
         kind = _ARTIFACT_SUFFIXES.get(path.suffix.lower())
+        if path.suffix.lower() == ".bin" and path.with_suffix(".xml").is_file():
+            raise CheckpointError(f"{path} holds the weights of the OpenVINO IR {path.with_suffix('.xml').name}; "
+                                  f"pass {path.with_suffix('.xml')} (semask-infer --model, Segmenter)") from None
         if kind:
             raise CheckpointError(f"{path} is {kind}, not a PyTorch checkpoint; run it with "
                                   "semask_deploy.Segmenter(path) (or semask-infer --model)") from None

@@ -197,6 +197,11 @@ def test_other_file_kinds_are_not_called_unsafe_pickles(tmp_path):
     (tmp_path / "model.onnx").write_bytes(onnx_like)
     with pytest.raises(CheckpointError, match="is an ONNX file, not a PyTorch checkpoint.*Segmenter"):
         load_model(tmp_path / "model.onnx")
+    # OpenVINO's weights file beside its IR (semask-export --fmt openvino writes both): pointed at the .xml
+    (tmp_path / "m_ov.xml").write_text("<net/>")
+    (tmp_path / "m_ov.bin").write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(CheckpointError, match=r"weights of the OpenVINO IR m_ov.xml; pass .*m_ov.xml"):
+        load_model(tmp_path / "m_ov.bin")
 
 
 def test_a_bare_state_dict_of_a_custom_backbone_warns_what_was_assumed(golden_tiny, tmp_path):

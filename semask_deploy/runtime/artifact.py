@@ -5,6 +5,7 @@ the model facts in its sidecar, its fixed input shape (``--static``, ``--batch``
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,9 +34,11 @@ def apply_sidecar(backend: Any, meta: dict[str, Any]) -> None:
 
 
 def check_graph_matches_sidecar(meta: dict[str, Any], inputs: Sequence[str], outputs: Sequence[str],
-                                logits_classes: Any, name: str) -> None:
+                                logits_classes: Any, name: str, image_input: ImageInput | None = None) -> None:
     """Refuse a model whose graph is not the one its sidecar describes (a copied or edited sidecar, a foreign
-    model): the same input and output names, and the logits' class count (where the graph states it).
+    model): the same input and output names, the logits' class count (where the graph states it) and, given
+    ``image_input``, the image input's element type and which of its axes are fixed to what size — a dynamic
+    graph beside a ``--static`` export's sidecar would otherwise be fed squashed images without a word.
 
     Raises:
         RuntimeBackendError: they differ.
@@ -44,15 +47,58 @@ def check_graph_matches_sidecar(meta: dict[str, Any], inputs: Sequence[str], out
 
     want_in = sorted(t["name"] for t in meta["inputs"])
     want_out = sorted(t["name"] for t in meta["outputs"])
+    redo = "re-export it with semask-export (the sidecar belongs next to the model it was written with)"
     if sorted(inputs) != want_in or sorted(outputs) != want_out:
         raise RuntimeBackendError(
             f"{name} does not match its metadata sidecar: the graph has inputs {sorted(inputs)} and outputs "
-            f"{sorted(outputs)}, the sidecar says {want_in} and {want_out}; re-export it with semask-export "
-            "(the sidecar belongs next to the model it was written with)")
+            f"{sorted(outputs)}, the sidecar says {want_in} and {want_out}; {redo}")
     if isinstance(logits_classes, (int, np.integer)) and int(logits_classes) != int(meta["num_classes"]):
         raise RuntimeBackendError(
             f"{name} outputs logits of {int(logits_classes)} classes but its sidecar says {meta['num_classes']}; "
             "re-export it with semask-export")
+    if image_input is None:
+        return
+    described = next(t for t in meta["inputs"] if t["name"] == image_input.name)
+    if described.get("dtype") is not None and str(described["dtype"]) != image_input.dtype:
+        raise RuntimeBackendError(
+            f"{name} does not match its metadata sidecar: its input {image_input.name!r} is {image_input.dtype}, "
+            f"the sidecar says {described['dtype']}; {redo}")
+    shape = described.get("shape")
+    if shape is None or image_input.shape is None:
+        return
+    fixed = [v if isinstance(v, int) and v >= 0 else None for v in shape]
+    if len(fixed) != len(image_input.shape) or fixed != list(image_input.shape):
+        def show(dims: Sequence[int | None]) -> str:
+            return "(" + ", ".join("?" if d is None else str(d) for d in dims) + ")"
+
+        raise RuntimeBackendError(
+            f"{name} does not match its metadata sidecar: its input {image_input.name!r} has shape "
+            f"{show(image_input.shape)}, the sidecar says {show(fixed)} (? = any size); {redo}")
+
+
+def check_preprocess_flag(meta: dict[str, Any], graph_takes_uint8: bool, name: str) -> None:
+    """Refuse a sidecar whose ``preprocess_in_graph`` contradicts the graph's input type (uint8 = in the graph).
+
+    Raises:
+        RuntimeBackendError: they differ.
+    """
+    from ..errors import RuntimeBackendError
+
+    flag = meta.get("preprocess_in_graph")
+    if flag is not None and bool(flag) != graph_takes_uint8:
+        raise RuntimeBackendError(
+            f"{name} does not match its metadata sidecar: the graph takes {'uint8 pixels' if graph_takes_uint8 else 'a normalised float image'}, "
+            f"the sidecar says preprocess_in_graph={bool(flag)}; re-export it with semask-export")
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """A graph's image input as the runtime reports it: name, numpy dtype name and shape (None per dynamic
+    axis; ``shape=None`` when the rank is unknown)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | None, ...] | None
 
 
 def static_input(meta: dict[str, Any]) -> tuple[int | None, tuple[int, int] | None]:

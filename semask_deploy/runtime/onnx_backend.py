@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, RuntimeBackendError, require
-from .artifact import OUTPUT_SIZE, apply_sidecar, check_graph_matches_sidecar, graph_input, output_size_feed
+from .artifact import (OUTPUT_SIZE, ImageInput, apply_sidecar, check_graph_matches_sidecar, check_preprocess_flag, graph_input,
+                       output_size_feed)
 
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider", "ROCMExecutionProvider",
                  "MIGraphXExecutionProvider", "DmlExecutionProvider")
@@ -102,11 +103,13 @@ class OnnxBackend:
         self.has_output_size = OUTPUT_SIZE in names
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.has_logits = "logits" in self.output_names
-        self.accepts_uint8 = bool(m.get("preprocess_in_graph")) or self.session.get_inputs()[0].type == "tensor(uint8)"
+        image = next(i for i in self.session.get_inputs() if i.name == self.input_name)
+        self.accepts_uint8 = image.type == "tensor(uint8)"
         logits = next((o for o in self.session.get_outputs() if o.name == "logits"), None)
         check_graph_matches_sidecar(m, names, self.output_names,
                                     logits.shape[1] if logits is not None and len(logits.shape) == 4 else None,
-                                    self.path.name)
+                                    self.path.name, _image_input(image))
+        check_preprocess_flag(m, self.accepts_uint8, self.path.name)
         apply_sidecar(self, m)
 
     # -- numpy in, numpy/torch out --------------------------------------------------------------------
@@ -158,3 +161,13 @@ class OnnxBackend:
     def describe(self) -> dict[str, Any]:
         return {"backend": "onnxruntime", "providers": self.providers, "precision": self.precision,
                 "input": self.input_name, "outputs": self.output_names, "output_size_input": self.has_output_size}
+
+
+_ORT_ELEMENT_TYPES = {"tensor(float)": "float32", "tensor(uint8)": "uint8", "tensor(float16)": "float16",
+                      "tensor(double)": "float64", "tensor(int64)": "int64", "tensor(int32)": "int32"}
+
+
+def _image_input(arg: Any) -> ImageInput:
+    """ONNX Runtime's description of the image input (``NodeArg``: dims are ints, or names/None where dynamic)."""
+    shape = tuple(d if isinstance(d, int) else None for d in arg.shape) if arg.shape is not None else None
+    return ImageInput(arg.name, _ORT_ELEMENT_TYPES.get(arg.type, arg.type), shape)

@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, RuntimeBackendError, SemaskError, require
-from .artifact import OUTPUT_SIZE, apply_sidecar, check_graph_matches_sidecar, graph_input, output_size_feed
+from .artifact import (OUTPUT_SIZE, ImageInput, apply_sidecar, check_graph_matches_sidecar, check_preprocess_flag, graph_input,
+                       output_size_feed)
 from .cpu_info import require_native_bf16
 from .signal_stack import keep_signal_stack
 
@@ -286,13 +287,14 @@ class OpenVinoBackend:
         self.has_output_size = OUTPUT_SIZE in names
         first = next(i for i in self.compiled.inputs if i.get_any_name() != OUTPUT_SIZE)
         self.input_name = first.get_any_name()
-        self.accepts_uint8 = bool(m.get("preprocess_in_graph")) or str(first.get_element_type()) in ("u8", "<Type: 'uint8_t'>")
+        self.accepts_uint8 = _element_dtype(first) == "uint8"
         logits = next((o for o in self.compiled.outputs if _output_name(o) == "logits"), None)
         k = None
         if logits is not None and logits.get_partial_shape().rank.is_static and len(logits.get_partial_shape()) == 4:
             dim = logits.get_partial_shape()[1]
             k = dim.get_length() if dim.is_static else None
-        check_graph_matches_sidecar(m, names, self.output_names, k, self.path.name)
+        check_graph_matches_sidecar(m, names, self.output_names, k, self.path.name, _image_input(first))
+        check_preprocess_flag(m, self.accepts_uint8, self.path.name)
         apply_sidecar(self, m)
 
     def _run(self, x: np.ndarray, size: Sequence[int] | None = None) -> dict[str, np.ndarray]:
@@ -351,3 +353,18 @@ class OpenVinoBackend:
         return {"backend": "openvino", "precision": self.precision, "ran": self.ran, "input": self.input_name,
                 "outputs": self.output_names, "output_size_input": self.has_output_size,
                 "static_shapes": self.static_shapes}
+
+
+def _element_dtype(port: Any) -> str:
+    """numpy name of an OpenVINO port's element type (e.g. ``"float32"``, ``"uint8"``)."""
+    try:
+        return np.dtype(port.get_element_type().to_dtype()).name
+    except (AttributeError, TypeError, RuntimeError):
+        return str(port.get_element_type())
+
+
+def _image_input(port: Any) -> ImageInput:
+    """OpenVINO's description of the image input: fixed dims as ints, dynamic ones None."""
+    ps = port.get_partial_shape()
+    shape = (tuple(d.get_length() if d.is_static else None for d in ps) if ps.rank.is_static else None)
+    return ImageInput(port.get_any_name(), _element_dtype(port), shape)

@@ -35,7 +35,13 @@ def _image_hint(image: Any) -> str:
         return ("convert it to RGB first, e.g. cv2.cvtColor(img, cv2.COLOR_GRAY2RGB) or img[..., :3] for RGBA "
                 "(read_image_rgb does this for files)")
     if image.ndim == 3 and image.dtype != np.uint8 and image.shape[2] == 3:
-        return "scale it to 0-255 uint8 first, e.g. (img * 255).round().astype(np.uint8) for floats in [0, 1]"
+        if np.issubdtype(image.dtype, np.floating):
+            return "scale it to 0-255 uint8 first, e.g. (img * 255).round().astype(np.uint8) for floats in [0, 1]"
+        if image.dtype == np.uint16:
+            return "scale 16-bit pixels to 8 bits first, e.g. (img >> 8).astype(np.uint8), as OpenCV reads them"
+        if image.dtype == np.bool_:
+            return "a boolean array is a mask, not an image"
+        return "convert it to uint8 first, e.g. img.astype(np.uint8) for whole numbers in 0-255"
     return "one (H, W, 3) RGB image per call"
 
 
@@ -152,6 +158,9 @@ class Segmenter:
             scale = _size_pair(scale, "scale (long, short)")
         crop = None if crop is None else _size_pair(crop, "crop (h, w)")
         stride = None if stride is None else _size_pair(stride, "stride (h, w)")
+        if mode == "whole" and (crop is not None or stride is not None):
+            raise ConfigError("crop and stride are the windows of slide mode; whole mode runs the whole image "
+                              "(pass mode='slide', --mode slide, or leave them out)")
         if mode == "slide" and crop is not None and stride is not None:
             _check_stride(stride, crop)  # before loading anything (again below against the model's own crop)
         if backend == "openvino" or suffix == ".xml":
@@ -253,6 +262,12 @@ class Segmenter:
         size = (int(image_rgb.shape[0]), int(image_rgb.shape[1]))
         x = self.prepare(image_rgb)
         if self.mode == "slide":
+            if self.input_hw is not None and (x.shape[2] < self.crop[0] or x.shape[3] < self.crop[1]):
+                fixed = "x".join(str(v) for v in self.input_hw)
+                raise ConfigError(
+                    f"{self.path.name} is a static {fixed} export, so its slide windows must be {fixed}, but this "
+                    f"image is {x.shape[2]}x{x.shape[3]} after its test resize (smaller than one window); use "
+                    "whole mode, or an export without --static")
             logits = slide_logits(self._logits, x, self.num_classes, self.crop, self.stride)
             return labels_from_logits(logits, size).astype(np.int64)
         if getattr(self.backend, "has_output_size", False):

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, RuntimeBackendError
-from .artifact import OUTPUT_SIZE, apply_sidecar, graph_input, output_size_feed
+from .artifact import (OUTPUT_SIZE, ImageInput, apply_sidecar, check_graph_matches_sidecar, check_preprocess_flag, graph_input,
+                       output_size_feed)
 
 
 class TensorRTBackend:
@@ -65,7 +66,13 @@ class TensorRTBackend:
         self.has_output_size = OUTPUT_SIZE in self.runner.input_names
         self.output_names = list(self.runner.output_names)
         self.has_logits = "logits" in self.output_names
-        self.accepts_uint8 = bool(m.get("preprocess_in_graph")) or self.runner.dtypes[self.input_name] == np.uint8
+        self.accepts_uint8 = self.runner.dtypes[self.input_name] == np.uint8
+        engine_shape = tuple(int(d) for d in self.runner.engine.get_tensor_shape(self.input_name))
+        check_graph_matches_sidecar(
+            m, list(self.runner.input_names), self.output_names, None, self.path.name,
+            ImageInput(self.input_name, np.dtype(self.runner.dtypes[self.input_name]).name,
+                       tuple(d if d >= 0 else None for d in engine_shape)))  # TensorRT: -1 = dynamic
+        check_preprocess_flag(m, self.accepts_uint8, self.path.name)
         apply_sidecar(self, m)
 
     def logits(self, x: np.ndarray) -> torch.Tensor:

@@ -100,6 +100,29 @@ def test_a_graph_its_sidecar_does_not_describe_is_refused(tmp_path, backend):
         Segmenter(tmp_path / "f.onnx", backend=backend)
 
 
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_a_sidecar_of_another_input_shape_or_type_is_refused(tmp_path, backend):
+    """A dynamic graph beside a --static export's sidecar ran and gave wrong labels (images squashed to the
+    sidecar's size); a static graph beside a dynamic sidecar, or a float graph whose sidecar says uint8 input,
+    failed at the first image with the runtime's own message. All are refused at load, naming the sidecar."""
+    from semask_deploy.errors import RuntimeBackendError
+    from semask_deploy.runtime import Segmenter
+
+    pytest.importorskip(backend)
+    _conv_graph(tmp_path / "m.onnx", 4)  # dynamic N, H, W; float32
+    for change, needle in [
+        ({"inputs": [{"name": "image", "dtype": "float32", "shape": [1, 3, 64, 64]}]},
+         r"has shape \(\?, 3, \?, \?\), the sidecar says \(1, 3, 64, 64\)"),
+        ({"inputs": [{"name": "image", "dtype": "uint8", "shape": ["N", 3, "H", "W"]}]}, "is float32, the sidecar says uint8"),
+        ({"preprocess_in_graph": True}, "preprocess_in_graph=True"),
+    ]:
+        _sidecar(tmp_path / "m.onnx", **change)
+        with pytest.raises(RuntimeBackendError, match=needle):
+            Segmenter(tmp_path / "m.onnx", backend=backend)
+    _sidecar(tmp_path / "m.onnx", preprocess_in_graph=False)
+    assert Segmenter(tmp_path / "m.onnx", backend=backend).input_hw is None
+
+
 def test_graph_input_refuses_pixels_that_were_not_normalised():
     from semask_deploy.errors import ConfigError
     from semask_deploy.runtime.artifact import graph_input
@@ -107,3 +130,70 @@ def test_graph_input_refuses_pixels_that_were_not_normalised():
     with pytest.raises(ConfigError, match="normalised float32 batch"):
         graph_input(np.zeros((1, 3, 4, 4), np.uint8), accepts_uint8=False)
     assert graph_input(np.zeros((1, 3, 4, 4), np.float64), accepts_uint8=False).dtype == np.float32
+
+
+def _static_conv_graph(path, classes: int, hw: tuple[int, int]) -> None:
+    """:func:`_conv_graph` with a fixed (1, 3, H, W) input, as ``--static HxW --batch 1`` writes it."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    h, w = hw
+    weight = numpy_helper.from_array(np.ones((classes, 3, 1, 1), np.float32), "w")
+    nodes = [helper.make_node("Conv", ["image", "w"], ["logits"]),
+             helper.make_node("ArgMax", ["logits"], ["labels64"], axis=1, keepdims=0),
+             helper.make_node("Cast", ["labels64"], ["labels"], to=TensorProto.INT32)]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, h, w])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, classes, h, w]),
+         helper.make_tensor_value_info("labels", TensorProto.INT32, [1, h, w])], [weight])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def test_static_export_in_slide_mode_refuses_an_image_smaller_than_its_window(tmp_path):
+    """Slide windows are clipped to the image (mmseg), so an image smaller than a --static export's one size gave
+    a window the graph cannot take and ONNX Runtime's "Got invalid dimensions"; now a message says what to do."""
+    from semask_deploy.errors import ConfigError
+    from semask_deploy.runtime import Segmenter
+
+    pytest.importorskip("onnxruntime")
+    _static_conv_graph(tmp_path / "s.onnx", 4, (32, 32))
+    _sidecar(tmp_path / "s.onnx", inputs=[{"name": "image", "dtype": "float32", "shape": [1, 3, 32, 32]}])
+    seg = Segmenter(tmp_path / "s.onnx", mode="slide")
+    assert seg.crop == (32, 32)
+    rng = np.random.default_rng(0)
+    assert seg.predict(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).shape == (40, 50)  # ≥ one window
+    with pytest.raises(ConfigError, match=r"static 32x32 export, so its slide windows must be 32x32, but this "
+                                          r"image is 3x64 after its test resize"):
+        seg.predict(rng.integers(0, 256, (8, 200, 3), dtype=np.uint8))
+    assert Segmenter(tmp_path / "s.onnx").predict(rng.integers(0, 256, (8, 200, 3), dtype=np.uint8)).shape == (8, 200)
+
+
+def test_crop_and_stride_without_slide_mode_are_refused(tmp_path):
+    """--crop/--stride in whole mode did nothing, silently."""
+    from semask_deploy.errors import ConfigError
+    from semask_deploy.runtime import Segmenter
+
+    pytest.importorskip("onnxruntime")
+    _conv_graph(tmp_path / "m.onnx", 4)
+    _sidecar(tmp_path / "m.onnx")
+    for kw in ({"crop": (32, 32)}, {"stride": (16, 16)}):
+        with pytest.raises(ConfigError, match="windows of slide mode"):
+            Segmenter(tmp_path / "m.onnx", **kw)
+    assert Segmenter(tmp_path / "m.onnx", mode="slide", crop=(32, 32), stride=(16, 16)).crop == (32, 32)
+
+
+@pytest.mark.parametrize("image,needle", [
+    (np.zeros((4, 4, 3), np.float32), r"\(img \* 255\)"),
+    (np.zeros((4, 4, 3), np.uint16), r"img >> 8"),
+    (np.zeros((4, 4, 3), np.int64), r"img.astype\(np.uint8\) for whole numbers"),
+    (np.zeros((4, 4, 3), bool), "a mask, not an image"),
+])
+def test_predict_says_how_to_convert_each_kind_of_array(tmp_path, image, needle):
+    from semask_deploy.errors import ConfigError
+    from semask_deploy.runtime import Segmenter
+
+    pytest.importorskip("onnxruntime")
+    _conv_graph(tmp_path / "m.onnx", 4)
+    _sidecar(tmp_path / "m.onnx")
+    with pytest.raises(ConfigError, match=needle):
+        Segmenter(tmp_path / "m.onnx").predict(image)
