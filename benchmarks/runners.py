@@ -149,7 +149,7 @@ _EXPORTS: dict[tuple[str, ...], ExportedOnnx] = {}
 
 
 def export_onnx(checkpoint: Path, precision: str, out_dir: Path, *, calib_images: np.ndarray,
-                device: str = "cpu", int8_activations: str = "u8", winograd: bool = False) -> ExportedOnnx:
+                device: str = "cpu", int8_activations: str = "s8", winograd: bool = False) -> ExportedOnnx:
     """Export ``checkpoint`` to an ONNX file of ``precision`` with ``labels`` and ``logits`` outputs.
 
     THE plug point between the benchmark and ``semask_deploy.export``: everything the benchmark needs from
@@ -165,7 +165,8 @@ def export_onnx(checkpoint: Path, precision: str, out_dir: Path, *, calib_images
         out_dir: where to write ``model_<precision>[_<act>].onnx``.
         calib_images: uint8 (M, H, W, 3) RGB calibration images (int8 only).
         device: unused (export runs on the CPU); kept for exporters that trace on the GPU.
-        int8_activations: ``u8`` (fastest in ONNX Runtime on x86) or ``s8`` (TensorRT needs it).
+        int8_activations: ``s8`` (semask-export's default; TensorRT needs it) or ``u8`` (``--int8-activations u8``;
+            measured no faster in ONNX Runtime on x86: README, ``ort_cpu``).
         winograd: (fp32 only) the graph ``semask-export`` writes for ONNX Runtime: the shared fp32 export
             with its 3×3 convs as Winograd (``export.winograd``), written as ``model_fp32_winograd.onnx``.
 
@@ -526,9 +527,9 @@ def make_runner(
                                calib_images=calib_images, device=device, int8_activations="s8")
         return OpenVinoRunner(exported, precision, device, threads=threads)
     if backend in ("onnxruntime", "tensorrt"):
-        act = "u8" if backend == "onnxruntime" and device == "cpu" else "s8"
+        # the graph semask-export writes by default: s8 activations; Winograd convs for ONNX Runtime on the CPU
         exported = export_onnx(checkpoint, precision, workdir, calib_images=calib_images, device=device,
-                               int8_activations=act, winograd=backend == "onnxruntime" and device == "cpu")
+                               int8_activations="s8", winograd=backend == "onnxruntime" and device == "cpu")
         if backend == "onnxruntime":
             return OnnxRuntimeRunner(exported, precision, device, threads=threads)
         return TensorRTRunner(exported, precision, device, workdir / f"model_{precision}.engine", shapes)

@@ -282,12 +282,14 @@ def _run_bench(cfg: BenchConfig) -> BenchResult:
                 bar.set_description(f"{cfg.dataset}: {name}")
                 result.dataset.append(_dataset_row(runner, dataset, k, ds_scale, ref_eval))
     finally:
-        bar.close()
-        for runner in runners.values():
-            runner.close()
-        _free_cuda(cfg.device)
-        if tmp is not None:
-            tmp.cleanup()
+        try:
+            bar.close()
+            for runner in runners.values():
+                runner.close()
+            _free_cuda(cfg.device)
+        finally:  # even when closing a runner fails or a late Ctrl-C lands here: no export left in /tmp
+            if tmp is not None:
+                tmp.cleanup()
     order = {bp: i for i, bp in enumerate(plan)}
     result.cells.sort(key=lambda c: (order.get((c["backend"], c["precision"]), 0), c["height"], c["width"], c["batch"]))
     _speedups(result.cells)

@@ -386,6 +386,7 @@ def clean_graph(proto: Any) -> tuple[Any, str]:
         with _quiet_exporter():  # its "Skipping constant folding for op Split with multiple outputs" warnings
             return optimizer.optimize(proto), "onnxscript.optimizer"
     except Exception as exc:  # noqa: BLE001 - the exporter already optimised once; keep its graph
+        raise_if_interrupted(exc)  # Ctrl-C / SIGTERM that the optimizer turned into another error
         log.warning("onnxscript optimizer failed (%s); keeping the exporter's graph", _first_line(exc))
         return proto, "exporter"
 

@@ -26,7 +26,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -322,19 +322,13 @@ def run_export(o: ExportOptions) -> ExportResult:
         return _run_export(o)
 
 
-@contextlib.contextmanager
-def output_folder(out: Path) -> Iterator[None]:
+def output_folder(out: Path) -> contextlib.AbstractContextManager[None]:
     """On failure (an error, Ctrl-C, SIGTERM), remove ``out`` again if this export created it and left it empty:
     a failed export leaves nothing behind, not even an empty folder (temporary files are cleaned by their own
-    ``finally`` blocks)."""
-    created = not out.exists()
-    try:
-        yield
-    except BaseException:
-        if created:
-            with contextlib.suppress(OSError):  # not empty (e.g. the ONNX of an engine that failed): kept
-                out.rmdir()
-        raise
+    ``finally`` blocks; a folder that holds e.g. the ONNX of an engine that failed is kept)."""
+    from semask_deploy.fileio import folders_removed_on_failure
+
+    return folders_removed_on_failure(out)
 
 
 def _run_export(o: ExportOptions) -> ExportResult:

@@ -374,7 +374,24 @@ def load_state_dict_strict(
     if report:
         raise CheckpointError(f"{where} does not match the {arch} architecture inferred from it: {report}")
     _check_tied(expected, sd, where)
+    _check_relative_position_index(sd, where)
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in sd.items()}, strict=True)
+
+
+def _check_relative_position_index(sd: Mapping[str, torch.Tensor], where: str) -> None:
+    """Swin's ``relative_position_index`` buffers are a fixed function of the window size (every official
+    checkpoint holds exactly that). The eager and sdpa paths read the stored buffer while the Triton kernels
+    compute the index, so a checkpoint with other values would give different answers per backend: refused."""
+    from .model.swin import relative_position_index
+
+    for k, v in sd.items():
+        if not k.endswith("relative_position_index") or v.ndim != 2 or v.shape[0] != v.shape[1]:
+            continue
+        window = round(v.shape[0] ** 0.5)
+        if window * window != v.shape[0] or not torch.equal(v.to(torch.int64).cpu(), relative_position_index(window)):
+            raise CheckpointError(
+                f"{where}: {k} is not Swin's relative position index for a {window}x{window} window (every official "
+                "checkpoint holds that fixed table; this one was altered): restore it from the original checkpoint")
 
 
 def _check_tied(expected: Mapping[str, torch.Tensor], sd: Mapping[str, torch.Tensor], where: str) -> None:

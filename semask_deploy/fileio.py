@@ -132,3 +132,19 @@ def make_work_folder(out: str | os.PathLike, prefix: str, flag: str = "--out") -
         return Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=out))
     except OSError as exc:
         raise ConfigError(f"cannot write in the {flag} folder {out}: {exc.strerror or exc}") from None
+
+
+@contextlib.contextmanager
+def folders_removed_on_failure(*folders: str | os.PathLike) -> Iterator[None]:
+    """On failure (an error, Ctrl-C, SIGTERM), remove each of ``folders`` that did not exist before and is
+    empty after (the deepest first): a failed run leaves nothing behind, not even an empty folder. Folders
+    with files in them are kept (temporary files are cleaned by their own ``finally`` blocks)."""
+    paths = [Path(f) for f in folders]
+    created = [p for p in paths if not p.exists()]
+    try:
+        yield
+    except BaseException:
+        for p in sorted(created, key=lambda q: len(q.absolute().parts), reverse=True):
+            with contextlib.suppress(OSError):  # not empty, or already gone
+                p.rmdir()
+        raise

@@ -167,6 +167,19 @@ def test_missing_unexpected_and_misshaped_keys_are_named(golden_tiny, tmp_path):
     assert "backbone.layers.1.blocks.0.mlp.fc2.bias: expected (192,) float32, got (5,) float32" in msg
 
 
+def test_an_altered_relative_position_index_is_refused(golden_tiny, tmp_path):
+    """eager/sdpa read the stored index, the Triton kernels compute it: an altered one would make the backends
+    disagree (0.26 apart), so it is refused; the official one loads."""
+    sd = golden_tiny.state_dict()
+    key = next(k for k in sd if k.endswith("relative_position_index"))
+    torch.save({"state_dict": sd}, tmp_path / "ok.pth")
+    load_model(tmp_path / "ok.pth")
+    sd[key] = sd[key].flip(1).contiguous()
+    torch.save({"state_dict": sd}, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointError, match=f"{key} is not Swin's relative position index for a 7x7 window"):
+        load_model(tmp_path / "bad.pth")
+
+
 def test_corrupt_safetensors(tmp_path):
     p = tmp_path / "m.safetensors"
     p.write_bytes((100).to_bytes(8, "little") + b'{"a": broken')

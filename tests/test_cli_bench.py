@@ -152,6 +152,25 @@ def test_ctrl_c_inside_a_backend_stops_the_run(ckpt, tmp_path, monkeypatch, rais
     assert not (tmp_path / "o").exists()
 
 
+def test_ctrl_c_with_keep_artifacts_leaves_no_empty_folders(ckpt, tmp_path, monkeypatch):
+    """--keep-artifacts builds into OUT/artifacts/; Ctrl-C before anything was kept there left OUT/ and
+    OUT/artifacts/ behind, empty."""
+    from semask_deploy.cli.bench import run_bench_cli
+
+    real = suite.make_runner
+
+    def interrupted(backend, precision, device, **kw):
+        if backend == "torch-eager":
+            return real(backend, precision, device, **kw)
+        kw["workdir"].mkdir(parents=True, exist_ok=True)  # as the ONNX export does before it writes
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(suite, "make_runner", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_bench_cli(_cfg(ckpt, tmp_path / "o", backends=("onnxruntime",), keep_artifacts=True))
+    assert not (tmp_path / "o").exists()
+
+
 def test_out_under_a_file_is_refused_before_measuring(ckpt, tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -252,7 +271,7 @@ def test_dataset_accuracy_per_backend(ckpt, tmp_path, fake_export):
 
 @pytest.mark.slow
 def test_real_exporter_fp32_fp16_int8(ckpt, tmp_path):
-    """The real semask_deploy.export path: one fp32 export shared by fp16 and int8 (u8 for ORT on the CPU)."""
+    """The real semask_deploy.export path: one fp32 export shared by fp16 and int8 (s8 activations, as semask-export writes by default)."""
     if runners.exporter_missing():
         pytest.skip(runners.exporter_missing())
     res = run_bench(_cfg(ckpt, tmp_path, backends=("onnxruntime",), precisions=("fp32", "fp16", "int8"), runs=2,
@@ -261,12 +280,12 @@ def test_real_exporter_fp32_fp16_int8(ckpt, tmp_path):
     assert {p: c["status"] for p, c in cells.items()} == {"fp32": "ok", "fp16": "ok", "int8": "ok"}, res.cells
     assert cells["fp32"]["max_abs"] < 1e-3 and cells["fp32"]["pixel_agreement"] > 0.999
     assert cells["fp16"]["rel_l2"] < 1e-2 and cells["fp16"]["quant_s"] > 0
-    assert cells["int8"]["build"]["int8"] == "uint8 asymmetric" and cells["int8"]["quant_s"] > 0
+    assert cells["int8"]["build"]["int8"] == "int8 symmetric" and cells["int8"]["quant_s"] > 0
     # fp16 and int8 start from the shared fp32 export; ONNX Runtime fp32 on the CPU runs what semask-export writes for
     # it: that export with its 3×3 convs as Winograd (the pass's time counts as export time)
     assert cells["fp32"]["export_s"] >= cells["fp16"]["export_s"] == cells["int8"]["export_s"] > 0
     assert sorted(p.name for p in (tmp_path / "artifacts").glob("*.onnx")) == [
-        "model_fp16.onnx", "model_fp32.onnx", "model_fp32_winograd.onnx", "model_int8_u8.onnx"]
+        "model_fp16.onnx", "model_fp32.onnx", "model_fp32_winograd.onnx", "model_int8_s8.onnx"]
     import onnx
 
     winograd = onnx.load(str(tmp_path / "artifacts" / "model_fp32_winograd.onnx"))

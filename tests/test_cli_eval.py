@@ -295,3 +295,14 @@ def test_eval_of_a_static_export_reports_its_input_size(models, tmp_path, capsys
     got = json.loads(out.read_text())
     assert got["static_input"] == [64, 96] and got["scale"] is None
     assert "static 64x96 input" in capsys.readouterr().out
+
+
+def test_summary_names_a_reduced_precision():
+    """`semask-eval --precision bf16` on a checkpoint printed a summary that did not say bf16 ran."""
+    from semask_deploy.cli.eval import format_result
+
+    result = {"dataset": "folder", "images": 2, "mode": "whole", "scale": None, "mIoU": 0.5, "aAcc": 0.9,
+              "mAcc": 0.6, "per_class": [], "runtime": {"backend": "torch", "precision": "bf16 (autocast; …)"}}
+    assert format_result(result, per_class=False).splitlines()[-1] == "precision bf16 (autocast; …)"
+    result["runtime"]["precision"] = "fp32"
+    assert "precision" not in format_result(result, per_class=False)

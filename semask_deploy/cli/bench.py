@@ -175,9 +175,13 @@ def run_bench_cli(cfg: BenchConfig, *, plot: bool = True) -> dict[str, Path]:
     """Run the matrix for ``cfg`` and write the report; returns the written files."""
     from ..benchmarks.report import write_report
     from ..benchmarks.suite import run_bench
+    from ..fileio import folders_removed_on_failure
 
-    result = run_bench(cfg)
-    return write_report(result.to_dict(), cfg.out, with_plot=plot)
+    # --keep-artifacts makes OUT/artifacts/ during the run: an interrupted or failed run removes it (and OUT)
+    # again if it created them and they are empty
+    with folders_removed_on_failure(cfg.out, Path(cfg.out) / "artifacts"):
+        result = run_bench(cfg)
+        return write_report(result.to_dict(), cfg.out, with_plot=plot)
 
 
 def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:

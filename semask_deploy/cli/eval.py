@@ -61,8 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "ONNX Runtime; openvino: an .onnx with OpenVINO (pip install 'semask-deploy[openvino]') "
                    "(default: auto)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default=None,
-                   help="OpenVINO float precision (set explicitly; bf16 only on CPUs with avx512_bf16/AMX) "
-                   "(default: fp32)")
+                   help="PyTorch checkpoints: bf16 = autocast, LayerNorm/semantic attention fp32; OpenVINO: the float "
+                   "precision, set explicitly; bf16 needs a CPU with native bf16 (avx512_bf16 or AMX) (default: fp32)")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="CPU threads of the runtime (ONNX Runtime, OpenVINO, PyTorch); 0 = all cores "
                    "(default: the runtime's own choice, all cores)")
@@ -197,6 +197,8 @@ def format_result(result: dict[str, Any], per_class: bool = True) -> str:
         from semask_deploy.runtime.openvino_backend import ran_text
 
         lines.append(f"OpenVINO ran {ran_text(runtime['ran'])}")
+    elif runtime.get("precision") not in (None, "fp32"):
+        lines.append(f"precision {runtime['precision']}")
     return "\n".join(lines)
 
 

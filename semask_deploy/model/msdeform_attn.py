@@ -43,7 +43,7 @@ def ms_deform_attn_core(
     _, lq, _, num_levels, p, _ = sampling_locations.shape
     shapes = [(h, w) for h, w in spatial_shapes] if isinstance(spatial_shapes, list) else spatial_shapes.tolist()
     value_list = value.split([h * w for h, w in shapes], dim=1)
-    grids = 2 * sampling_locations - 1
+    grids = (2 * sampling_locations - 1).to(value.dtype)  # (float32 reference points: a bf16 model's offsets)
     sampled = []
     for lid, (h, w) in enumerate(shapes):
         value_l = value_list[lid].flatten(2).transpose(1, 2).reshape(n * m, d, h, w)

@@ -92,8 +92,11 @@ class MSDeformAttnPixelDecoder(nn.Module):
         """feats = [res2, res3, res4, res5] (N, Cᵢ, Hᵢ, Wᵢ) →
         (mask_features (N, mask_dim, H₂, W₂), [res5-, res4-, res3-level outputs] (N, conv_dim, Hᵢ, Wᵢ))."""
         srcs, poss, shapes = [], [], []
+        # officially ``.float()``: under autocast the encoder runs in fp32; the weights' dtype is that float32,
+        # and a model cast as a whole (``.to(torch.bfloat16)``) keeps working
+        dtype = self.adapter_1.weight.dtype
         for i, x in enumerate(feats[1:][::-1]):
-            src = self.input_proj[i](x.float())
+            src = self.input_proj[i](x.to(dtype))
             h, w = src.shape[2], src.shape[3]  # symbolic while exporting
             pos = sine_position_encoding(h, w, self.conv_dim // 2, src.device, src.dtype, batch=src.shape[0])
             if self.trace is not None:
@@ -112,7 +115,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
             y.transpose(1, 2).reshape(n, -1, h, w)
             for y, (h, w) in zip(src.split([h * w for h, w in shapes], dim=1), shapes)
         ]
-        lateral = self.adapter_1(feats[0].float())
+        lateral = self.adapter_1(feats[0].to(dtype))
         y = lateral + F.interpolate(outs[-1], size=lateral.shape[-2:], mode="bilinear", align_corners=False)
         if self.fapn:
             y = self.align_1(lateral, y)

@@ -133,3 +133,21 @@ def test_triton_backend_matches_golden():
         scores = model(x).cpu()
     out_hw = tuple(int(v) for v in z["out_hw_odd"])
     _close("sem_seg_odd (triton)", postprocess(scores[0], tuple(x.shape[2:]), out_hw), z["sem_seg_odd"])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_a_model_cast_to_another_float_type_runs(dtype, tmp_path):
+    """`.to(torch.bfloat16)` / `.double()` of a whole Mask2Former: the pixel decoder's official `.float()` and the
+    float32 reference points of the eager deformable attention made it fail ("Input type (float) and bias type
+    (c10::BFloat16) should be the same"); now both backends run in the model's dtype."""
+    z = np.load(DATA / "golden_mask2former_msfapn_ade20k_small.npz")
+    sd = {k[3:]: torch.from_numpy(z[k]) for k in z.files if k.startswith("sd/")}
+    torch.save({"model": sd}, tmp_path / "m.pth")
+    x = torch.from_numpy(z["input_odd"])
+    for backend in ("eager", "sdpa"):
+        model = load_model(tmp_path / "m.pth", attention_backend=backend)
+        with torch.inference_mode():
+            ref = model(x)
+            out = model.to(dtype)(x.to(dtype))
+        assert out.dtype == dtype and out.shape == ref.shape and torch.isfinite(out).all()
+        assert (out.float().argmax(1) == ref.argmax(1)).float().mean() > 0.5, backend  # the same model
