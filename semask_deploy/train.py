@@ -175,13 +175,25 @@ def _check_data_root(o: TrainOptions) -> None:
 
 
 def _load_resume(path: Path) -> dict[str, Any]:
+    again = "; start the run again without --resume (another --out), or --init from its final.pth"
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes): it cannot be resumed{again}")
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt files
-        raise CheckpointError(f"cannot read {path} to resume ({str(exc).splitlines()[0][:160]})") from None
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        why = first[:160] if len(first) <= 160 else first[:157] + "…"
+        if not any(c.isalpha() for c in why):  # a bare pickle opcode such as "101": not a torch file at all
+            why = "not a PyTorch checkpoint"
+        raise CheckpointError(f"cannot read {path} to resume ({why}){again}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a training checkpoint{again}")
     for key in ("state_dict", "optimizer", "iteration"):
         if key not in state:
             raise CheckpointError(f"{path} is not a resumable training checkpoint (no {key!r}); use --init instead")
+    if not isinstance(state.get("meta"), dict) or not isinstance(state["meta"].get("semask_config"), dict):
+        raise CheckpointError(f"{path} lacks the model config semask-train saves with it (meta.semask_config): "
+                              f"it was not written by semask-train{again}")
     return state
 
 
@@ -345,7 +357,9 @@ def _train(opts: TrainOptions, info: tdist.DistInfo, stop_after: int | None, t_w
         start = int(resume_state["iteration"])
         if resume_state.get("scheduler"):
             schedule.load_state_dict(resume_state["scheduler"])
-            schedule.max_iters = iters
+        # this run's options (the saved ones unless given again): the loaded states hold the interrupted run's
+        schedule.base_lr, schedule.warmup, schedule.max_iters = lr, warmup, iters
+        optimizer.param_groups[0]["weight_decay"] = opts.weight_decay  # (group 1: the no-decay parameters)
     rngs = (resume_state or {}).get("rng") or []
     if len(rngs) == info.world_size:
         torch.set_rng_state(rngs[info.rank]["torch"])
@@ -378,6 +392,11 @@ def _train(opts: TrainOptions, info: tdist.DistInfo, stop_after: int | None, t_w
         log.say("options of the interrupted run: " + ", ".join(
             f"--{k.replace('_', '-')} {'x'.join(map(str, v)) if isinstance(v, tuple) else v}"
             for k, v in restored.items()))
+    saved_world = (resume_state or {}).get("world_size")
+    if saved_world is not None and int(saved_world) != info.world_size:
+        log.say(f"warning: the interrupted run had {saved_world} process(es), this one {info.world_size}: the global "
+                f"batch is now {batch}x{info.world_size} crops and the data order differs, so this run will not equal "
+                "an uninterrupted one (run it with the same torchrun --nproc-per-node for that)")
     if config.sem_num_classes < config.num_classes:
         log.say(f"the semantic branch has {config.sem_num_classes} classes, the head {config.num_classes} (the "
                 f"official pairing): the semantic loss ignores classes {config.sem_num_classes} and above")
@@ -454,14 +473,17 @@ def _train(opts: TrainOptions, info: tdist.DistInfo, stop_after: int | None, t_w
                        "loss_sem": float(stats[2]), "acc": float(stats[3]), "lr": cur_lr,
                        "sec_per_iter": elapsed / (it - start), "data_sec": t_data, "time": elapsed})
             window.clear()
-        if it % eval_every == 0 or it == iters:
-            run_eval(it)
+        # saved before the evaluation: an error there (a bad held-out label) does not lose these iterations
         if it % save_every == 0 or it == iters or it == end:
             save(it, final=it == iters)
+        if it % eval_every == 0 or it == iters:
+            run_eval(it)
         t_last = time.perf_counter()
     if bar is not None:
         bar.close()
         log.bar = None
+    if it == iters and start >= iters and not (out / "final.pth").is_file():
+        save(it, final=True)  # a run stopped between writing latest.pth and final.pth (or final.pth was removed)
     result.end_iter = it
     result.train_seconds = time.perf_counter() - t_train
     result.wall_seconds = time.perf_counter() - t_wall

@@ -312,6 +312,50 @@ def test_resume_takes_the_interrupted_runs_options(tmp_path, tiny_json, monkeypa
     assert again.start_iter == again.end_iter == 4
 
 
+def test_resume_with_a_new_lr_warmup_and_weight_decay_uses_them(tmp_path, tiny_json):
+    """They were reported as used (banner, saved options) while the loaded scheduler and optimizer states kept
+    the interrupted run's values."""
+    run_train(small_run(tmp_path, tiny_json, "r", save_every=2, warmup=2), stop_after=2)
+    given = frozenset({"lr", "warmup", "weight_decay"})
+    resumed = run_train(small_run(tmp_path, tiny_json, "r", save_every=2, resume=True, lr=1e-5, warmup=0,
+                                  weight_decay=0.5, given=given))
+    assert resumed.end_iter == 4
+    lrs = {r["iter"]: r["lr"] for r in map(json.loads, (tmp_path / "r" / "log.jsonl").read_text().splitlines())
+           if r["event"] == "train"}
+    assert lrs[3] == pytest.approx(1e-5 * (1 - 2 / 4)) and lrs[4] == pytest.approx(1e-5 * (1 - 3 / 4))
+    state = torch.load(tmp_path / "r" / "latest.pth", weights_only=True)
+    assert state["scheduler"]["base_lr"] == 1e-5 and state["scheduler"]["warmup"] == 0
+    assert [g["weight_decay"] for g in state["optimizer"]["param_groups"]] == [0.5, 0.0]
+
+
+def test_resume_of_a_finished_run_without_final_pth_writes_it(tmp_path, tiny_json):
+    """Stopped between latest.pth and final.pth (or final.pth deleted): --resume wrote nothing, for ever."""
+    done = run_train(small_run(tmp_path, tiny_json, "f"))
+    weights = torch.load(done.final, weights_only=True)["state_dict"]
+    done.final.unlink()
+    again = run_train(small_run(tmp_path, tiny_json, "f", resume=True))
+    assert again.start_iter == again.end_iter == 4 and again.final == tmp_path / "f" / "final.pth"
+    restored = torch.load(again.final, weights_only=True)["state_dict"]
+    assert all(torch.equal(weights[k], restored[k]) for k in weights)
+
+
+@pytest.mark.parametrize("content", [b"", b"just some text\n", "tensor", "no-meta"])
+def test_an_unusable_latest_pth_is_one_clear_error(tmp_path, content):
+    from semask_deploy.errors import CheckpointError
+
+    out = tmp_path / "run"
+    out.mkdir()
+    if content == "tensor":
+        torch.save(torch.zeros(3), out / "latest.pth")
+    elif content == "no-meta":
+        torch.save({"state_dict": {}, "optimizer": {}, "iteration": 1}, out / "latest.pth")
+    else:
+        (out / "latest.pth").write_bytes(content)
+    with pytest.raises(CheckpointError, match="latest.pth") as info:
+        run_train(TrainOptions(out=out, resume=True, quiet=True))
+    assert "\n" not in str(info.value) and len(str(info.value)) < 400
+
+
 def test_semantic_loss_ignores_classes_the_semantic_branch_lacks():
     """The official COCO-Stuff configs: 150 semantic classes, 171 head classes and labels up to 170."""
     torch.manual_seed(0)
