@@ -33,8 +33,8 @@ import torch
 from .checkpoint import infer_config, load_state_dict_strict, read_checkpoint, save_checkpoint
 from .config import SeMaskConfig
 from .data.transforms import TrainAugment
-from .errors import CheckpointError, ConfigError, SemaskError, check_cpu_threads
-from .fileio import check_output_folder
+from .errors import CheckpointError, ConfigError, SemaskError, Terminated, check_cpu_threads
+from .fileio import check_output_folder, write_text_atomic
 from .model import SeMaskSegmentor
 from .training import data as tdata
 from .training import dist as tdist
@@ -119,6 +119,24 @@ class _Logger:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
+
+    def drop_after(self, iteration: int) -> int:
+        """On resume: remove the interrupted run's ``train``/``eval`` records past ``iteration`` (the resumed
+        run trains those iterations again, so a loss curve would show them twice). Returns how many."""
+        if not self.enabled or not self.path.is_file():
+            return 0
+        lines = self.path.read_text(encoding="utf-8").splitlines()
+        kept = []
+        for line in lines:
+            try:
+                rec = json.loads(line)
+            except ValueError:  # a line cut short by the interruption
+                continue
+            if not (rec.get("event") in ("train", "eval") and int(rec.get("iter", 0)) > iteration):
+                kept.append(line)
+        if len(kept) != len(lines):
+            write_text_atomic(self.path, "".join(k + "\n" for k in kept))
+        return len(lines) - len(kept)
 
     def say(self, text: str) -> None:
         if self.enabled and not self.quiet:
@@ -312,6 +330,11 @@ def _train(opts: TrainOptions, info: tdist.DistInfo, stop_after: int | None, t_w
         n_synth = base.num_classes if base is not None else DEMO_NUM_CLASSES
     data = tdata.open_train_data(opts.data, opts.data_root, num_classes=n_synth, size=crop, seed=opts.seed,
                                  eval_size=opts.eval_size)
+    if variant == "checkpoint" and base.num_classes != data.num_classes:
+        # fine-tuning a SeMask checkpoint on other classes: its architecture (semantic modes included) with the
+        # data's class count; the class-sized tensors start fresh (training/init.py)
+        base = replace(base, num_classes=data.num_classes, sem_num_classes=data.num_classes, dataset="custom",
+                       name=f"{base.name}_{data.num_classes}cls")
     config = resolve_config(variant if variant in ("demo", "tiny", "small", "base", "large") else "json", base,
                             opts.data, data.num_classes, crop, data.synthetic)
     if resume_state is not None:
@@ -383,6 +406,8 @@ def _train(opts: TrainOptions, info: tdist.DistInfo, stop_after: int | None, t_w
         "restored_options": {k: (str(v) if isinstance(v, Path) else v) for k, v in restored.items()},
         "no_decay_params": len(groups[1]["names"]), "decay_params": len(groups[0]["names"]),
     }
+    if resume_state is not None:
+        start_record["dropped_log_records"] = log.drop_after(start)
     log.event(start_record)
     log.say(f"{'resuming at iteration ' + str(start) if resume_state else 'training'} {config.name}: "
             f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, {iters} iterations × "
@@ -411,6 +436,8 @@ def _train(opts: TrainOptions, info: tdist.DistInfo, stop_after: int | None, t_w
     batches = tdata.TrainBatches(data.train, augment, batch, info, opts.seed, start, end, data.synthetic)
     loader = tdata.batch_loader(batches, opts.workers)
 
+    saved = {"iteration": start if resume_state is not None else 0}  # what latest.pth holds
+
     def save(it_done: int, final: bool) -> None:
         # the loss is checked before each update, so the last update can still blow the weights up (a huge --lr)
         if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
@@ -423,6 +450,7 @@ def _train(opts: TrainOptions, info: tdist.DistInfo, stop_after: int | None, t_w
                      "iteration": it_done, "rng": rng, "world_size": info.world_size}
             result.latest = save_checkpoint(model, out / "latest.pth", meta=meta, extra=extra)
             log.say(f"saved {result.latest} (iteration {it_done})")
+            saved["iteration"] = it_done
             if final:
                 result.final = save_checkpoint(model, out / "final.pth", meta=meta)
                 log.say(f"saved {result.final}")
@@ -448,37 +476,46 @@ def _train(opts: TrainOptions, info: tdist.DistInfo, stop_after: int | None, t_w
     t_data = 0.0
     t_last = time.perf_counter()
     it = start
-    for x, y in loader:
-        t_data += time.perf_counter() - t_last
-        cur_lr = schedule.apply(optimizer, it)
-        x, y = x.to(info.device, non_blocking=True), y.to(info.device, non_blocking=True)
-        seg, sem = net(x)
-        loss, parts = semask_loss(seg, sem, y, sampler=sampler)
-        loss_value = float(loss.detach())
-        if not math.isfinite(loss_value):  # before the update: the saved weights stay those of a finite loss
-            raise SemaskError(f"the loss became {loss_value} at iteration {it}; lower --lr or check the labels")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        window.append(torch.tensor([loss_value, parts["loss_seg"], parts["loss_sem"], parts["acc"]]))
-        it += 1
-        if bar is not None:
-            bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{cur_lr:.2e}", refresh=False)
-            bar.update(1)
-        if it % opts.log_every == 0 or it == end:
-            stats = tdist.all_reduce_sum(info, torch.stack(window).mean(0)) / info.world_size
-            result.losses.update({it - len(window) + k: float(v[0]) for k, v in enumerate(window)})
-            elapsed = time.perf_counter() - t_train
-            log.event({"event": "train", "iter": it, "loss": float(stats[0]), "loss_seg": float(stats[1]),
-                       "loss_sem": float(stats[2]), "acc": float(stats[3]), "lr": cur_lr,
-                       "sec_per_iter": elapsed / (it - start), "data_sec": t_data, "time": elapsed})
-            window.clear()
-        # saved before the evaluation: an error there (a bad held-out label) does not lose these iterations
-        if it % save_every == 0 or it == iters or it == end:
-            save(it, final=it == iters)
-        if it % eval_every == 0 or it == iters:
-            run_eval(it)
-        t_last = time.perf_counter()
+    try:
+        for x, y in loader:
+            t_data += time.perf_counter() - t_last
+            cur_lr = schedule.apply(optimizer, it)
+            x, y = x.to(info.device, non_blocking=True), y.to(info.device, non_blocking=True)
+            seg, sem = net(x)
+            loss, parts = semask_loss(seg, sem, y, sampler=sampler)
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):  # before the update: the saved weights stay those of a finite loss
+                raise SemaskError(f"the loss became {loss_value} at iteration {it}; lower --lr or check the labels")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            window.append(torch.tensor([loss_value, parts["loss_seg"], parts["loss_sem"], parts["acc"]]))
+            it += 1
+            if bar is not None:
+                bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{cur_lr:.2e}", refresh=False)
+                bar.update(1)
+            if it % opts.log_every == 0 or it == end:
+                stats = tdist.all_reduce_sum(info, torch.stack(window).mean(0)) / info.world_size
+                result.losses.update({it - len(window) + k: float(v[0]) for k, v in enumerate(window)})
+                elapsed = time.perf_counter() - t_train
+                log.event({"event": "train", "iter": it, "loss": float(stats[0]), "loss_seg": float(stats[1]),
+                           "loss_sem": float(stats[2]), "acc": float(stats[3]), "lr": cur_lr,
+                           "sec_per_iter": elapsed / (it - start), "data_sec": t_data, "time": elapsed})
+                window.clear()
+            # saved before the evaluation: an error there (a bad held-out label) does not lose these iterations
+            if it % save_every == 0 or it == iters or it == end:
+                save(it, final=it == iters)
+            if it % eval_every == 0 or it == iters:
+                run_eval(it)
+            t_last = time.perf_counter()
+    except BaseException as exc:
+        stopped_at = saved["iteration"]
+        log.event({"event": "interrupted" if isinstance(exc, (KeyboardInterrupt, Terminated)) else "error",
+                   "iter": it, "saved_iter": stopped_at, "error": str(exc)[:300] or type(exc).__name__})
+        if stopped_at > 0 and info.is_main and (out / "latest.pth").is_file():
+            log.say(f"stopped at iteration {it}; {out / 'latest.pth'} holds iteration {stopped_at}: continue with "
+                    f"semask-train --resume --out {out}")
+        raise
     if bar is not None:
         bar.close()
         log.bar = None

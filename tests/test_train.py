@@ -214,10 +214,24 @@ def test_semask_init_is_strict(tmp_path):
     assert report.kind == "semask"
     for k, v in src.state_dict().items():
         assert torch.equal(model.state_dict()[k], v)
-    with pytest.raises(CheckpointError, match="predicts 8 classes but the training data has 9"):
-        init_from_checkpoint(build_model(tiny_config(num_classes=9)), path)
     with pytest.raises(CheckpointError, match="does not match"):  # other shapes: every mis-shaped key named
         init_from_checkpoint(build_model(tiny_config(head_channels=24)), path)
+
+
+def test_semask_init_on_other_classes_starts_the_class_sized_tensors_fresh(tmp_path):
+    """Fine-tuning a checkpoint on other classes (e.g. ADE20K → your own): everything loads but the classifier
+    and the semantic class projections, which keep the scratch init (mmseg's load_from does the same)."""
+    src = build_model(tiny_config())
+    path = save_checkpoint(src, tmp_path / "semask.pth")
+    model = build_model(tiny_config(num_classes=9))
+    fresh_before = {k: v.clone() for k, v in model.state_dict().items()}
+    report = init_from_checkpoint(model, path)
+    assert report.fresh and all(k.startswith("decode_head.conv_seg.") or ".mlp_cls_" in k for k in report.fresh)
+    assert {k for k in report.fresh if k.startswith("decode_head.")} == {"decode_head.conv_seg.weight",
+                                                                         "decode_head.conv_seg.bias"}
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, fresh_before[k] if k in report.fresh else src.state_dict()[k]), k
+    assert "start fresh (decode head, semantic layers)" in report.summary()
 
 
 def test_gamma_init_option():
@@ -326,6 +340,32 @@ def test_resume_with_a_new_lr_warmup_and_weight_decay_uses_them(tmp_path, tiny_j
     state = torch.load(tmp_path / "r" / "latest.pth", weights_only=True)
     assert state["scheduler"]["base_lr"] == 1e-5 and state["scheduler"]["warmup"] == 0
     assert [g["weight_decay"] for g in state["optimizer"]["param_groups"]] == [0.5, 0.0]
+
+
+def test_an_interrupted_run_logs_it_and_the_resume_keeps_one_record_per_iteration(tmp_path, tiny_json, monkeypatch):
+    """Ctrl-C at iteration 4 with latest.pth at 2: the log says so (and where to continue); the resumed run
+    trains 3 and 4 again, and their records from the interrupted run are dropped (a loss curve showed them twice)."""
+    import semask_deploy.train as train_mod
+
+    real, calls = train_mod.semask_loss, {"n": 0}
+
+    def interrupted_at_the_fourth(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(train_mod, "semask_loss", interrupted_at_the_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(small_run(tmp_path, tiny_json, "r", save_every=2, eval_every=100))
+    records = [json.loads(line) for line in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
+    assert records[-1]["event"] == "interrupted" and records[-1]["iter"] == 3 and records[-1]["saved_iter"] == 2
+    monkeypatch.setattr(train_mod, "semask_loss", real)
+    run_train(small_run(tmp_path, tiny_json, "r", save_every=2, eval_every=100, resume=True))
+    records = [json.loads(line) for line in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
+    trained = [r["iter"] for r in records if r["event"] == "train"]
+    assert trained == [1, 2, 3, 4]
+    assert [r for r in records if r["event"] == "resume"][0]["dropped_log_records"] == 1
 
 
 def test_resume_of_a_finished_run_without_final_pth_writes_it(tmp_path, tiny_json):
@@ -453,3 +493,13 @@ def test_run_on_a_folder_dataset_holds_out_the_last_tenth(tmp_path, tiny_json):
     start = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[0])
     assert "9 training / 1 held-out" in start["data"]
     assert load_model(result.final).class_names == tuple((root / "classes.txt").read_text().split("\n")[:8])
+
+
+def test_folder_data_with_train_but_no_val_says_the_layout(tmp_path):
+    from semask_deploy.data import write_synthetic_dataset
+    from semask_deploy.errors import DatasetError
+    from semask_deploy.training.data import open_train_data
+
+    write_synthetic_dataset(tmp_path / "ds" / "train", n=3, size=(32, 32), seed=1, num_classes=8)
+    with pytest.raises(DatasetError, match="has train/ but no val/.*last 10 % are held out"):
+        open_train_data("folder", tmp_path / "ds", num_classes=None, size=(32, 32), seed=0, eval_size=None)

@@ -17,8 +17,9 @@ EPILOG = """examples:
   semask-train --variant tiny --data ade20k --data-root data/ADE --out runs/tiny_ade --resume
   torchrun --standalone --nproc-per-node=2 -m semask_deploy.train --variant demo --data synthetic --out runs/ddp
 
---init takes an official SeMask-FPN checkpoint (loaded strictly; --variant may then be omitted) or a Swin
-ImageNet classification checkpoint (backbone only; semantic layers and head start fresh). Without it the
+--init takes an official SeMask-FPN checkpoint (loaded strictly; --variant may then be omitted; trained on other
+classes than the data's, its classifier and semantic class projections start fresh) or a Swin ImageNet
+classification checkpoint (backbone only; semantic layers and head start fresh). Without it the
 model starts from scratch. Writes OUT/latest.pth (weights + optimizer/schedule/iteration/RNG state, for
 --resume), OUT/final.pth (weights only) in the official mmseg layout, and OUT/log.jsonl.
 """
@@ -40,7 +41,11 @@ def build_parser(prog: str = "semask-train") -> argparse.ArgumentParser:
                    "with --data synthetic)")
     p.add_argument("--data", default="synthetic", choices=("synthetic", "ade20k", "cityscapes", "coco-stuff", "folder"),
                    help="training data (default: synthetic)")
-    p.add_argument("--data-root", type=Path, default=None, help="data-set root folder (all but synthetic)")
+    p.add_argument("--data-root", type=Path, default=None,
+                   help="data-set root folder (all but synthetic). --data folder: either ROOT/train/ and ROOT/val/, "
+                   "or ROOT alone (its last 10 %% of samples, sorted by name, are held out); each with images/, "
+                   "labels/ (PNG, same file stems; class index per pixel, 255 = ignore) and classes.txt (one name "
+                   "per line)")
     p.add_argument("--num-classes", type=int, default=None, help="classes of synthetic data (>= 8; default 10)")
     p.add_argument("--init", type=Path, default=None, help="SeMask or Swin ImageNet checkpoint to start from")
     p.add_argument("--iters", type=int, default=None, help="training iterations (default: 80000; demo 1600)")
@@ -53,7 +58,7 @@ def build_parser(prog: str = "semask-train") -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (default: 0.01)")
     p.add_argument("--warmup", type=int, default=None, help="linear warm-up iterations (default: min(1500, iters/10))")
     p.add_argument("--eval-every", type=int, default=None,
-                   help="evaluate every N iterations (default: iters/10, at least 100)")
+                   help="evaluate every N iterations (default: iters/10, at least 100 or iters if fewer)")
     p.add_argument("--save-every", type=int, default=None, help="write latest.pth every N iterations (default: "
                    "--eval-every)")
     p.add_argument("--eval-size", type=int, default=None,

@@ -136,7 +136,7 @@ class SegDataset:
             vals = np.unique(lab[bad])[:8].tolist()
             raise DatasetError(
                 f"label map {path} has values {vals} outside 0..{self.num_classes - 1} (255 = ignore); "
-                f"check the data-set type (--dataset) or convert the labels to train ids"
+                f"check the data-set type (--dataset / semask-train --data) or convert the labels to train ids"
             )
         return lab
 

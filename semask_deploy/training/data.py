@@ -120,6 +120,11 @@ def open_train_data(
     if not root.is_dir():
         raise DatasetError(f"data set directory not found: {root}")
     if kind == "folder":
+        if (root / "train").is_dir() != (root / "val").is_dir() and not (root / "images").is_dir():
+            have, lack = ("train", "val") if (root / "train").is_dir() else ("val", "train")
+            raise DatasetError(f"{root} has {have}/ but no {lack}/: a folder data set for training is either "
+                               f"{root}/train/ + {root}/val/ (each with images/, labels/, classes.txt), or one "
+                               f"folder with images/, labels/, classes.txt whose last 10 % are held out")
         if (root / "train").is_dir() and (root / "val").is_dir():
             tr_ds, va_ds = FolderDataset(root / "train"), FolderDataset(root / "val")
             if tr_ds.classes != va_ds.classes:

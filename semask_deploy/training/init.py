@@ -7,7 +7,11 @@ ImageNet classification checkpoint.
   (fan_out, ReLU) with BN 1/0 (mmcv ``ConvModule``), ``conv_seg`` ``normal(0, 0.01)``; the semantic
   attention ``gamma`` 0 (the official value; ``gamma_init`` changes it, for training from scratch).
 * **semask** — an official mmseg SeMask-FPN checkpoint (or one of ours): loaded strictly, as
-  :func:`~semask_deploy.api.load_model` does; ``gamma`` comes from the file.
+  :func:`~semask_deploy.api.load_model` does; ``gamma`` comes from the file. Trained on other classes than
+  the data's (fine-tuning e.g. an ADE20K model on your own classes): every tensor is loaded except the
+  class-sized ones — the classifier ``decode_head.conv_seg`` and the semantic layers' class projections
+  ``mlp_cls_q``/``mlp_cls_k`` — which keep the scratch initialisation and are reported (as mmseg's
+  ``load_from`` leaves mis-sized tensors); anything else that does not fit is still an error.
 * **swin** — the official Swin classification layout (``patch_embed.*``, ``layers.{i}.blocks.*``,
   ``layers.{i}.downsample.*``, ``norm.*``, ``head.*``, optionally under ``"model"``) mapped to
   ``backbone.*``. The classifier ``head.*`` and the final ``norm.*`` are dropped, ``attn_mask`` buffers
@@ -149,9 +153,11 @@ def init_from_checkpoint(
     data = data if data is not None else read_checkpoint(path)
     kind = checkpoint_kind(data)
     if kind == "semask":
-        _check_class_counts(model, data.state_dict, path)
-        load_state_dict_strict(model, data.state_dict, where=str(path))
-        return InitReport("semask", str(path), loaded=sorted(data.state_dict))
+        fresh = _class_sized_mismatches(model, data.state_dict)
+        sd = {**data.state_dict, **{k: v for k, v in model.state_dict().items() if k in fresh}}
+        load_state_dict_strict(model, sd, where=str(path))  # (still names every other key that does not fit)
+        return InitReport("semask", str(path), loaded=sorted(k for k in data.state_dict if k not in fresh),
+                          fresh=fresh)
     if kind == "swin":
         official_init(model, gamma_init)
         return load_swin_imagenet(model, data.state_dict, str(path))
@@ -161,17 +167,18 @@ def init_from_checkpoint(
     )
 
 
-def _check_class_counts(model: SeMaskSegmentor, sd: dict[str, torch.Tensor], path: str | Path) -> None:
-    """Say so plainly when the checkpoint's classes are not the training data's (instead of listing every
-    class-sized tensor as mis-shaped)."""
-    seg = sd.get("decode_head.conv_seg.weight")
-    if seg is None or seg.ndim < 1 or int(seg.shape[0]) == model.config.num_classes:
-        return
-    raise CheckpointError(
-        f"--init {path} predicts {int(seg.shape[0])} classes but the training data has "
-        f"{model.config.num_classes}: --init continues training on the same classes (for the synthetic data, "
-        f"--num-classes {int(seg.shape[0])}); to start on other classes, --init from a Swin ImageNet checkpoint"
-    )
+#: the tensors whose first axis is a class count: the classifier (K) and the semantic class projections (Kb)
+CLASS_SIZED = re.compile(r"(^decode_head\.conv_seg|\.semantic_layer\..*\.mlp_cls_[qk])\.(weight|bias)$")
+
+
+def _class_sized_mismatches(model: SeMaskSegmentor, sd: dict[str, torch.Tensor]) -> list[str]:
+    """The class-sized tensors of ``sd`` whose class count is not ``model``'s (other axes equal): those start
+    fresh when a checkpoint of other classes is fine-tuned. Any other mismatch is left to the strict load."""
+    expected = model.state_dict()
+    return sorted(
+        k for k, v in sd.items()
+        if CLASS_SIZED.search(k) and k in expected and v.ndim == expected[k].ndim and v.ndim >= 1
+        and tuple(v.shape[1:]) == tuple(expected[k].shape[1:]) and v.shape[0] != expected[k].shape[0])
 
 
 def resize_relative_table(table: torch.Tensor, rows: int) -> torch.Tensor:
