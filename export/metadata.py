@@ -197,6 +197,10 @@ def write_sidecar(artifact: str | Path, meta: Mapping[str, Any]) -> Path:
     return path
 
 
+#: the sidecar's name inside a Triton model version folder (``<model>/1/``), next to ``model.onnx``/``model.plan``
+TRITON_SIDECAR = "semask_metadata.json"
+
+
 def read_sidecar(artifact: str | Path) -> dict[str, Any]:
     """Read and check the sidecar of an artifact, for the runtime.
 
@@ -206,6 +210,8 @@ def read_sidecar(artifact: str | Path) -> dict[str, Any]:
     """
     artifact = Path(artifact)
     path = sidecar_path(artifact)
+    if not path.is_file() and (artifact.parent / TRITON_SIDECAR).is_file():
+        path = artifact.parent / TRITON_SIDECAR  # a model in a Triton repository (semask-export --fmt triton)
     hint = "re-export it with semask-export, which writes the sidecar next to the model"
     if not path.is_file():
         raise RuntimeBackendError(f"{artifact.name} has no metadata sidecar {path.name} (classes, preprocessing, "

@@ -204,12 +204,12 @@ def check_options(o: ExportOptions) -> None:
     if o.precision != "int8" and int8_only:  # otherwise minutes of export, then an fp32/fp16 model without a word
         raise ConfigError(f"{', '.join(int8_only)} only apply to --precision int8 (this export is {o.precision}): add "
                           "--precision int8 or drop them")
-    if o.precision == "int8" and o.int8_activations == "u8" and o.fmt != "onnx":
+    if o.precision == "int8" and o.int8_activations == "u8" and o.fmt in ("trt", "all", "triton-trt"):
         raise ConfigError("TensorRT needs symmetric int8 activations: use --int8-activations s8 with --fmt trt/all")
     if o.name is not None and not _NAME_RE.match(o.name):
         raise ConfigError(f"--name must be a plain file name (letters, digits, . _ + -), got {o.name!r}")
-    if o.timing_cache is not None and o.fmt == "onnx":
-        raise ConfigError("--timing-cache is only used when building an engine (--fmt trt or all)")
+    if o.timing_cache is not None and o.fmt not in ("trt", "all", "triton-trt"):
+        raise ConfigError("--timing-cache is only used when building a TensorRT engine (--fmt trt, all or triton-trt)")
     if o.fmt == "aoti" and (o.precision != "fp32" or o.preprocess or o.timing_cache is not None):
         raise ConfigError("--fmt aoti exports the fp32 model with a float32 normalised input: drop --precision "
                           "fp16/int8, --preprocess and --timing-cache")
@@ -453,29 +453,29 @@ def _run_export(o: ExportOptions) -> ExportResult:
         )
         meta["export"]["seconds"] = round(time.perf_counter() - t_start, 1)
         staged_meta = md.write_sidecar(work / onnx_path.name, meta)  # fully written before anything is renamed
+        staged = [(model_path, onnx_path), (staged_meta, md.sidecar_path(onnx_path))]
+        if to_ov:
+            # the IR is made from the staged ONNX in the work folder too: with --force, the previous ONNX and IR
+            # stay in place until the whole new set exists (a failed or interrupted IR step keeps them)
+            steps.start(f"converting to OpenVINO IR {ov_xml.name}")
+            check = _model_inputs(_verify_images(o, [shapes.opt_hw], cfg.num_classes, calib)[0],
+                                  shapes.static_batch or 1, o.preprocess)[0]
+            ir_xml, ir_meta = _write_ir(o, model_path, work / ov_xml.name, meta, check, onnx_name=onnx_path.name)
+            staged += [(ir_xml.with_suffix(".bin"), ov_bin), (ir_xml, ov_xml), (ir_meta, md.sidecar_path(ov_xml))]
+            steps.info(f"ok ({meta.get('precision')} IR)")
         if build and o.force:  # an engine of the previous ONNX must not survive next to the new one
             for stale in (engine_path, md.sidecar_path(engine_path)):
                 stale.unlink(missing_ok=True)
         replaced = onnx_path.exists()
-        os.replace(model_path, onnx_path)
-        os.replace(staged_meta, md.sidecar_path(onnx_path))
+        for src, dst in staged:
+            os.replace(src, dst)
         if replaced:
             _warn_stale_derivatives(onnx_path, engine_path, base, build, to_ov)
         result.onnx_path, result.onnx_sidecar, result.metadata = onnx_path, md.sidecar_path(onnx_path), meta
+        if to_ov:
+            result.engine_path, result.engine_sidecar = ov_xml, md.sidecar_path(ov_xml)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-    if to_ov:
-        steps.start(f"converting to OpenVINO IR {ov_xml.name}")
-        try:
-            result.engine_path, result.engine_sidecar = _write_ir(o, onnx_path, ov_xml, meta, shapes)
-        except BaseException:
-            # the ONNX is the first half of an OpenVINO export (the IR's source, with OpenVINO's labels head):
-            # without its IR it goes too, so that the same command can simply be run again
-            for written in (onnx_path, md.sidecar_path(onnx_path)):
-                written.unlink(missing_ok=True)
-            raise
-        steps.info(f"ok ({result.metadata.get('precision')} IR)")
     if build:
         steps.start(f"building the TensorRT engine {engine_path.name}")
         result.engine_path, result.engine_sidecar = _build_engine(o, onnx_path, engine_path, meta,
@@ -587,22 +587,20 @@ def _apply_precision(o: ExportOptions, fp32_path: Path, work: Path, calib: list[
     return out, {"kind": "int8 QDQ", **info}
 
 
-def _write_ir(o: ExportOptions, onnx_path: Path, xml_path: Path, onnx_meta: dict[str, Any],
-              shapes: Shapes) -> tuple[Path, Path]:
+def _write_ir(o: ExportOptions, onnx_path: Path, xml_path: Path, onnx_meta: dict[str, Any], check: np.ndarray,
+              onnx_name: str) -> tuple[Path, Path]:
+    """The OpenVINO IR of ``onnx_path`` at ``xml_path`` (+ ``.bin``) and its sidecar, checked once against ONNX
+    Runtime on ``check`` — a real image (calibration or synthetic scene) as the graph takes it: random noise
+    is far outside an int8 graph's calibrated ranges and measured the runtimes' disagreement there, not the
+    model's. ``onnx_name``: the ONNX's final name, for the sidecar."""
     from semask_deploy.export import metadata as md
     from semask_deploy.export.openvino import convert_to_ir
-
-    b = shapes.static_batch or 1
-    h, w = shapes.opt_hw
-    rng = np.random.default_rng(0)
-    x = (rng.integers(0, 256, (b, h, w, 3), dtype=np.uint8) if o.preprocess
-         else rng.standard_normal((b, 3, h, w)).astype(np.float32))
     from semask_deploy.export.verify import TOLERANCES
 
-    info = convert_to_ir(onnx_path, xml_path, check_input=x,
+    info = convert_to_ir(onnx_path, xml_path, check_input=check,
                          min_label_agreement=TOLERANCES[o.precision].min_label_agreement)
     meta = dict(onnx_meta)
-    meta.update({"artifact": xml_path.name, "kind": "openvino", "onnx": onnx_path.name,
+    meta.update({"artifact": xml_path.name, "kind": "openvino", "onnx": onnx_name,
                  "weights": xml_path.with_suffix(".bin").name, "openvino": info})
     meta["versions"] = {**md.library_versions(), "openvino": info["openvino_version"]}
     return xml_path, md.write_sidecar(xml_path, meta)

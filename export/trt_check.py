@@ -489,12 +489,18 @@ def _load_model(onnx_path_or_model: Any) -> tuple[Any, str | None]:
     path = Path(onnx_path_or_model)
     if not path.is_file():
         raise ExportError(f"ONNX file not found: {path}")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
+    try:  # always the binary format: onnx would pick a text parser from a .json/.txt suffix
+        model = onnx.load(str(path), format="protobuf", load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - any protobuf/IO error
-        raise ExportError(f"cannot read ONNX file {path}: {exc}") from exc
+        why = " ".join(str(exc).split())[:200]  # one line
+        raise ExportError(f"cannot read ONNX file {path}: {why} (is it an .onnx model?)") from exc
     if not model.ir_version or not model.HasField("graph"):  # an empty file parses as an empty ModelProto
         raise ExportError(f"{path} is not an ONNX model (no IR version or no graph; {path.stat().st_size} bytes)")
+    missing = sorted({e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"
+                      and not (path.parent / e.value).is_file()})
+    if missing:
+        raise ExportError(f"{path} keeps weights in external data files that are not beside it: "
+                          f"{', '.join(missing[:3])}; copy them next to the model (TensorRT's parser needs them)")
     return model, str(path.parent)
 
 

@@ -133,6 +133,7 @@ def test_corrupt_checkpoint(tmp_path, capsys):
      "--int8-calibration, --int8-activations only apply to --precision int8"),
     (["--fmt", "trt", "--precision", "int8", "--int8-activations", "u8"], "symmetric"),
     (["--timing-cache", "x.cache"], "--timing-cache is only used"),
+    (["--timing-cache", "x.cache", "--fmt", "openvino"], "--timing-cache is only used"),  # was silently ignored
     (["--name", "../escape"], "--name must be a plain file name"),
     (["--fmt", "trt", "--workspace-gb", "0"], "--workspace-gb must be a positive"),
     (["--triton-gpu"], "--triton-gpu applies only to --fmt triton"),
@@ -148,6 +149,10 @@ def test_usage_errors_are_one_line(tmp_path, capsys):
         main(["--ckpt", str(SMALL), "--precision", "int4", "--out", str(tmp_path / "out")])
     assert info.value.code == 2
     assert "invalid choice: 'int4'" in _one_error(capsys)  # argparse's own errors too: no usage dump
+    with pytest.raises(SystemExit) as info:  # `--out "$UNSET"` wrote into the current folder
+        main(["--ckpt", str(SMALL), "--out", ""])
+    assert info.value.code == 2
+    assert "--out is empty" in _one_error(capsys)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
@@ -284,3 +289,25 @@ def test_openvino_step_failing_takes_back_its_onnx(tmp_path, capsys, monkeypatch
     assert main(argv) == (130 if failure is KeyboardInterrupt else 2)
     assert _files(out) == []
     assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.slow  # two exports
+def test_openvino_force_reexport_failing_keeps_the_previous_artifacts(tmp_path, capsys, monkeypatch):
+    """`--fmt openvino --force` interrupted in the IR step: the new ONNX had already replaced the old one and was
+    then deleted, leaving an IR whose sidecar named a missing ONNX. Now the previous five files stay as they were."""
+    pytest.importorskip("openvino")
+    from semask_deploy.export import pipeline
+
+    out = tmp_path / "out"
+    argv = ["--ckpt", str(SMALL), "--fmt", "openvino", "--static", "64x64", "--no-verify", "--out", str(out),
+            "--name", "m", "--quiet"]
+    assert main(argv) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert sorted(before) == ["m.json", "m.onnx", "m_ov.bin", "m_ov.json", "m_ov.xml"]
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "_write_ir", interrupted)
+    assert main(argv[:5] + ["96x96"] + argv[6:] + ["--force"]) == 130
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing replaced, no temporary left

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 import signal
 import sys
 import warnings
@@ -42,6 +43,15 @@ def hw_type(what: str, form: str = "HxW", example: str = "512x512") -> Callable[
             raise argparse.ArgumentTypeError(str(exc)) from None
 
     return convert
+
+
+def out_path(text: str) -> Path:
+    """An argparse ``type=`` for ``--out``: an empty value (an unset shell variable, ``--out "$DIR"``) would
+    otherwise mean the current folder, silently."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("--out is empty (an unset variable?): give a path, or leave --out out "
+                                         "for the default")
+    return Path(text)
 
 
 def csv_list(text: str) -> list[str]:

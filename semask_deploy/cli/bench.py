@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from ..errors import ConfigError, check_cpu_threads
-from ._common import OneLineParser, csv_list, main_wrapper, parse_hw
+from ._common import OneLineParser, csv_list, main_wrapper, out_path, parse_hw
 
 if TYPE_CHECKING:
     from ..benchmarks.suite import BenchConfig
@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", default=None, help="CPU threads for torch, ONNX Runtime and OpenVINO; 0 = all cores (default: "
                    "1 with --device cpu, like torch.utils.benchmark — multi-threaded CPU timings on a shared machine "
                    "swing by 10-100x; untouched with --device cuda)")
-    p.add_argument("--out", type=Path, default=None, help="report folder (default: ./semask-bench-<date>-<time>/)")
+    p.add_argument("--out", type=out_path, default=None, help="report folder (default: ./semask-bench-<date>-<time>/)")
     p.add_argument("--keep-artifacts", action="store_true", help="keep exported ONNX/engines in OUT/artifacts/")
     p.add_argument("--force", action="store_true",
                    help="replace the report of an earlier run in --out (without it, such a folder is refused)")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import ConfigError
-from ._common import OneLineParser, hw_type, main_wrapper, progress
+from ._common import OneLineParser, hw_type, main_wrapper, out_path, progress
 
 EPILOG = """data-set layouts (mmseg conventions; labels in train-id space, 255 = ignore):
   ade20k       ROOT/images/validation/*.jpg + ROOT/annotations/validation/*.png (0 = other → ignored,
@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="CPU threads of the runtime (ONNX Runtime, OpenVINO, PyTorch); 0 = all cores "
                    "(default: the runtime's own choice, all cores)")
-    p.add_argument("--out", type=Path, default=None, help="write the results to this JSON file")
+    p.add_argument("--out", type=out_path, default=None, help="write the results to this JSON file")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no per-class table")
     return p
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from semask_deploy.export.onnx import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 
-from ._common import OneLineParser, main_wrapper, parse_hw
+from ._common import OneLineParser, main_wrapper, out_path, parse_hw
 
 EPILOG = """examples:
   semask-export --ckpt semask_swin_tiny_ade20k.pth --fmt onnx --out exported/
@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="input uint8 (N,H,W,3) RGB 'image_uint8', normalised inside the graph")
     p.add_argument("--timing-cache", type=Path, metavar="FILE", help="TensorRT timing cache (read and updated)")
     p.add_argument("--workspace-gb", type=float, default=4.0, help="TensorRT builder workspace (default: 4)")
-    p.add_argument("--out", type=Path, default=Path("exported"), help="output folder (default: %(default)s)")
+    p.add_argument("--out", type=out_path, default=Path("exported"), help="output folder (default: %(default)s)")
     p.add_argument("--name", help="artifact name without suffix (default: <checkpoint stem>_<precision>)")
     p.add_argument("--force", action="store_true", help="overwrite existing artifacts")
     p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
@@ -175,8 +175,10 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     result = run_export(opts)
     if not args.quiet:
-        written = [p for p in (result.onnx_path, result.onnx_sidecar, result.engine_path, result.engine_sidecar,
-                                result.aoti_path, result.aoti_sidecar) if p]
+        ir_weights = (result.engine_path.with_suffix(".bin")
+                      if result.engine_path is not None and result.engine_path.suffix == ".xml" else None)
+        written = [p for p in (result.onnx_path, result.onnx_sidecar, result.engine_path, ir_weights,
+                               result.engine_sidecar, result.aoti_path, result.aoti_sidecar) if p]
         print(f"wrote {', '.join(str(p) for p in written)} in {result.seconds:.0f} s", file=sys.stderr)
     return 0
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import ConfigError, ImageError
 from ..fileio import check_output_folder
-from ._common import OneLineParser, hw_type, main_wrapper, progress
+from ._common import OneLineParser, hw_type, main_wrapper, out_path, progress
 
 EPILOG = """examples:
   semask-infer --demo --out out/                 (the bundled sample scenes)
@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", type=Path, nargs="+", action="extend", default=None, metavar="PATH",
                    help="image files and/or folders of images (a shell glob works; --image may be repeated) "
                    "(with --demo, default: the bundled sample scenes)")
-    p.add_argument("--out", type=Path, default=Path("semask-infer-out"), help="output folder (default: %(default)s)")
+    p.add_argument("--out", type=out_path, default=Path("semask-infer-out"), help="output folder (default: %(default)s)")
     p.add_argument("--mode", choices=("whole", "slide"), default="whole", help="inference mode (default: whole)")
     p.add_argument("--scale", type=_scale, default=None,
                    help="keep-ratio test resize LONGxSHORT, e.g. 2048x512 (one number N means NxN: the image fits an "

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from ._common import OneLineParser, hw_type, main_wrapper
+from ._common import OneLineParser, hw_type, main_wrapper, out_path
 
 EPILOG = """examples:
   semask-train --variant demo --data synthetic --gamma-init 0.1 --threads 1 --out runs/demo   (the built-in demo)
@@ -63,7 +63,7 @@ def build_parser(prog: str = "semask-train") -> argparse.ArgumentParser:
                    "--eval-every)")
     p.add_argument("--eval-size", type=int, default=None,
                    help="held-out samples to evaluate (default: synthetic 50, data sets the whole split)")
-    p.add_argument("--out", type=Path, default=Path("semask-train-out"), help="output folder (default: %(default)s)")
+    p.add_argument("--out", type=out_path, default=Path("semask-train-out"), help="output folder (default: %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest.pth, with the "
                    "interrupted run's options (data, seed, iterations, …) unless given again")
     p.add_argument("--seed", type=int, default=0,

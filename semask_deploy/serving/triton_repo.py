@@ -20,6 +20,7 @@ The Python models need numpy and opencv-python-headless in the server's Python e
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -293,8 +294,12 @@ def _write_models(root: Path, spec: RepoSpec, artifact: str | Path, sidecar: str
     shutil.copyfile(artifact, target)
     written.append(target)
     if sidecar is not None:  # the metadata travels with the model (classes, palette, provenance)
-        dst = root / spec.name / "1" / "semask_metadata.json"
-        shutil.copyfile(sidecar, dst)
+        from ..export.metadata import TRITON_SIDECAR
+
+        dst = root / spec.name / "1" / TRITON_SIDECAR
+        meta = json.loads(Path(sidecar).read_text(encoding="utf-8"))
+        meta["artifact"] = filename  # (Segmenter reads this sidecar for model.onnx / model.plan here)
+        dst.write_text(json.dumps(meta, indent=2), encoding="utf-8")
         written.append(dst)
     text(root / spec.name / "config.pbtxt", network_config(spec))
     if spec.kind == "onnx-python":

@@ -340,3 +340,21 @@ def test_opset_out_of_range_and_missing_file(tmp_path):
     (tmp_path / "junk.onnx").write_bytes(b"\x00not onnx\xff" * 10)
     with pytest.raises(ExportError):
         check_onnx_for_tensorrt(tmp_path / "junk.onnx")
+
+
+def test_a_json_file_and_missing_external_data_are_clear_errors(tmp_path):
+    """A sidecar passed by mistake: onnx picked its JSON parser from the suffix and printed a two-line protobuf
+    error. A model whose external weights file is missing passed the check although TensorRT cannot parse it."""
+    (tmp_path / "model.json").write_text(json.dumps({"format": "semask-deploy", "inputs": []}))
+    with pytest.raises(ExportError, match=r"cannot read ONNX file .*model.json.*is it an .onnx model") as info:
+        check_onnx_for_tensorrt(tmp_path / "model.json")
+    assert "\n" not in str(info.value)
+    w = numpy_helper.from_array(np.ones((64, 64), np.float32), "w")
+    model = _model([helper.make_node("MatMul", ["x", "w"], ["y"])], [_vi("x", TensorProto.FLOAT, [1, 64])],
+                   [_vi("y", TensorProto.FLOAT, [1, 64])], initializers=[w])
+    onnx.save(model, str(tmp_path / "ext.onnx"), save_as_external_data=True, location="ext.data",
+              size_threshold=0)
+    assert check_onnx_for_tensorrt(tmp_path / "ext.onnx").ok
+    (tmp_path / "ext.data").unlink()
+    with pytest.raises(ExportError, match="external data files that are not beside it: ext.data"):
+        check_onnx_for_tensorrt(tmp_path / "ext.onnx")

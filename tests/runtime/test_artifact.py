@@ -197,3 +197,17 @@ def test_predict_says_how_to_convert_each_kind_of_array(tmp_path, image, needle)
     _sidecar(tmp_path / "m.onnx")
     with pytest.raises(ConfigError, match=needle):
         Segmenter(tmp_path / "m.onnx").predict(image)
+
+
+def test_a_model_in_a_triton_repository_reads_its_semask_metadata_json(tmp_path):
+    """`semask-export --fmt triton` puts the sidecar beside model.onnx as semask_metadata.json (Triton's layout);
+    Segmenter("repo/<name>/1/model.onnx") said it had no sidecar."""
+    from semask_deploy.runtime import Segmenter
+
+    pytest.importorskip("onnxruntime")
+    version = tmp_path / "repo" / "demo" / "1"
+    version.mkdir(parents=True)
+    _conv_graph(version / "model.onnx", 4)
+    _sidecar(version / "model.onnx")
+    (version / "model.json").rename(version / "semask_metadata.json")
+    assert Segmenter(version / "model.onnx").num_classes == 4
