@@ -16,8 +16,9 @@ EPILOG = """examples:
   python examples/client.py --image street.jpg --out street_labels.png
 
 Model '<name>' (default semask): input 'image' uint8 (N,H,W,3) RGB; output 'labels' int32 (N,H,W) at the
-image's own size, the same as semask-infer / Segmenter.predict. Health: GET /v2/health/ready; metrics:
-GET :8002/metrics (Prometheus). SIGINT/SIGTERM: in-flight requests are answered, then the server exits.
+image's own size, the same as semask-infer / Segmenter.predict. Ready to answer: GET /v2/models/<name>/ready
+(GET /v2/health/ready turns 200 a moment before the model is loaded); metrics: GET :8002/metrics (Prometheus).
+SIGINT/SIGTERM: in-flight requests are answered, then the server exits (a signal during start-up stops it).
 Needs the 'serve' extra (PyTriton, numpy<2) in an interpreter whose libpython the Triton Python backend can
 load: see README "Serving".
 """
@@ -52,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pixels", type=int, default=4096 * 4096,
                    help="largest H*W accepted per image; larger requests get an error (default: 4096*4096)")
     p.add_argument("--exit-timeout", type=int, default=30,
-                   help="seconds to finish in-flight requests on shutdown (default: 30)")
+                   help="seconds Triton waits for in-flight requests on shutdown; a forward pass already running "
+                   "is not cut short, so a very large image can hold the stop longer (default: 30)")
     p.add_argument("--verbose", type=int, default=0, help="Triton log verbosity (default: 0)")
     return p
 

@@ -23,6 +23,7 @@ accepting work, answers the requests already in flight (up to ``exit_timeout_s``
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import re
@@ -201,26 +202,47 @@ def start(o: ServeOptions, seg=None):
                            batcher=DynamicBatcher(max_queue_delay_microseconds=o.queue_delay_us)),
         strict=True,
     )
-    triton.run()
+    try:
+        triton.run()
+    except BaseException:  # e.g. Ctrl-C while PyTriton waits for tritonserver: leave no server process behind
+        with contextlib.suppress(Exception):
+            triton.stop()
+        raise
     return triton
+
+
+class _StoppedDuringStartup(BaseException):
+    """SIGINT/SIGTERM before the server was ready (a BaseException: no library's ``except Exception`` keeps it)."""
 
 
 def serve(o: ServeOptions, on_ready: Callable[[], None] | None = None) -> int:
     """Serve until SIGINT/SIGTERM; in-flight requests are answered before the server exits. Returns 0."""
     stop = threading.Event()
+    serving = threading.Event()
 
     def handler(signum, _frame):  # noqa: ANN001
-        LOG.info("signal %s: finishing in-flight requests, then stopping", signum)
         stop.set()
+        if not serving.is_set():
+            # during start-up: abort it now (a terminal's Ctrl-C also stops tritonserver itself, and PyTriton
+            # would wait two minutes for it to become ready)
+            raise _StoppedDuringStartup(signum)
+        LOG.info("signal %s: finishing in-flight requests, then stopping", signum)
 
-    # installed first: a signal during start-up stops the server as soon as it is up
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    triton = None
     try:
         seg = build_segmenter(o)
         triton = start(o, seg)
+        serving.set()
     except BaseException:
+        if triton is not None:  # the signal came just after start() returned
+            with contextlib.suppress(Exception):
+                triton.stop()
         for s, h in previous.items():
             signal.signal(s, h)
+        if stop.is_set():  # stopped on purpose while starting (PyTriton may have turned it into its own error)
+            print("semask-serve: stopped during start-up", file=sys.stderr, flush=True)
+            return 0
         raise
     try:
         print(f"semask-serve: model '{o.name}' ({seg.path.name}, {seg.backend.kind}, {o.device}) "

@@ -7,6 +7,7 @@ for the client example + graceful shutdown; every wait has a timeout; 127.0.0.1 
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import socket
@@ -23,7 +24,7 @@ import pytest
 from semask_deploy.assets import demo_checkpoint, sample_images
 from semask_deploy.data.synthetic import SyntheticScenes
 
-from .conftest import REPO_ROOT, ServeProcess
+from .conftest import REPO_ROOT, ServeProcess, free_ports
 
 pytestmark = pytest.mark.serve
 
@@ -269,3 +270,32 @@ def test_client_example_matches_semask_infer_and_sigterm_drains(tmp_path):
     finally:
         srv.close()
 
+
+
+def test_ctrl_c_during_start_up_stops_at_once(tmp_path):
+    """A terminal's Ctrl-C (SIGINT to the whole process group) after tritonserver started but before the model
+    was loaded hung for PyTriton's two-minute readiness wait, then ended in a traceback with exit 1."""
+    http, grpc, metrics = free_ports(3)
+    log = tmp_path / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "semask_deploy.cli.serve", "--demo", "--host", "127.0.0.1",
+                                 "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)],
+                                stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and proc.poll() is None:  # tritonserver answers: the server is up
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{http}/v2/health/live", timeout=1):
+                        break
+                except OSError:
+                    time.sleep(0.05)
+            os.killpg(proc.pid, signal.SIGINT)
+            t0 = time.monotonic()
+            code = proc.wait(60)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    text = log.read_text(errors="replace")
+    assert code == 0 and time.monotonic() - t0 < 60, text[-2000:]
+    assert "Traceback" not in text and "stopped" in text, text[-2000:]
