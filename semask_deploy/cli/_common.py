@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 import signal
 import sys
 import warnings
+from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence
 
 from ..errors import ConfigError, SemaskError, SemaskWarning, Terminated, interruption

@@ -33,8 +33,9 @@ resized bilinearly to output_size and argmax there (feed the ORIGINAL image size
 (N,K,H,W) at the input size with --with-logits),
 N, H, W dynamic unless --static / --batch fix them. After export it is run with ONNX Runtime at two other
 sizes and compared with PyTorch fp32; tolerances: fp32 logit rel. L2 <= 1e-4 and >= 99.9 % equal labels;
-fp16 logit rel. L2 <= 2e-2, >= 99 % equal labels and >= 97 % mIoU agreement; int8 >= 98 % and >= 95 %. A failed check writes
-nothing and says what to try (--calib-images, more images, another --int8-calibration or precision).
+fp16 logit rel. L2 <= 2e-2, >= 99 % equal labels and >= 97 % mIoU agreement; int8 >= 98 % and >= 95 %. A
+failed check writes nothing and says what to try (--calib-images, more images, another --int8-calibration or
+precision).
 
 int8: calibrated on --calib-images (first --calib-count images, resized to the opt/static size) or on
 built-in synthetic scenes, with percentile activation ranges (--int8-calibration); weights per channel;

@@ -221,11 +221,14 @@ def serve(o: ServeOptions, on_ready: Callable[[], None] | None = None) -> int:
     serving = threading.Event()
 
     def handler(signum, _frame):  # noqa: ANN001
+        first = not stop.is_set()
         stop.set()
         if not serving.is_set():
             # during start-up: abort it now (a terminal's Ctrl-C also stops tritonserver itself, and PyTriton
-            # would wait two minutes for it to become ready)
-            raise _StoppedDuringStartup(signum)
+            # would wait two minutes for it to become ready); a repeated signal must not break the clean-up
+            if first:
+                raise _StoppedDuringStartup(signum)
+            return
         LOG.info("signal %s: finishing in-flight requests, then stopping", signum)
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
