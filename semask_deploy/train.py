@@ -138,6 +138,19 @@ class _Logger:
             write_text_atomic(self.path, "".join(k + "\n" for k in kept))
         return len(lines) - len(kept)
 
+    def has_eval_at(self, iteration: int) -> bool:
+        """Whether the log holds an evaluation of ``iteration`` (read on every rank: the file is shared)."""
+        if not self.path.is_file():
+            return False
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if rec.get("event") == "eval" and rec.get("iter") == iteration:
+                return True
+        return False
+
     def say(self, text: str) -> None:
         if self.enabled and not self.quiet:
             if self.bar is not None:
@@ -465,6 +478,9 @@ def _train(opts: TrainOptions, info: tdist.DistInfo, stop_after: int | None, t_w
         log.say(f"iteration {it_done}: held-out mIoU {100 * (metrics['mIoU'] or 0):.2f} "
                 f"aAcc {100 * (metrics['aAcc'] or 0):.2f} ({per})")
 
+    if (resume_state is not None and start > 0 and (start % eval_every == 0 or start == iters)
+            and not log.has_eval_at(start)):
+        run_eval(start)  # saved, then stopped during its evaluation (each save comes first): evaluate it now
     bar = None
     if info.is_main and not opts.quiet:
         from tqdm import tqdm

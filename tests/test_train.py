@@ -503,3 +503,24 @@ def test_folder_data_with_train_but_no_val_says_the_layout(tmp_path):
     write_synthetic_dataset(tmp_path / "ds" / "train", n=3, size=(32, 32), seed=1, num_classes=8)
     with pytest.raises(DatasetError, match="has train/ but no val/.*last 10 % are held out"):
         open_train_data("folder", tmp_path / "ds", num_classes=None, size=(32, 32), seed=0, eval_size=None)
+
+
+def test_a_resume_runs_the_evaluation_an_interruption_cut_short(tmp_path, tiny_json, monkeypatch):
+    """Each save comes before its evaluation: a run stopped during the final evaluation had final.pth and a
+    latest.pth at the end, and its resume ended "done" without any held-out score."""
+    import semask_deploy.train as train_mod
+
+    real = train_mod.tdata.evaluate
+
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod.tdata, "evaluate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(small_run(tmp_path, tiny_json, "e", eval_every=4))
+    assert (tmp_path / "e" / "final.pth").is_file()
+    monkeypatch.setattr(train_mod.tdata, "evaluate", real)
+    resumed = run_train(small_run(tmp_path, tiny_json, "e", eval_every=4, resume=True))
+    assert resumed.start_iter == resumed.end_iter == 4 and resumed.metrics is not None
+    records = [json.loads(line) for line in (tmp_path / "e" / "log.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in records if r["event"] == "eval"] == [4] and records[-1]["mIoU"] is not None

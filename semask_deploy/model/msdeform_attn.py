@@ -43,15 +43,18 @@ def ms_deform_attn_core(
     _, lq, _, num_levels, p, _ = sampling_locations.shape
     shapes = [(h, w) for h, w in spatial_shapes] if isinstance(spatial_shapes, list) else spatial_shapes.tolist()
     value_list = value.split([h * w for h, w in shapes], dim=1)
-    grids = (2 * sampling_locations - 1).to(value.dtype)  # (float32 reference points: a bf16 model's offsets)
+    grids = 2 * sampling_locations - 1
+    # one dtype for grid_sample: the wider of the two, so a bf16 model (float32 reference points) samples at exact
+    # locations and the result comes back in the model's dtype (both are no-ops in float32)
+    work = torch.promote_types(value.dtype, grids.dtype)
     sampled = []
     for lid, (h, w) in enumerate(shapes):
-        value_l = value_list[lid].flatten(2).transpose(1, 2).reshape(n * m, d, h, w)
-        grid_l = grids[:, :, :, lid].transpose(1, 2).flatten(0, 1)  # N·M, Lq, P, 2
+        value_l = value_list[lid].flatten(2).transpose(1, 2).reshape(n * m, d, h, w).to(work)
+        grid_l = grids[:, :, :, lid].transpose(1, 2).flatten(0, 1).to(work)  # N·M, Lq, P, 2
         sampled.append(F.grid_sample(value_l, grid_l, mode="bilinear", padding_mode="zeros", align_corners=False))
     weights = attention_weights.transpose(1, 2).reshape(n * m, 1, lq, num_levels * p)
     out = (torch.stack(sampled, dim=-2).flatten(-2) * weights).sum(-1).view(n, m * d, lq)
-    return out.transpose(1, 2).contiguous()
+    return out.transpose(1, 2).contiguous().to(value.dtype)
 
 
 def encoder_reference_points(spatial_shapes: list[tuple[int, int]], device: torch.device) -> Tensor:

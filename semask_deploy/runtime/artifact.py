@@ -66,7 +66,7 @@ def check_graph_matches_sidecar(meta: dict[str, Any], inputs: Sequence[str], out
     shape = described.get("shape")
     if shape is None or image_input.shape is None:
         return
-    fixed = [v if isinstance(v, int) and v >= 0 else None for v in shape]
+    fixed = [v if isinstance(v, int) and v > 0 else None for v in shape]  # (0, -1: an unnamed dynamic axis)
     if len(fixed) != len(image_input.shape) or fixed != list(image_input.shape):
         def show(dims: Sequence[int | None]) -> str:
             return "(" + ", ".join("?" if d is None else str(d) for d in dims) + ")"

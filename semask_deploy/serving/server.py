@@ -174,8 +174,9 @@ def _triton_config(o: ServeOptions):
                         exit_timeout_secs=o.exit_timeout_s, log_verbose=o.verbose, strict_readiness=True)
 
 
-def start(o: ServeOptions, seg=None):
+def start(o: ServeOptions, seg=None, started: list | None = None):
     """Start the server in this process and return the running ``pytriton.triton.Triton`` (call ``.stop()``).
+    ``started`` (a list) receives it before it runs, so a caller interrupted at any point can still stop it.
 
     Raises:
         MissingDependencyError: PyTriton is not installed (``pip install "semask-deploy[serve]"``).
@@ -202,6 +203,8 @@ def start(o: ServeOptions, seg=None):
                            batcher=DynamicBatcher(max_queue_delay_microseconds=o.queue_delay_us)),
         strict=True,
     )
+    if started is not None:
+        started.append(triton)
     try:
         triton.run()
     except BaseException:  # e.g. Ctrl-C while PyTriton waits for tritonserver: leave no server process behind
@@ -232,15 +235,15 @@ def serve(o: ServeOptions, on_ready: Callable[[], None] | None = None) -> int:
         LOG.info("signal %s: finishing in-flight requests, then stopping", signum)
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    triton = None
+    started: list = []
     try:
         seg = build_segmenter(o)
-        triton = start(o, seg)
+        triton = start(o, seg, started)
         serving.set()
     except BaseException:
-        if triton is not None:  # the signal came just after start() returned
+        if started:  # (start() stops it itself when interrupted inside; this covers the moment after it returned)
             with contextlib.suppress(Exception):
-                triton.stop()
+                started[0].stop()
         for s, h in previous.items():
             signal.signal(s, h)
         if stop.is_set():  # stopped on purpose while starting (PyTriton may have turned it into its own error)

@@ -151,3 +151,21 @@ def test_a_model_cast_to_another_float_type_runs(dtype, tmp_path):
             out = model.to(dtype)(x.to(dtype))
         assert out.dtype == dtype and out.shape == ref.shape and torch.isfinite(out).all()
         assert (out.float().argmax(1) == ref.argmax(1)).float().mean() > 0.5, backend  # the same model
+
+
+def test_deformable_sampling_keeps_float32_locations_for_a_bf16_value():
+    """A bf16 model's sampling grid (float32 reference points + offsets) is not rounded to bf16: a 256-wide level
+    would sample up to a quarter pixel off. The result equals sampling the bf16 values in float32."""
+    from semask_deploy.model.msdeform_attn import ms_deform_attn_core
+
+    g = torch.Generator().manual_seed(0)
+    shapes = [(64, 256), (32, 128)]
+    n, heads, d, lq, points = 1, 2, 8, 5, 4
+    value = torch.randn(n, sum(h * w for h, w in shapes), heads, d, generator=g).to(torch.bfloat16)
+    locations = torch.rand(n, lq, heads, len(shapes), points, 2, generator=g)
+    weights = torch.softmax(torch.randn(n, lq, heads, len(shapes) * points, generator=g), -1).view(
+        n, lq, heads, len(shapes), points)
+    out = ms_deform_attn_core(value, shapes, locations, weights)
+    assert out.dtype == torch.bfloat16
+    want = ms_deform_attn_core(value.float(), shapes, locations, weights).to(torch.bfloat16)
+    assert torch.equal(out, want)
