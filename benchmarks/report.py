@@ -122,6 +122,12 @@ def render_markdown(data: Mapping[str, Any]) -> str:
         "(shared by every precision) + fp16 conversion or int8 calibration/quantisation",
     ]
     lines += [f"- note: {n}" for n in meta.get("notes", [])]
+    over = sorted({f"{c['backend']} {c['precision']}" for c in data.get("cells", [])
+                   if (c.get("peak_fraction") or 0) > 1.0})
+    if over:
+        lines.append(f"- note: % peak above 100 ({', '.join(over)}): int8 and fp16 are measured against the fp32 "
+                     "matmul peak (their own units are faster), and on a busy machine the one-off peak probe itself "
+                     "can run slow; read those percentages as relative, not as an efficiency")
     flops = data.get("flops", {})
     if flops:
         lines += ["", "## FLOPs per image", ""]

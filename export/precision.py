@@ -271,7 +271,7 @@ def convert_fp16(model: Any, keep_fp32: Iterable[str] | None = None) -> Any:
 
     def fp16_const(name: str) -> str:
         if name not in half_consts:
-            arr = g.const_array(name).astype(np.float16)
+            arr = _to_float16(g.const_array(name), name)
             new = f"{name}__fp16"
             new_inits.append(numpy_helper.from_array(arr, new))
             half_consts[name] = new
@@ -391,3 +391,25 @@ def precision_summary(model: Any) -> dict[str, Any]:
             elif t == FLOAT:
                 counts["fp32_nodes"] += 1
     return counts
+
+
+#: constants at least this large are "minus infinity" sentinels (e.g. -finfo(float32).max filling masked
+#: attention logits): in fp16 they become ±inf on purpose
+SENTINEL = 1e30
+
+
+def _to_float16(arr: np.ndarray, name: str) -> np.ndarray:
+    """``arr`` as float16. Sentinels (|x| ≥ :data:`SENTINEL`) become ±inf silently (numpy warned of an
+    overflow); other values beyond fp16's range (65504) also become ±inf, and that is said."""
+    with np.errstate(over="ignore"):
+        half = arr.astype(np.float16)
+    a = np.abs(arr.astype(np.float64))
+    lost = np.isfinite(a) & (a > float(np.finfo(np.float16).max)) & (a < SENTINEL)
+    if lost.any():
+        import warnings
+
+        from semask_deploy.errors import SemaskWarning
+
+        warnings.warn(f"fp16 export: the constant {name} holds values up to {a[lost].max():.3g}, beyond fp16's range "
+                      "(65504); they become infinite in the fp16 graph", SemaskWarning, stacklevel=2)
+    return half

@@ -78,7 +78,9 @@ def infer_maskformer_config(sd: Mapping[str, torch.Tensor], meta: Mapping[str, A
         mf = sd[PD + "mask_features.weight"]
         mask_dim, conv_dim = int(mf.shape[0]), int(mf.shape[1])
         num_queries = int(sd[PR + "query_embed.weight"].shape[0])
-        if PR + "query_feat.weight" in sd:
+        # each part is told by a family of keys, not one key: a checkpoint missing that one key is then still
+        # recognised, and the strict load names exactly what is missing
+        if _has_prefix(sd, PR + "query_feat.", PR + "transformer_cross_attention_layers."):
             arch = "mask2former"
             dec_layers = _count(sd, PR + "transformer_cross_attention_layers.")
             dec_ffn = int(sd[PR + "transformer_ffn_layers.0.linear1.weight"].shape[0])
@@ -87,21 +89,26 @@ def infer_maskformer_config(sd: Mapping[str, torch.Tensor], meta: Mapping[str, A
             dec_layers = _count(sd, PR + "transformer.decoder.layers.")
             dec_ffn = int(sd[PR + "transformer.decoder.layers.0.linear1.weight"].shape[0])
         enc_layers, enc_heads, enc_ffn = 0, 8, 1024
-        if PD + "transformer.level_embed" in sd:
-            pixel_decoder = "msdeform_fapn" if PD + "align_1.offset.weight" in sd else "msdeform"
+        fapn = _has_prefix(sd, PD + "align_1.")
+        if _has_prefix(sd, PD + "transformer."):
+            pixel_decoder = "msdeform_fapn" if fapn else "msdeform"
             enc_layers = _count(sd, PD + "transformer.encoder.layers.")
             levels = int(sd[PD + "transformer.level_embed"].shape[0])
             rows = int(sd[PD + "transformer.encoder.layers.0.self_attn.attention_weights.weight"].shape[0])
             enc_heads = rows // (levels * 4)
             enc_ffn = int(sd[PD + "transformer.encoder.layers.0.linear1.weight"].shape[0])
         else:
-            pixel_decoder = "fapn" if PD + "align_1.offset.weight" in sd else "base"
+            pixel_decoder = "fapn" if fapn else "base"
     except KeyError as exc:
         raise CheckpointError(
             f"{where} is not a SeMask Mask2Former/MaskFormer/FaPN checkpoint: key {exc.args[0]!r} is missing"
         ) from None
     if arch == "maskformer" and pixel_decoder != "base" or arch == "mask2former" and pixel_decoder == "base":
-        raise CheckpointError(f"{where}: unsupported combination of decoder ({arch}) and pixel decoder ({pixel_decoder})")
+        found = "with" if pixel_decoder != "base" else "without"
+        raise CheckpointError(
+            f"{where}: unsupported combination: a {arch} decoder ({PR}*) {found} a multi-scale or FaPN pixel decoder "
+            f"({PD}transformer.*, {PD}align_1.*); the official pairs are MaskFormer with the plain pixel decoder and "
+            "Mask2Former with MSDeformAttn and/or FaPN")
     dataset = dataset_for_classes(num_classes)
     min_size, max_size = TEST_RESIZE.get(dataset, TEST_RESIZE["ade20k"])
     kind = {"msdeform": "", "msdeform_fapn": "_msfapn", "fapn": "_fapn", "base": ""}[pixel_decoder]
@@ -120,3 +127,8 @@ def infer_maskformer_config(sd: Mapping[str, torch.Tensor], meta: Mapping[str, A
         )
     except Exception as exc:  # ConfigError from impossible shapes
         raise CheckpointError(f"{where}: the tensor shapes do not describe a valid model: {exc}") from None
+
+
+def _has_prefix(sd: dict[str, Any], *prefixes: str) -> bool:
+    """Whether any key of ``sd`` starts with one of ``prefixes``."""
+    return any(k.startswith(prefixes) for k in sd)

@@ -211,3 +211,19 @@ def test_uint8_activations_run_but_are_not_for_tensorrt(fp32_path, int8_path, tm
     assert sess.run(["labels"], {"image": calib[0], "output_size": _size(calib[0])})[0].shape == (1, 96, 96)
     report = check_onnx_for_tensorrt(out)
     assert not report.ok and any("UINT8" in reason for _, reason, _ in report.unsupported)
+
+
+def test_fp16_constants_sentinels_quietly_and_other_overflow_said():
+    """Mask2Former's masked-attention fill (-finfo(float32).max) printed numpy's bare "overflow encountered in
+    cast" during every fp16 export; it becomes -inf on purpose. A real value beyond fp16's range is named."""
+    import warnings
+
+    from semask_deploy.errors import SemaskWarning
+    from semask_deploy.export.precision import _to_float16
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        half = _to_float16(np.array([-np.finfo(np.float32).max, 2.5], np.float32), "fill")
+    assert half.dtype == np.float16 and np.isneginf(half[0]) and half[1] == 2.5
+    with pytest.warns(SemaskWarning, match="constant scale holds values up to 1e"):
+        assert np.isinf(_to_float16(np.array([1e6], np.float32), "scale")[0])

@@ -169,3 +169,21 @@ def test_deformable_sampling_keeps_float32_locations_for_a_bf16_value():
     assert out.dtype == torch.bfloat16
     want = ms_deform_attn_core(value.float(), shapes, locations, weights).to(torch.bfloat16)
     assert torch.equal(out, want)
+
+
+@pytest.mark.parametrize("arch,drop", [
+    ("mask2former_ade20k", "sem_seg_head.predictor.query_feat.weight"),
+    ("mask2former_ade20k", "sem_seg_head.pixel_decoder.transformer.level_embed"),
+    ("mask2former_fapn_ade20k", "sem_seg_head.pixel_decoder.align_1.offset.weight"),
+    ("mask2former_msfapn_ade20k", "sem_seg_head.pixel_decoder.align_1.offset.weight"),
+])
+def test_a_missing_key_that_told_the_architecture_is_named(tmp_path, arch, drop):
+    """The architecture was read from single keys: without one of them the error named a MaskFormer key the file
+    never had, an "unsupported combination", or six "unexpected" keys of another architecture."""
+    from semask_deploy.errors import CheckpointError
+
+    z = np.load(DATA / f"golden_{arch}_small.npz")
+    sd = {k[3:]: torch.from_numpy(z[k]) for k in z.files if k.startswith("sd/") and k[3:] != drop}
+    torch.save({"model": sd}, tmp_path / "m.pth")
+    with pytest.raises(CheckpointError, match=f"(missing key\\(s\\): |key ')" + drop.replace(".", r"\.")):
+        load_model(tmp_path / "m.pth")
