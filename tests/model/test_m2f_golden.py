@@ -185,5 +185,5 @@ def test_a_missing_key_that_told_the_architecture_is_named(tmp_path, arch, drop)
     z = np.load(DATA / f"golden_{arch}_small.npz")
     sd = {k[3:]: torch.from_numpy(z[k]) for k in z.files if k.startswith("sd/") and k[3:] != drop}
     torch.save({"model": sd}, tmp_path / "m.pth")
-    with pytest.raises(CheckpointError, match=f"(missing key\\(s\\): |key ')" + drop.replace(".", r"\.")):
+    with pytest.raises(CheckpointError, match="(missing key\\(s\\): |key ')" + drop.replace(".", r"\.")):
         load_model(tmp_path / "m.pth")
