@@ -120,36 +120,34 @@ class _Logger:
             with self.path.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
 
+    def _records(self) -> list[tuple[str, dict[str, Any] | None]]:
+        """Every line of the log with its record (None for a line an interruption cut short)."""
+        if not self.path.is_file():
+            return []
+        out: list[tuple[str, dict[str, Any] | None]] = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                out.append((line, json.loads(line)))
+            except ValueError:
+                out.append((line, None))
+        return out
+
     def drop_after(self, iteration: int) -> int:
         """On resume: remove the interrupted run's ``train``/``eval`` records past ``iteration`` (the resumed
         run trains those iterations again, so a loss curve would show them twice). Returns how many."""
-        if not self.enabled or not self.path.is_file():
+        if not self.enabled:
             return 0
-        lines = self.path.read_text(encoding="utf-8").splitlines()
-        kept = []
-        for line in lines:
-            try:
-                rec = json.loads(line)
-            except ValueError:  # a line cut short by the interruption
-                continue
-            if not (rec.get("event") in ("train", "eval") and int(rec.get("iter", 0)) > iteration):
-                kept.append(line)
-        if len(kept) != len(lines):
+        records = self._records()
+        kept = [line for line, rec in records
+                if rec is not None and not (rec.get("event") in ("train", "eval") and int(rec.get("iter", 0)) > iteration)]
+        if len(kept) != len(records):
             write_text_atomic(self.path, "".join(k + "\n" for k in kept))
-        return len(lines) - len(kept)
+        return len(records) - len(kept)
 
     def has_eval_at(self, iteration: int) -> bool:
         """Whether the log holds an evaluation of ``iteration`` (read on every rank: the file is shared)."""
-        if not self.path.is_file():
-            return False
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if rec.get("event") == "eval" and rec.get("iter") == iteration:
-                return True
-        return False
+        return any(rec is not None and rec.get("event") == "eval" and rec.get("iter") == iteration
+                   for _, rec in self._records())
 
     def say(self, text: str) -> None:
         if self.enabled and not self.quiet:
