@@ -138,8 +138,8 @@ class _Logger:
         if not self.enabled:
             return 0
         records = self._records()
-        kept = [line for line, rec in records
-                if rec is not None and not (rec.get("event") in ("train", "eval") and int(rec.get("iter", 0)) > iteration)]
+        kept = [line for line, rec in records if rec is not None
+                and not (rec.get("event") in ("train", "eval") and int(rec.get("iter", 0)) > iteration)]
         if len(kept) != len(records):
             write_text_atomic(self.path, "".join(k + "\n" for k in kept))
         return len(records) - len(kept)
