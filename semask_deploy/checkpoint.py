@@ -115,36 +115,33 @@ _NUMPY_PICKLE_GLOBALS = {
 }
 
 
-class _NumpyOnlyUnpickler:
-    """A pickle reader that builds numpy arrays, dicts and plain values and refuses every other global.
+def _load_numpy_pickle(path: Path) -> Any:
+    """Read a plain pickle that builds only numpy arrays, dicts and plain values, refusing every other global.
 
     detectron2 writes its ``.pkl`` checkpoints with :mod:`pickle` (numpy weights), which ``torch.load``'s
     weights-only reader cannot read; this reads them without running code from the file.
     """
+    import pickle
 
-    @staticmethod
-    def load(path: Path) -> Any:
-        import pickle
+    import numpy as np
 
-        import numpy as np
+    class Restricted(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            if (module, name) not in _NUMPY_PICKLE_GLOBALS:
+                raise pickle.UnpicklingError(f"Unsupported global: {module}.{name}")
+            if name == "OrderedDict":
+                return OrderedDict
+            if module == "_codecs":
+                import codecs
 
-        class Restricted(pickle.Unpickler):
-            def find_class(self, module: str, name: str) -> Any:
-                if (module, name) not in _NUMPY_PICKLE_GLOBALS:
-                    raise pickle.UnpicklingError(f"Unsupported global: {module}.{name}")
-                if name == "OrderedDict":
-                    return OrderedDict
-                if module == "_codecs":
-                    import codecs
+                return codecs.encode
+            if name in ("ndarray", "dtype"):
+                return getattr(np, name)
+            core = getattr(np, "_core", None) or np.core
+            return getattr(core.numeric if name == "_frombuffer" else core.multiarray, name)
 
-                    return codecs.encode
-                if name in ("ndarray", "dtype"):
-                    return getattr(np, name)
-                core = getattr(np, "_core", None) or np.core
-                return getattr(core.numeric if name == "_frombuffer" else core.multiarray, name)
-
-        with path.open("rb") as f:
-            return Restricted(f, encoding="latin1").load()
+    with path.open("rb") as f:
+        return Restricted(f, encoding="latin1").load()
 
 
 def _read_pickle(path: Path) -> CheckpointData:
@@ -157,7 +154,7 @@ def _read_pickle(path: Path) -> CheckpointData:
     except Exception as exc:  # torch raises several types; every one means "cannot use this file"
         if not is_zip and _starts_as_pickle(path):  # a plain pickle: a detectron2 .pkl of numpy arrays?
             try:
-                plain = _NumpyOnlyUnpickler.load(path)
+                plain = _load_numpy_pickle(path)
             except Exception as plain_exc:  # noqa: BLE001 - report it as torch's failure below
                 plain = None
                 if "Unsupported global" in str(plain_exc):
@@ -384,11 +381,14 @@ def _check_relative_position_index(sd: Mapping[str, torch.Tensor], where: str) -
     compute the index, so a checkpoint with other values would give different answers per backend: refused."""
     from .model.swin import relative_position_index
 
+    standard: dict[int, torch.Tensor] = {}  # window -> its index (one per window size, not one per block)
     for k, v in sd.items():
         if not k.endswith("relative_position_index") or v.ndim != 2 or v.shape[0] != v.shape[1]:
             continue
         window = round(v.shape[0] ** 0.5)
-        if window * window != v.shape[0] or not torch.equal(v.to(torch.int64).cpu(), relative_position_index(window)):
+        if window * window == v.shape[0] and window not in standard:
+            standard[window] = relative_position_index(window)
+        if window * window != v.shape[0] or not torch.equal(v.to(torch.int64).cpu(), standard[window]):
             raise CheckpointError(
                 f"{where}: {k} is not Swin's relative position index for a {window}x{window} window (every official "
                 "checkpoint holds that fixed table; this one was altered): restore it from the original checkpoint")
