@@ -282,6 +282,7 @@ def _launch(
     if out.numel() == 0:
         return out
     if window > 0:
+        k_bias, v_bias = k_bias.contiguous(), v_bias.contiguous()  # the kernel reads them with unit stride
         b, h, w = q.shape[:3]
         n_win_h, n_win_w = -(-h // window), -(-w // window)
         n_keys = window * window

@@ -6,7 +6,8 @@ Algorithm:
     ``src = max(scale * (dst + 0.5) - 0.5, 0)``, ``i0 = min(floor(src), in - 1)``, ``i1 = i0 + (i0 < in - 1)``,
     ``l1 = clamp(src - i0, 0, 1)``, ``l0 = 1 - l1``; the value of class c is
     ``l0y * (l0x * x[i0y, i0x] + l1x * x[i0y, i1x]) + l1y * (l0x * x[i1y, i0x] + l1x * x[i1y, i1x])``
-    (PyTorch's own evaluation order). Each pixel keeps a running (max, argmax) over the classes, so the
+    (the evaluation order of PyTorch's CUDA kernel; the CPU ``F.interpolate`` vectorises differently, so its
+    values can differ in the last bit and a near-tie can go the other way). Each pixel keeps a running (max, argmax) over the classes, so the
     N x K x H x W upsampled logits are never materialised. Ties go to the lowest class index, like
     ``torch.argmax``.
 
@@ -184,8 +185,8 @@ def _upsample_argmax_fake(logits: Tensor, size: list[int]) -> Tensor:
 def upsample_argmax(logits: Tensor, size: tuple[int, int]) -> Tensor:
     """Bilinear resize (align_corners=False) to ``size`` fused with argmax over classes (Triton).
 
-    Same labels as :func:`upsample_argmax_ref` (``F.interpolate(...).argmax(1)`` in fp32), without
-    materialising the resized logits. Registered as ``torch.ops.semask.upsample_argmax``.
+    The labels of :func:`upsample_argmax_ref` (``F.interpolate(...).argmax(1)`` in fp32) up to rounding at
+    near-ties, without materialising the resized logits. Registered as ``torch.ops.semask.upsample_argmax``.
 
     Args:
         logits: (N, K, h, w) float32/float16/bfloat16 logits, any strides.
@@ -202,8 +203,11 @@ def upsample_argmax(logits: Tensor, size: tuple[int, int]) -> Tensor:
         raise ValueError(f"logits must be (N, K, h, w) with K >= 1, got {tuple(logits.shape)}")
     if logits.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"logits must be float32, float16 or bfloat16, got {logits.dtype}")
-    if len(size) != 2 or min(int(size[0]), int(size[1])) < 1:
-        raise ValueError(f"size must be (H, W) with H, W >= 1, got {size}")
+    fractional = (float, np.floating)  # int(7.5) would silently give 7 rows; F.interpolate refuses it
+    if (not isinstance(size, (tuple, list)) or len(size) != 2
+            or any(isinstance(s, fractional) or (isinstance(s, Tensor) and s.is_floating_point()) for s in size)
+            or min(int(size[0]), int(size[1])) < 1):
+        raise ValueError(f"size must be a pair of integers (H, W) with H, W >= 1, got {size!r}")
     if logits.shape[2] < 1 or logits.shape[3] < 1:
         raise ValueError(f"logits must have a non-empty spatial size, got {tuple(logits.shape)}")
     check_launchable(_upsample_argmax_kernel, "upsample_argmax", logits)

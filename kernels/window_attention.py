@@ -279,6 +279,7 @@ def _launch(
     out = torch.empty((b, h, w, c), device=qkv.device, dtype=qkv.dtype)
     if out.numel() == 0:
         return out
+    qkv_bias = qkv_bias.contiguous()  # the kernel reads it with unit stride
     tok_block = next_pow2(n_tok)
     fp32 = qkv.dtype == torch.float32
     block_m = block_m or min(64, max(16, tok_block))

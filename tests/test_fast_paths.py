@@ -162,3 +162,28 @@ def test_eager_runs_in_bfloat16():
         out = model.to(torch.bfloat16)(x.bfloat16())
     assert out.dtype == torch.bfloat16
     assert (out.float() - ref).abs().max() < 0.1 * ref.abs().max()
+
+
+@pytest.mark.parametrize("how", ["built_inside", "converted_inside"])
+def test_fast_paths_with_inference_mode_parameters(how):
+    """Parameters created or converted inside torch.inference_mode are inference tensors (no version counter):
+    the fast paths' caches must not crash on them and must give the eager result."""
+    cfg = SeMaskConfig(embed_dim=24, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8), window_size=7, sem_window_size=7,
+                       num_classes=19, sem_num_classes=19, sem_modes=("window", "window", "global", "global"),
+                       head_channels=32)
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 45, 61)
+    if how == "built_inside":
+        with torch.inference_mode():
+            model = SeMaskSegmentor(cfg, attention_backend="sdpa").eval()
+    else:
+        model = SeMaskSegmentor(cfg, attention_backend="sdpa").eval()
+        with torch.inference_mode():
+            model = model.double().float()
+    with torch.inference_mode():
+        got = model(x)
+        got_again = model(x)  # second call: the caches are consulted
+        model.set_attention_backend("eager")
+        want = model(x)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got_again, got)

@@ -38,7 +38,11 @@ def _inference_cpu_fp32(x: Tensor, *params: Tensor) -> bool:
 
 
 def _version_key(*tensors: Tensor | None) -> tuple:
-    return tuple((t.data_ptr(), t._version) if t is not None else None for t in tensors)
+    # Inference tensors (parameters created or converted inside torch.inference_mode) have no version
+    # counter: give them a key that never matches, so nothing stale is reused (recomputed per call).
+    return tuple(
+        None if t is None else object() if t.is_inference() else (t.data_ptr(), t._version) for t in tensors
+    )
 
 
 def _folded_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:

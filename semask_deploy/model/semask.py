@@ -28,6 +28,14 @@ from .swin import (
 )
 
 
+def _unscaled_attention_fp32(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """softmax(q·kᵀ)·v with the unscaled scores and the softmax in fp32 (fp64 stays fp64), as DESIGN §2 asks of
+    every reduced-precision path: in fp16, q·kᵀ over ~150 classes can exceed 65504 (inf, then NaN).
+    A no-op cast for fp32 inputs."""
+    acc = torch.promote_types(q.dtype, torch.float32)
+    return (q.to(acc) @ k.to(acc).transpose(-2, -1)).softmax(dim=-1).to(v.dtype) @ v
+
+
 class SemanticAttention(nn.Module):
     """Single-head, unscaled class attention. Keys: ``gamma``, ``mlp_cls_q/k``, ``mlp_v``, ``mlp_res``."""
 
@@ -72,14 +80,13 @@ class SemanticLayer(nn.Module):
         b, n, c = xn.shape
         if self.mode == "global":
             q, k, v = sa.mlp_cls_q(xn), sa.mlp_cls_k(xn), sa.mlp_v(xn)
-            attn = (q @ k.transpose(-2, -1)).softmax(dim=-1)
-            return attn @ v, q
+            return _unscaled_attention_fp32(q, k, v), q
         win = self.window
         hp, wp = padded_size(h, win), padded_size(w, win)
         x = F.pad(xn.view(b, h, w, c), (0, 0, 0, wp - w, 0, hp - h))
         windows = window_partition(x, win)
         q, k, v = sa.mlp_cls_q(windows), sa.mlp_cls_k(windows), sa.mlp_v(windows)
-        out = (q @ k.transpose(-2, -1)).softmax(dim=-1) @ v
+        out = _unscaled_attention_fp32(q, k, v)
         out = window_reverse(out, win, hp, wp)[:, :h, :w].reshape(b, n, c)
         q = window_reverse(q, win, hp, wp)[:, :h, :w].reshape(b, n, -1)
         return out, q

@@ -323,6 +323,7 @@ class SwinBlock(nn.Module):
         """
         table = self.attn.relative_position_bias_table
         cacheable = not (torch.is_grad_enabled() and table.requires_grad) and not is_tracing()
+        cacheable = cacheable and not table.is_inference()  # inference tensors have no version counter
         # The key is built only when caching: data_ptr() fails on the fake tensors of torch.export.
         key = (hp, wp, device, dtype, table._version, table.data_ptr()) if cacheable else None
         if cacheable and key in self._bias_cache:

@@ -229,3 +229,14 @@ def test_gpu_window(h, w, window, k_cls, c, dtype):
     kb, vb = torch.randn(k_cls, device="cuda"), torch.randn(c, device="cuda")
     ref = semantic_attention_window_ref(q.float(), k.float(), v.float(), window, kb, vb)
     _close(semantic_attention_window(q, k, v, window, kb, vb), ref, dtype)
+
+
+def test_window_strided_biases(device):
+    """k_bias / v_bias may be strided views: the kernel must not assume unit stride."""
+    q, k, v = _qkv((1, 9, 11, 150), (1, 9, 11, 20), torch.float32, device, seed=12)
+    kb, vb = torch.randn(150).to(device), torch.randn(20).to(device)
+    kb_s = torch.stack([kb, torch.zeros_like(kb)], 1).reshape(-1)[::2]
+    vb_s = torch.stack([vb, torch.zeros_like(vb)], 1).reshape(-1)[::2]
+    assert not kb_s.is_contiguous() and not vb_s.is_contiguous()
+    out = semantic_attention_window(q, k, v, 7, kb_s, vb_s)
+    _close(out, semantic_attention_window_ref(q, k, v, 7, kb, vb), torch.float32)

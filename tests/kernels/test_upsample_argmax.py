@@ -105,6 +105,9 @@ def test_validation_errors(device):
         upsample_argmax(torch.randn(1, 3, 4, 4, device=device).to(torch.int32), (8, 8))
     with pytest.raises(ValueError):
         upsample_argmax(torch.randn(1, 3, 4, 4, device=device), (0, 8))
+    for size in ((7.5, 7), 7, (7,)):  # a fractional size would silently be truncated; F.interpolate refuses it
+        with pytest.raises(ValueError, match="pair of integers"):
+            upsample_argmax(torch.randn(1, 3, 4, 4, device=device), size)
 
 
 def test_custom_op_opcheck_and_compile(device):

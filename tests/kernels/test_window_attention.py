@@ -337,3 +337,14 @@ def test_gpu_grid(window, shift, hw, dtype):
 def test_gpu_real_sizes(b, h, w, heads, window, dtype):
     for shift in (0, window // 2):
         _check(*_inputs(b, h, w, heads, 32, window, dtype, "cuda"), heads, window, shift)
+
+
+def test_strided_qkv_bias(device):
+    """qkv_bias may be a strided view (e.g. a slice of a larger parameter): the kernel must not assume unit stride."""
+    qkv, qkv_bias, table = _inputs(1, 9, 11, 2, 16, 7, torch.float32, device, seed=11)
+    wide = torch.zeros(2 * qkv_bias.numel(), device=device)
+    wide[::2] = qkv_bias
+    strided = wide[::2]
+    assert not strided.is_contiguous()
+    out = window_attention(qkv, strided, table, 2, 7, 3, 0.25)
+    torch.testing.assert_close(out, window_attention_ref(qkv, qkv_bias, table, 2, 7, 3, 0.25), atol=1e-5, rtol=1e-5)
