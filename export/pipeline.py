@@ -186,6 +186,10 @@ def _run_export(o: ExportOptions) -> ExportResult:
 
         ov_xml, ov_bin = ir_paths(out, base)
         targets += [ov_xml, ov_bin, md.sidecar_path(ov_xml)]
+    folders = [p for p in targets if p.is_dir()]  # --force cannot replace a folder: say so before any work
+    if folders:
+        raise ConfigError(f"{', '.join(str(p) for p in folders)} exist(s) as a folder; remove or rename it, or use "
+                          "--name/--out to write elsewhere")
     existing = [p for p in targets if p.exists()]
     if existing and not o.force:
         raise ConfigError(f"{', '.join(str(p) for p in existing)} already exist(s); use --force to overwrite or "

@@ -20,6 +20,7 @@ Distributed: ``torchrun --standalone --nproc-per-node=N -m semask_deploy.train <
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
@@ -490,6 +491,7 @@ def _train(opts: TrainOptions, info: tdist.DistInfo, stop_after: int | None, t_w
     t_data = 0.0
     t_last = time.perf_counter()
     it = start
+    stepping = [False]  # inside optimizer.step(): the only time the weights are not those of iteration `it`
     try:
         for x, y in loader:
             t_data += time.perf_counter() - t_last
@@ -502,9 +504,11 @@ def _train(opts: TrainOptions, info: tdist.DistInfo, stop_after: int | None, t_w
                 raise SemaskError(f"the loss became {loss_value} at iteration {it}; lower --lr or check the labels")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            stepping[0] = True
             optimizer.step()
             window.append(torch.tensor([loss_value, parts["loss_seg"], parts["loss_sem"], parts["acc"]]))
             it += 1
+            stepping[0] = False
             if bar is not None:
                 bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{cur_lr:.2e}", refresh=False)
                 bar.update(1)
@@ -523,12 +527,20 @@ def _train(opts: TrainOptions, info: tdist.DistInfo, stop_after: int | None, t_w
                 run_eval(it)
             t_last = time.perf_counter()
     except BaseException as exc:
+        interrupted = isinstance(exc, (KeyboardInterrupt, Terminated))
+        if not interrupted and not stepping[0] and it > saved["iteration"] and info.world_size == 1:
+            # an error (a corrupt training image drawn deep into the set, a bad label, a non-finite loss) keeps the
+            # iterations done since the last save: the weights are those of iteration `it`, complete. (With DDP the
+            # other processes cannot join the save.)
+            with contextlib.suppress(Exception):
+                save(it, final=False)
         stopped_at = saved["iteration"]
-        log.event({"event": "interrupted" if isinstance(exc, (KeyboardInterrupt, Terminated)) else "error",
+        log.event({"event": "interrupted" if interrupted else "error",
                    "iter": it, "saved_iter": stopped_at, "error": str(exc)[:300] or type(exc).__name__})
         if stopped_at > 0 and info.is_main and (out / "latest.pth").is_file():
+            threads = f" --threads {opts.threads}" if opts.threads is not None else ""  # not taken over (machine)
             log.say(f"stopped at iteration {it}; {out / 'latest.pth'} holds iteration {stopped_at}: continue with "
-                    f"semask-train --resume --out {out}")
+                    f"semask-train --resume --out {out}{threads}")
         raise
     if bar is not None:
         bar.close()

@@ -311,3 +311,15 @@ def test_openvino_force_reexport_failing_keeps_the_previous_artifacts(tmp_path, 
     monkeypatch.setattr(pipeline, "_write_ir", interrupted)
     assert main(argv[:5] + ["96x96"] + argv[6:] + ["--force"]) == 130
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing replaced, no temporary left
+
+
+def test_artifact_name_that_is_a_folder_is_refused_before_the_export(tmp_path, capsys):
+    """out/<name>.onnx a folder: with --force the export once ran for minutes, then failed in os.replace with a
+    traceback."""
+    out = tmp_path / "out"
+    (out / "x.onnx").mkdir(parents=True)
+    for force in ([], ["--force"]):
+        assert main(["--demo", "--out", str(out), "--name", "x", "--quiet"] + force) == 2
+        msg = _one_error(capsys)
+        assert "x.onnx exist(s) as a folder" in msg and "Traceback" not in msg
+    assert sorted(p.name for p in out.iterdir()) == ["x.onnx"]

@@ -228,3 +228,33 @@ def test_more_threads_than_cpus_is_an_error_before_loading(tmp_path, images, cap
                  "--threads", str(too_many)]) == 2
     assert f"threads={too_many} is more than the" in _err(capsys)
     assert not (tmp_path / "o").exists()
+
+
+def test_output_name_that_is_a_folder_is_refused_before_anything_runs(tmp_path, images, capsys):
+    """out/odd_labels.png is a folder: once the run stopped there with a write error, main.png done, the rest not."""
+    out = tmp_path / "o"
+    (out / "odd_labels.png").mkdir(parents=True)
+    assert main(["--model", str(tmp_path / "none.pth"), "--image", str(images), "--out", str(out)]) == 2
+    assert "odd_labels.png exists as a folder" in _err(capsys)
+    assert sorted(p.name for p in out.iterdir()) == ["odd_labels.png"]
+
+
+def test_an_output_that_cannot_be_written_fails_that_image_alone(tiny_ckpt, images, tmp_path, capsys, monkeypatch):
+    """A labels file that cannot be replaced (immutable, read-only) once stopped the run there: the images after it
+    were never segmented."""
+    import semask_deploy.data.io as io_mod
+    from semask_deploy.errors import ImageError
+
+    real = io_mod.write_png
+
+    def refuse_main(path, *args, **kwargs):
+        if Path(path).name == "main_labels.png":
+            raise ImageError(f"cannot write {path}: Operation not permitted (check the directory and free space)")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(io_mod, "write_png", refuse_main)
+    out = tmp_path / "o"
+    assert main(["--model", str(tiny_ckpt), "--image", str(images / "main.png"), str(images / "odd.png"),
+                 "--out", str(out), "--scale", "none", "--quiet"]) == 2
+    assert "main_labels.png: Operation not permitted" in _err(capsys)
+    assert sorted(p.name for p in out.iterdir()) == ["odd_labels.png", "odd_overlay.png"]

@@ -102,10 +102,10 @@ def test_read_palette_label(tmp_path):
 
 
 def test_list_images(tmp_path):
-    for n in ("b.png", "a.JPG", "c.txt", ".hidden.png", "d.gif"):
+    for n in ("b.png", "a.JPG", "c.txt", ".hidden.png", "d.gif", "e.jfif"):
         (tmp_path / n).write_bytes(b"x")
     (tmp_path / "sub").mkdir()
-    assert [p.name for p in list_images(tmp_path)] == ["a.JPG", "b.png", "d.gif"]
+    assert [p.name for p in list_images(tmp_path)] == ["a.JPG", "b.png", "d.gif", "e.jfif"]
     assert list_images(tmp_path / "b.png") == [tmp_path / "b.png"]
     with pytest.raises(ImageError, match="does not look like an image"):
         list_images(tmp_path / "c.txt")

@@ -342,9 +342,11 @@ def test_resume_with_a_new_lr_warmup_and_weight_decay_uses_them(tmp_path, tiny_j
     assert [g["weight_decay"] for g in state["optimizer"]["param_groups"]] == [0.5, 0.0]
 
 
-def test_an_interrupted_run_logs_it_and_the_resume_keeps_one_record_per_iteration(tmp_path, tiny_json, monkeypatch):
-    """Ctrl-C at iteration 4 with latest.pth at 2: the log says so (and where to continue); the resumed run
-    trains 3 and 4 again, and their records from the interrupted run are dropped (a loss curve showed them twice)."""
+def test_an_interrupted_run_logs_it_and_the_resume_keeps_one_record_per_iteration(tmp_path, tiny_json, monkeypatch,
+                                                                                    capsys):
+    """Ctrl-C at iteration 4 with latest.pth at 2: the log says so (and where to continue, with the --threads that are
+    not taken over); the resumed run trains 3 and 4 again, and their records from the interrupted run are dropped (a
+    loss curve showed them twice)."""
     import semask_deploy.train as train_mod
 
     real, calls = train_mod.semask_loss, {"n": 0}
@@ -356,8 +358,10 @@ def test_an_interrupted_run_logs_it_and_the_resume_keeps_one_record_per_iteratio
         return real(*a, **kw)
 
     monkeypatch.setattr(train_mod, "semask_loss", interrupted_at_the_fourth)
+    threads = torch.get_num_threads()
     with pytest.raises(KeyboardInterrupt):
-        run_train(small_run(tmp_path, tiny_json, "r", save_every=2, eval_every=100))
+        run_train(small_run(tmp_path, tiny_json, "r", save_every=2, eval_every=100, quiet=False, threads=threads))
+    assert f"continue with semask-train --resume --out {tmp_path / 'r'} --threads {threads}" in capsys.readouterr().err
     records = [json.loads(line) for line in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
     assert records[-1]["event"] == "interrupted" and records[-1]["iter"] == 3 and records[-1]["saved_iter"] == 2
     monkeypatch.setattr(train_mod, "semask_loss", real)
@@ -366,6 +370,44 @@ def test_an_interrupted_run_logs_it_and_the_resume_keeps_one_record_per_iteratio
     trained = [r["iter"] for r in records if r["event"] == "train"]
     assert trained == [1, 2, 3, 4]
     assert [r for r in records if r["event"] == "resume"][0]["dropped_log_records"] == 1
+
+
+def test_an_error_keeps_the_iterations_since_the_last_save(tmp_path, tiny_json, monkeypatch):
+    """A corrupt training image drawn at iteration 4 of a run that saves every 100: latest.pth holds the 3
+    finished iterations (before, nothing was saved and the run had to start again); a Ctrl-C saves nothing."""
+    import semask_deploy.train as train_mod
+    from semask_deploy.errors import ImageError
+
+    real, calls = train_mod.semask_loss, {"n": 0}
+
+    def bad_fourth_sample(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise ImageError("cannot decode image s030.png: the file is corrupt")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(train_mod, "semask_loss", bad_fourth_sample)
+    with pytest.raises(ImageError):
+        run_train(small_run(tmp_path, tiny_json, "r", iters=6, save_every=100, eval_every=100))
+    state = torch.load(tmp_path / "r" / "latest.pth", weights_only=False)
+    assert state["iteration"] == 3 and not (tmp_path / "r" / "final.pth").exists()
+    records = [json.loads(line) for line in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
+    assert records[-1]["event"] == "error" and records[-1]["saved_iter"] == 3
+    monkeypatch.setattr(train_mod, "semask_loss", real)
+    resumed = run_train(small_run(tmp_path, tiny_json, "r", iters=6, save_every=100, eval_every=100, resume=True))
+    assert resumed.start_iter == 3 and resumed.end_iter == 6 and resumed.final.is_file()
+
+    def ctrl_c_at_the_second(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    calls["n"] = 0
+    monkeypatch.setattr(train_mod, "semask_loss", ctrl_c_at_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(small_run(tmp_path, tiny_json, "c", iters=6, save_every=100, eval_every=100))
+    assert not (tmp_path / "c" / "latest.pth").exists()
 
 
 def test_resume_of_a_finished_run_without_final_pth_writes_it(tmp_path, tiny_json):

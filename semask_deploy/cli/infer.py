@@ -62,6 +62,9 @@ def _check_output_names(images: list[Path], out: Path, overlay: bool) -> None:
             if key in inputs:
                 raise ConfigError(f"the output {target} would overwrite the input image {target.name}; use another "
                                   "--out folder")
+            if target.is_dir():  # found before the model runs, not when the write fails half way through the images
+                raise ConfigError(f"the output {target} exists as a folder; remove or rename it, or use another "
+                                  "--out folder")
             owner[key] = path
 
 
@@ -172,9 +175,13 @@ def run_infer(
             continue
         labels = seg.predict(rgb)
         lab_img = labels.astype(np.uint8) if seg.num_classes <= 256 else labels.astype(np.uint16)
-        result.written.append(write_png(out / f"{path.stem}_labels.png", lab_img, rgb=False))
-        if overlay:
-            result.written.append(write_png(out / f"{path.stem}_overlay.png", blend(rgb, labels, seg.palette, alpha)))
+        try:  # a file that cannot be written (read-only, immutable) fails that image alone, as an unreadable one does
+            result.written.append(write_png(out / f"{path.stem}_labels.png", lab_img, rgb=False))
+            if overlay:
+                result.written.append(write_png(out / f"{path.stem}_overlay.png",
+                                                blend(rgb, labels, seg.palette, alpha)))
+        except ImageError as exc:
+            result.failed.append((path, str(exc)))
     return result
 
 

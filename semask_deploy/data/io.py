@@ -20,7 +20,7 @@ from ..errors import ImageError
 from ..fileio import atomic_path
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (  # the file types OpenCV's imread decodes
-    ".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".tif", ".tiff", ".webp", ".gif", ".avif", ".jp2",
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".jfi", ".jif", ".png", ".bmp", ".dib", ".tif", ".tiff", ".webp", ".gif", ".avif", ".jp2",
     ".ppm", ".pgm", ".pbm", ".pnm", ".pxm", ".pfm", ".sr", ".ras", ".hdr", ".pic",
 )
 
@@ -200,7 +200,8 @@ def list_images(path_or_dir: PathLike, extensions: Sequence[str] = IMAGE_EXTENSI
         raise ImageError(f"no such file or directory: {p}")
     if p.is_file():
         if p.suffix.lower() not in exts:
-            raise ImageError(f"{p} does not look like an image (extensions: {' '.join(sorted(exts))})")
+            raise ImageError(f"{p} does not look like an image (extensions: {' '.join(sorted(exts))}; an image saved "
+                             "under another name: rename or copy it with one of these)")
         return [p]
     files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in exts and not f.name.startswith("."))
     if not files:
