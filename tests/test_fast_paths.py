@@ -187,3 +187,28 @@ def test_fast_paths_with_inference_mode_parameters(how):
         want = model(x)
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(got_again, got)
+
+
+@pytest.mark.parametrize("how", ["eval", "clear_caches", "set_attention_backend"])
+def test_weights_written_through_data_are_seen_after_eval_or_clear_caches(how):
+    """Writes through .data (an EMA update, hand edits) do not bump versions, so the version-keyed caches (folded
+    BN, fused q/k/v, attention biases) kept the old weights: eval(), clear_caches() and set_attention_backend drop
+    them."""
+    cfg = SeMaskConfig(embed_dim=24, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8), window_size=7, sem_window_size=7,
+                       num_classes=19, sem_num_classes=19, sem_modes=("window", "window", "global", "global"),
+                       head_channels=32)
+    torch.manual_seed(0)
+    model = SeMaskSegmentor(cfg, attention_backend="sdpa").eval()
+    x = torch.randn(1, 3, 45, 61)
+    with torch.no_grad():
+        model(x)  # fills the caches
+        for p in model.parameters():
+            p.data.mul_(1.1)
+        for b in model.buffers():
+            if b.is_floating_point():
+                b.data.mul_(1.1)
+        {"eval": model.eval, "clear_caches": model.clear_caches,
+         "set_attention_backend": lambda: model.set_attention_backend("sdpa")}[how]()
+        got = model(x)
+        want = model.set_attention_backend("eager")(x)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)

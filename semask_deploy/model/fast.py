@@ -16,8 +16,11 @@
   materialising the N×K×H×W logits (at 512×512×150, 1 thread: 1.7× faster than resize-then-argmax on
   channels-last logits, 4× faster than on NCHW logits).
 
-Each cache is keyed on the parameters' storage and version, so loading new weights invalidates it; nothing
-is cached while autograd records or while the model is traced for export.
+Each cache is keyed on the parameters' storage and version, so loading new weights (``load_state_dict``, an
+optimizer step, any in-place write under ``no_grad``) invalidates it; nothing is cached while autograd records
+or while the model is traced for export. Writes through ``.data`` bypass the version counter: the segmentors
+clear these caches in ``eval()``/``train()`` and ``set_attention_backend``, and :func:`clear_weight_caches`
+clears them at any time.
 """
 
 from __future__ import annotations
@@ -43,6 +46,17 @@ def _version_key(*tensors: Tensor | None) -> tuple:
     return tuple(
         None if t is None else object() if t.is_inference() else (t.data_ptr(), t._version) for t in tensors
     )
+
+
+def clear_weight_caches(module: nn.Module) -> None:
+    """Drop every weight-derived cache of the fast paths under ``module`` (fused and folded weights, attention
+    biases): needed only after writing parameters through ``.data``, which does not bump their versions."""
+    for m in module.modules():
+        for name in ("_semask_fused", "_semask_folded"):
+            m.__dict__.pop(name, None)
+        bias_cache = m.__dict__.get("_bias_cache")
+        if isinstance(bias_cache, dict):
+            bias_cache.clear()
 
 
 def _folded_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:

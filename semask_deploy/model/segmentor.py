@@ -55,6 +55,22 @@ class SeMaskSegmentor(nn.Module):
                 m.backend = name
         self.decode_head.set_fast_path(name != "eager")
         self.attention_backend = name
+        self.clear_caches()
+        return self
+
+    def clear_caches(self) -> "SeMaskSegmentor":
+        """Drop the fast paths' weight-derived caches (folded BN, fused q/k/v, attention biases). They follow
+        ``load_state_dict`` and in-place updates by themselves; only writes through ``.data`` (which do not bump
+        a tensor's version) need this — or ``eval()``/``train()``/``set_attention_backend``, which call it."""
+        from .fast import clear_weight_caches
+
+        clear_weight_caches(self)
+        return self
+
+    def train(self, mode: bool = True) -> "SeMaskSegmentor":
+        """``nn.Module.train``; also clears the fast paths' caches (see :meth:`clear_caches`)."""
+        super().train(mode)
+        self.clear_caches()
         return self
 
     def forward_lowres(self, x: Tensor) -> Tensor:
