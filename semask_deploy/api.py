@@ -80,9 +80,18 @@ def set_class_info(model: SeMaskSegmentor, meta: Mapping[str, Any]) -> None:
     ds_meta = meta.get("dataset_meta") if isinstance(meta.get("dataset_meta"), Mapping) else {}
     names = meta.get("CLASSES") or ds_meta.get("classes")
     palette = meta.get("PALETTE") or ds_meta.get("palette")
-    if not names or len(names) != k:
+    for what, given in (("class names", names), ("palette", palette)):
+        if given and (isinstance(given, str) or len(given) != k):
+            import warnings
+
+            from .errors import SemaskWarning
+
+            got = "a string" if isinstance(given, str) else f"{len(given)} entries"
+            warnings.warn(f"the checkpoint's {what} ({got}) do not match its {k} classes: ignored, the standard "
+                          f"{what} for {k} classes are used instead", SemaskWarning, stacklevel=3)
+    if not names or isinstance(names, str) or len(names) != k:
         names = default_classes(k) or tuple(f"class_{i}" for i in range(k))
-    if not palette or len(palette) != k:
+    if not palette or isinstance(palette, str) or len(palette) != k:
         palette = default_palette(k) or generic_palette(k)
     model.class_names = tuple(str(n) for n in names)
     model.palette = [tuple(int(v) for v in c) for c in palette]

@@ -429,6 +429,9 @@ def open_dataset(
     if not Path(root).is_dir():
         raise DatasetError(f"data set directory not found: {root}")
     if factory is FolderDataset:
+        if split is not None:  # a folder data set has no splits: the whole folder would be used without a word
+            raise ConfigError(f"a folder data set has no splits (got split {split!r}); point the data root at the "
+                              f"split's own folder instead, e.g. {Path(root) / split}")
         ds = FolderDataset(root)
     elif split is None:
         ds = factory(root)

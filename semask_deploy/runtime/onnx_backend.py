@@ -26,6 +26,10 @@ from .artifact import (OUTPUT_SIZE, ImageInput, apply_sidecar, check_graph_match
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider", "ROCMExecutionProvider",
                  "MIGraphXExecutionProvider", "DmlExecutionProvider")
 
+#: providers that take a ``device_id`` option
+_DEVICE_ID_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider", "ROCMExecutionProvider",
+                        "MIGraphXExecutionProvider")
+
 
 def _providers_for(device: str, providers: Sequence[str] | None) -> list[str]:
     if providers:
@@ -84,8 +88,12 @@ class OnnxBackend:
         opts.log_severity_level = 3
         if threads:
             opts.intra_op_num_threads = int(threads)
+        from .segmenter import cuda_index
+
+        index = 0 if providers else cuda_index(device)  # "cuda:N": the session's GPU (ORT's default is 0)
+        gpu = {"provider_options": [{"device_id": str(index)} if p in _DEVICE_ID_PROVIDERS else {} for p in use]}
         try:
-            self.session = ort.InferenceSession(str(self.path), opts, providers=use)
+            self.session = ort.InferenceSession(str(self.path), opts, providers=use, **(gpu if index else {}))
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
             why = str(exc).splitlines()[0][:300]
             raise RuntimeBackendError(f"ONNX Runtime cannot load {self.path.name}: {why}") from exc

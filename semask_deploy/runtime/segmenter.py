@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -67,6 +68,13 @@ def _size_pair(value: Any, what: str) -> tuple[int, int]:
             or min(pair) <= 0):
         raise ConfigError(f"{what} must be two positive whole numbers, got {value!r}")
     return int(pair[0]), int(pair[1])
+
+
+def cuda_index(device: str) -> int:
+    """The GPU index of ``"cuda"`` (0) / ``"cuda:N"`` (N); ``"cpu"`` gives 0 (engines always run on a GPU)."""
+    if not isinstance(device, str) or not (device in ("cpu", "cuda") or re.fullmatch(r"cuda:\d+", device)):
+        raise ConfigError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    return int(device.split(":", 1)[1]) if ":" in device else 0
 
 
 def _set_torch_threads(threads: int | None) -> None:
@@ -151,6 +159,14 @@ class Segmenter:
         if attention_backend is not None and (suffix not in TORCH_SUFFIXES or backend not in (None, "torch")):
             raise ConfigError(f"attention_backend (--attention) is for PyTorch checkpoints; {path.name} runs the "
                               "attention its export compiled in (leave it unset)")
+        env_attention = os.environ.get("SEMASK_ATTN")
+        if attention_backend is not None and env_attention and env_attention != attention_backend:
+            raise ConfigError(f"attention_backend={attention_backend!r} (--attention) conflicts with the environment "
+                              f"variable SEMASK_ATTN={env_attention!r}, which would override it; unset SEMASK_ATTN or "
+                              "drop the attention backend")
+        if (providers or allow_cpu_fallback) and not (suffix == ".onnx" and backend in (None, "onnxruntime")):
+            raise ConfigError(f"providers and allow_cpu_fallback (--allow-cpu-fallback) are ONNX Runtime options; "
+                              f"{path.name} does not run on ONNX Runtime here (leave them unset)")
         if isinstance(scale, str):
             if scale.lower() != "none":
                 raise ConfigError(f"scale must be (long, short) or 'none', got {scale!r}")
@@ -191,7 +207,7 @@ class Segmenter:
         elif suffix in TRT_SUFFIXES:
             from .trt_backend import TensorRTBackend
 
-            self.backend = TensorRTBackend(path)
+            self.backend = TensorRTBackend(path, device=cuda_index(device))
         else:
             raise ConfigError(
                 f"cannot tell the format of {path}: use a .pth/.safetensors checkpoint, an .onnx file, an OpenVINO "

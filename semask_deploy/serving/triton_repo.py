@@ -228,6 +228,9 @@ class TritonPythonModel:
         gpu = args["model_instance_kind"] == "GPU"
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if gpu else ["CPUExecutionProvider"]
         self.session = ort.InferenceSession(path, providers=providers)
+        if gpu and "CUDAExecutionProvider" not in self.session.get_providers():  # never a silent CPU fallback
+            raise RuntimeError("this KIND_GPU instance cannot start ONNX Runtime's CUDA provider (onnxruntime-gpu "
+                               "and its CUDA libraries are needed); it would silently run on the CPU")
         self.outputs = [o["name"] for o in json.loads(args["model_config"])["output"]]
 
     def execute(self, requests):
