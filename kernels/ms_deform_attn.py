@@ -173,11 +173,16 @@ def ms_deform_attn_fast_cpu(
     fx1 = frac[..., 0]
     wy1 = frac[..., 1] * aw
     wy0 = aw - wy1
-    wts = torch.empty((n, lq, m, nl, p, 4), dtype=acc, device=dev)
-    torch.mul(wy0, fx1, out=wts[..., 1])
-    torch.sub(wy0, wts[..., 1], out=wts[..., 0])
-    torch.mul(wy1, fx1, out=wts[..., 3])
-    torch.sub(wy1, wts[..., 3], out=wts[..., 2])
+    if torch.is_grad_enabled() and (aw.requires_grad or frac.requires_grad):
+        # autograd (a model called outside no_grad): out= ops cannot record it; the same products, stacked
+        a, b = wy0 * fx1, wy1 * fx1
+        wts = torch.stack([wy0 - a, a, wy1 - b, b], -1)
+    else:
+        wts = torch.empty((n, lq, m, nl, p, 4), dtype=acc, device=dev)
+        torch.mul(wy0, fx1, out=wts[..., 1])
+        torch.sub(wy0, wts[..., 1], out=wts[..., 0])
+        torch.mul(wy1, fx1, out=wts[..., 3])
+        torch.sub(wy1, wts[..., 3], out=wts[..., 2])
     out = F.embedding_bag(
         rows.view(n * lq * m, nl * p * 4), table.view(n * m * sp, d), mode="sum",
         per_sample_weights=wts.view(n * lq * m, nl * p * 4),

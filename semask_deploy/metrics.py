@@ -2,7 +2,10 @@
 
 Pixels whose label is ``ignore_index`` are dropped before counting, in the prediction too, and the
 label/prediction areas are histograms over ``[0, K)`` (mmseg's ``intersect_and_union``; so a label
-value outside ``[0, K)`` that is not ignored still adds its prediction to ``area_pred``). Per class
+value outside ``[0, K)`` that is not ignored still adds its prediction to ``area_pred``). One exception: the
+official code's ``np.histogram(bins=np.arange(K + 1))`` closes its last bin, so a label or prediction equal
+to K itself counts as class K−1 there and is skipped here; the CLIs refuse labels ≥ K and predictions are
+argmaxes (< K), so only direct callers with such values see a difference. Per class
 ``IoU = intersect / union`` with ``union = area_pred + area_label - intersect``; a class with
 ``union == 0`` (absent from both labels and predictions of all counted images) is NaN and left out of
 the mean (``np.nanmean``). All values are fractions in ``[0, 1]`` (mmseg prints them ×100).

@@ -82,7 +82,7 @@ def test_coco_stuff_10k_and_164k(tmp_path):
     _img(tmp_path / "images/test2014/COCO_1.jpg")
     _lab(tmp_path / "annotations/test2014/COCO_1_labelTrainIds.png", [0, 1, 171, 255])
     _img(tmp_path / "images/test2014/COCO_2.jpg")
-    _lab(tmp_path / "annotations/test2014/COCO_2.png", [5])  # older converter's test-set name
+    _lab(tmp_path / "annotations/test2014/COCO_2_labelTrainIds.png", [5])
     ds = COCOStuff(tmp_path)
     assert ds.num_classes == 171 and len(ds) == 2
     assert ds[0][1][0, :4].tolist() == [255, 0, 170, 255]
@@ -90,6 +90,15 @@ def test_coco_stuff_10k_and_164k(tmp_path):
     _img(tmp_path / "images/val2017/0001.jpg")
     _lab(tmp_path / "annotations/val2017/0001_labelTrainIds.png", [0, 170, 255])
     assert COCOStuff(tmp_path, "val2017")[0][1][0, :3].tolist() == [0, 170, 255]
+
+
+def test_coco_stuff_raw_annotations_are_refused(tmp_path):
+    """The unzipped stuffthingmaps (<stem>.png, COCO ids 0..181) are not train ids: the official loader reads only
+    *_labelTrainIds.png; taking them as train ids scored shifted classes without a word."""
+    _img(tmp_path / "images/val2017/0001.jpg")
+    _lab(tmp_path / "annotations/val2017/0001.png", [12, 118])
+    with pytest.raises(DatasetError, match="raw COCO-Stuff annotations.*coco_stuff164k.py"):
+        COCOStuff(tmp_path, "val2017")
 
 
 def _folder(root: Path, n=2, classes="sky\nground\ncar\n"):

@@ -133,9 +133,10 @@ class SegDataset:
             lab = reduce_zero_label(lab)
         bad = (lab >= self.num_classes) & (lab != IGNORE_INDEX)
         if bad.any():
-            vals = np.unique(lab[bad])[:8].tolist()
+            vals = np.unique(raw[bad])[:8].tolist()  # as stored in the file, before the LUT / reduce_zero_label
+            mapped = " (after reduce_zero_label: 0 = ignore, k → k-1)" if self.reduce_zero_label else ""
             raise DatasetError(
-                f"label map {path} has values {vals} outside 0..{self.num_classes - 1} (255 = ignore); "
+                f"label map {path} has values {vals} outside 0..{self.num_classes - 1}{mapped} (255 = ignore); "
                 f"check the data-set type (--dataset / semask-train --data) or convert the labels to train ids"
             )
         return lab
@@ -304,9 +305,16 @@ class COCOStuff(SegDataset):
         hint = "expected images/<split>/*.jpg and annotations/<split>/*_labelTrainIds.png (mmseg's converter)"
         img_dir = _require_dir(root / "images" / split, "COCO-Stuff image", hint)
         ann_dir = _require_dir(root / "annotations" / split, "COCO-Stuff annotation", hint)
-        pairs = _pair(
-            _files(img_dir, ".jpg"), img_dir, ann_dir, ".jpg", ("_labelTrainIds.png", ".png"), "COCO-Stuff"
-        )
+        images = _files(img_dir, ".jpg")
+        raw = [ann_dir / (img.relative_to(img_dir).as_posix()[: -len(".jpg")] + ".png") for img in images[:50]]
+        if raw and not any(r.with_name(r.stem + "_labelTrainIds.png").is_file() for r in raw) and any(
+                r.is_file() for r in raw):
+            # as the official loader: only train ids are read; the raw stuffthingmaps hold COCO ids (0..181 with
+            # gaps), which as train ids would score shifted classes without a word
+            raise DatasetError(f"{ann_dir} holds raw COCO-Stuff annotations (<stem>.png, COCO ids) but no "
+                               "<stem>_labelTrainIds.png: convert them to train ids first with mmseg's "
+                               "tools/convert_datasets/coco_stuff164k.py (or coco_stuff10k.py)")
+        pairs = _pair(images, img_dir, ann_dir, ".jpg", ("_labelTrainIds.png",), "COCO-Stuff")
         super().__init__(
             pairs, COCO_STUFF_CLASSES, reduce_zero_label=reduce_zero_label, name="coco-stuff", root=root
         )

@@ -163,6 +163,10 @@ def read_label(path: PathLike) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as im:
             return np.array(im, dtype=np.uint8)
     lab = _decode(data, cv2.IMREAD_UNCHANGED, p, "label map")
+    if _png_color_type(data) == 0 and data[24] == 1:
+        # a 1-bit grayscale PNG (Pillow's mode "1", e.g. Image.fromarray(bool_mask).save): OpenCV expands its
+        # bits to 0/255, Pillow (mmseg's label reader) to 0/1 — class 1, not ignore
+        lab = (lab != 0).astype(np.uint8)
     if lab.ndim == 3:
         if lab.shape[2] == 1:
             lab = lab[:, :, 0]

@@ -110,3 +110,18 @@ def test_bad_inputs_to_the_models_say_what_to_pass(small_ckpt, bad, needle):
             with pytest.raises(ConfigError, match=needle.replace("(", r"\(").replace(")", r"\)")):
                 with torch.no_grad():
                     call(bad)
+
+
+def test_model_call_with_autograd_on_matches_no_grad(small_ckpt):
+    """The README's ``scores = model(x)`` (no torch.no_grad) on the default sdpa backend: the CPU
+    deformable-attention fast path must not crash under autograd (it did: out= ops), and gives the no-grad scores."""
+    model = load_model(small_ckpt)
+    x = torch.randn(1, 3, 40, 56, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = model(x)
+    scores = model(x)  # autograd on, parameters require grad
+    assert scores.requires_grad
+    torch.testing.assert_close(scores.detach(), ref, atol=1e-4, rtol=1e-5)  # SDPA picks other kernels under autograd
+    scores[:, :, 3:9, 5:11].sum().backward()
+    grad = model.sem_seg_head.pixel_decoder.transformer.encoder.layers[0].self_attn.sampling_offsets.weight.grad
+    assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
