@@ -92,7 +92,7 @@ class Segmenter:
         path: ``.pth``/``.safetensors`` (PyTorch), ``.onnx`` (ONNX Runtime, or OpenVINO with
             ``backend="openvino"``), ``.xml`` (OpenVINO IR), ``.engine`` (TensorRT) or ``.pt2``
             (AOTInductor package).
-        device: ``"cpu"`` or ``"cuda"``.
+        device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (that GPU; ONNX Runtime, TensorRT, PyTorch, AOTInductor).
         mode: ``"whole"`` or ``"slide"`` (sliding windows, logits averaged as mmseg does).
         scale: keep-ratio test resize ``(long, short)``; default the model's (sidecar's) test scale, or
             its own resize rule when it has one (Mask2Former & co: detectron2 ResizeShortestEdge);
