@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -175,6 +176,10 @@ def _check_options(o: TrainOptions) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {v}")
     if o.threads is not None:
         check_cpu_threads(o.threads, "--threads", zero_means_all=False)
+    env_attention = os.environ.get("SEMASK_ATTN")
+    if env_attention and env_attention != o.attention and ("attention" in o.given or o.attention != "sdpa"):
+        raise ConfigError(f"--attention {o.attention} conflicts with the environment variable SEMASK_ATTN="
+                          f"{env_attention}, which would override it; unset SEMASK_ATTN or drop --attention")
     if o.lr is not None and not 0 < o.lr <= torch.finfo(torch.float32).max:
         raise ConfigError(f"--lr must be a positive finite (float32) number, got {o.lr}")
     if not 0 <= o.weight_decay < math.inf or (o.warmup is not None and o.warmup < 0):
@@ -298,6 +303,8 @@ def run_train(opts: TrainOptions, *, stop_after: int | None = None) -> TrainResu
     """
     t_wall = time.perf_counter()
     _check_options(opts)
+    if os.environ.get("SEMASK_ATTN") and opts.attention != os.environ["SEMASK_ATTN"]:
+        opts = replace(opts, attention=os.environ["SEMASK_ATTN"])  # what the model will run (logged and saved)
     if opts.threads is not None:
         torch.set_num_threads(opts.threads)
     info = tdist.setup(opts.device)
@@ -452,7 +459,8 @@ def _train(opts: TrainOptions, info: tdist.DistInfo, stop_after: int | None, t_w
 
     def save(it_done: int, final: bool) -> None:
         # the loss is checked before each update, so the last update can still blow the weights up (a huge --lr)
-        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        if not all(bool(torch.isfinite(t).all()) for t in (*model.parameters(), *model.buffers())
+                   if t.is_floating_point()):
             raise SemaskError(f"the weights became non-finite (inf/NaN) by iteration {it_done}; nothing was saved "
                               "then: lower --lr")
         rng = tdist.all_gather_objects(info, _rng_state(info))
@@ -491,12 +499,15 @@ def _train(opts: TrainOptions, info: tdist.DistInfo, stop_after: int | None, t_w
     t_data = 0.0
     t_last = time.perf_counter()
     it = start
-    stepping = [False]  # inside optimizer.step(): the only time the weights are not those of iteration `it`
+    # from the forward to the end of the update the model is no longer that of iteration `it` (the forward updates
+    # BatchNorm statistics and draws random numbers, the step the weights); between iterations it is
+    mid_iteration = [False]
     try:
         for x, y in loader:
             t_data += time.perf_counter() - t_last
             cur_lr = schedule.apply(optimizer, it)
             x, y = x.to(info.device, non_blocking=True), y.to(info.device, non_blocking=True)
+            mid_iteration[0] = True
             seg, sem = net(x)
             loss, parts = semask_loss(seg, sem, y, sampler=sampler)
             loss_value = float(loss.detach())
@@ -504,11 +515,10 @@ def _train(opts: TrainOptions, info: tdist.DistInfo, stop_after: int | None, t_w
                 raise SemaskError(f"the loss became {loss_value} at iteration {it}; lower --lr or check the labels")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            stepping[0] = True
             optimizer.step()
             window.append(torch.tensor([loss_value, parts["loss_seg"], parts["loss_sem"], parts["acc"]]))
             it += 1
-            stepping[0] = False
+            mid_iteration[0] = False
             if bar is not None:
                 bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{cur_lr:.2e}", refresh=False)
                 bar.update(1)
@@ -528,10 +538,11 @@ def _train(opts: TrainOptions, info: tdist.DistInfo, stop_after: int | None, t_w
             t_last = time.perf_counter()
     except BaseException as exc:
         interrupted = isinstance(exc, (KeyboardInterrupt, Terminated))
-        if not interrupted and not stepping[0] and it > saved["iteration"] and info.world_size == 1:
-            # an error (a corrupt training image drawn deep into the set, a bad label, a non-finite loss) keeps the
-            # iterations done since the last save: the weights are those of iteration `it`, complete. (With DDP the
-            # other processes cannot join the save.)
+        if not interrupted and not mid_iteration[0] and it > saved["iteration"] and info.world_size == 1:
+            # an error between iterations (a corrupt training image or label drawn deep into the set, a failed log
+            # write or evaluation) keeps the iterations done since the last save: the model is that of iteration
+            # `it`, complete, so the resume equals an uninterrupted run. An error inside an iteration (a non-finite
+            # loss) keeps the last save. (With DDP the other processes cannot join the save.)
             with contextlib.suppress(Exception):
                 save(it, final=False)
         stopped_at = saved["iteration"]

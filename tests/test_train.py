@@ -373,29 +373,63 @@ def test_an_interrupted_run_logs_it_and_the_resume_keeps_one_record_per_iteratio
 
 
 def test_an_error_keeps_the_iterations_since_the_last_save(tmp_path, tiny_json, monkeypatch):
-    """A corrupt training image drawn at iteration 4 of a run that saves every 100: latest.pth holds the 3
-    finished iterations (before, nothing was saved and the run had to start again); a Ctrl-C saves nothing."""
+    """A corrupt training image drawn for iteration 4 of a run that saves every 100: latest.pth holds the 3
+    finished iterations exactly as a run stopped there would (weights, BatchNorm statistics, random state; before,
+    nothing was saved), and the resume ends where an uninterrupted run does."""
     import semask_deploy.train as train_mod
     from semask_deploy.errors import ImageError
 
-    real, calls = train_mod.semask_loss, {"n": 0}
+    real_loader = train_mod.tdata.batch_loader
 
-    def bad_fourth_sample(*a, **kw):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise ImageError("cannot decode image s030.png: the file is corrupt")
-        return real(*a, **kw)
+    def corrupt_fourth_batch(batches, workers):
+        def batches_then_error():
+            for n, batch in enumerate(real_loader(batches, workers)):
+                if n == 3:
+                    raise ImageError("cannot decode image s030.png: the file is corrupt")
+                yield batch
+        return batches_then_error()
 
-    monkeypatch.setattr(train_mod, "semask_loss", bad_fourth_sample)
+    kw = dict(iters=6, save_every=100, eval_every=100)
+    clean = run_train(small_run(tmp_path, tiny_json, "clean", **kw), stop_after=3)
+    monkeypatch.setattr(train_mod.tdata, "batch_loader", corrupt_fourth_batch)
     with pytest.raises(ImageError):
-        run_train(small_run(tmp_path, tiny_json, "r", iters=6, save_every=100, eval_every=100))
-    state = torch.load(tmp_path / "r" / "latest.pth", weights_only=False)
-    assert state["iteration"] == 3 and not (tmp_path / "r" / "final.pth").exists()
+        run_train(small_run(tmp_path, tiny_json, "r", **kw))
+    monkeypatch.setattr(train_mod.tdata, "batch_loader", real_loader)
+    saved = torch.load(tmp_path / "r" / "latest.pth", weights_only=False)
+    want = torch.load(clean.latest, weights_only=False)
+    assert saved["iteration"] == want["iteration"] == 3 and not (tmp_path / "r" / "final.pth").exists()
+    for key, value in want["state_dict"].items():  # weights and buffers (num_batches_tracked, running stats)
+        assert torch.equal(saved["state_dict"][key], value), key
+    assert torch.equal(saved["rng"][0]["torch"], want["rng"][0]["torch"])  # dropout / drop path state
     records = [json.loads(line) for line in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
     assert records[-1]["event"] == "error" and records[-1]["saved_iter"] == 3
-    monkeypatch.setattr(train_mod, "semask_loss", real)
-    resumed = run_train(small_run(tmp_path, tiny_json, "r", iters=6, save_every=100, eval_every=100, resume=True))
-    assert resumed.start_iter == 3 and resumed.end_iter == 6 and resumed.final.is_file()
+    resumed = run_train(small_run(tmp_path, tiny_json, "r", resume=True, **kw))
+    uninterrupted = run_train(small_run(tmp_path, tiny_json, "whole", **kw))
+    assert resumed.start_iter == 3 and resumed.end_iter == 6
+    a = torch.load(resumed.final, weights_only=True)["state_dict"]
+    b = torch.load(uninterrupted.final, weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+def test_an_error_inside_an_iteration_keeps_the_last_save(tmp_path, tiny_json, monkeypatch):
+    """A non-finite loss (or any error after the forward) at iteration 4: the forward already moved the BatchNorm
+    statistics and the random state, so latest.pth stays at the last regular save (2), not a half-done 3;
+    a Ctrl-C saves nothing either."""
+    import semask_deploy.train as train_mod
+    from semask_deploy.errors import SemaskError
+
+    real, calls = train_mod.semask_loss, {"n": 0}
+
+    def failing_fourth(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise SemaskError("the loss became nan at iteration 3; lower --lr or check the labels")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(train_mod, "semask_loss", failing_fourth)
+    with pytest.raises(SemaskError):
+        run_train(small_run(tmp_path, tiny_json, "r", iters=6, save_every=2, eval_every=100))
+    assert torch.load(tmp_path / "r" / "latest.pth", weights_only=False)["iteration"] == 2
 
     def ctrl_c_at_the_second(*a, **kw):
         calls["n"] += 1
@@ -566,3 +600,15 @@ def test_a_resume_runs_the_evaluation_an_interruption_cut_short(tmp_path, tiny_j
     assert resumed.start_iter == resumed.end_iter == 4 and resumed.metrics is not None
     records = [json.loads(line) for line in (tmp_path / "e" / "log.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in records if r["event"] == "eval"] == [4] and records[-1]["mIoU"] is not None
+
+
+def test_semask_attn_and_an_explicit_attention_conflict(tmp_path, tiny_json, monkeypatch):
+    """SEMASK_ATTN overrides the model's attention backend: an explicit --attention that differs is an error (it
+    was trained on the variable's backend without a word); without --attention the log records what ran."""
+    monkeypatch.setenv("SEMASK_ATTN", "sdpa")
+    with pytest.raises(ConfigError, match="conflicts with the environment variable SEMASK_ATTN"):
+        run_train(small_run(tmp_path, tiny_json, "x", attention="eager"))
+    monkeypatch.setenv("SEMASK_ATTN", "eager")
+    run_train(small_run(tmp_path, tiny_json, "y", iters=1))
+    start = json.loads((tmp_path / "y" / "log.jsonl").read_text().splitlines()[0])
+    assert '"attention": "eager"' in json.dumps(start)

@@ -102,8 +102,8 @@ class OnnxBackend:
         if lost and not allow_cpu_fallback:
             raise RuntimeBackendError(
                 f"ONNX Runtime could not start {', '.join(lost)} (its CUDA/cuDNN/TensorRT libraries did not load) and "
-                "would silently run on the CPU; fix the GPU installation, use device='cpu', or pass "
-                "allow_cpu_fallback=True (--allow-cpu-fallback) to accept the CPU"
+                "would silently run on the CPU; fix the GPU installation, use device='cpu' (--device cpu), or pass "
+                "allow_cpu_fallback=True (Python API) to accept the CPU"
             )
         m = self.meta
         names = [i.name for i in self.session.get_inputs()]

@@ -165,7 +165,7 @@ class Segmenter:
                               f"variable SEMASK_ATTN={env_attention!r}, which would override it; unset SEMASK_ATTN or "
                               "drop the attention backend")
         if (providers or allow_cpu_fallback) and not (suffix == ".onnx" and backend in (None, "onnxruntime")):
-            raise ConfigError(f"providers and allow_cpu_fallback (--allow-cpu-fallback) are ONNX Runtime options; "
+            raise ConfigError(f"providers and allow_cpu_fallback are ONNX Runtime options; "
                               f"{path.name} does not run on ONNX Runtime here (leave them unset)")
         if isinstance(scale, str):
             if scale.lower() != "none":
