@@ -1,12 +1,16 @@
 """Training SeMask-FPN with the semantic decoder's supervision, single-process or DDP via torchrun.
 
 The official recipe (mmseg SeMask-FPN): loss = CE(seg) + 0.4·CE(semantic) at the label size, ignore 255
-(OHEM — the 100 000 highest-loss pixels per image — where the official config has it: COCO-Stuff, and ADE20K
-with Large); stochastic depth 0.3 (linear over the Swin blocks) for the official architectures; AdamW (betas
-0.9/0.999, weight decay except parameters named ``*norm*`` and the relative position tables, as the official
-``custom_keys``); poly lr (power 1, min 0) after a linear warm-up of ``min(1500, iters // 10)`` iterations from
-``1e-6·lr``; mmseg's augmentation (random keep-ratio rescale 0.5–2.0 of the image scale, crop with
-cat_max_ratio 0.75, flip, photometric distortion, pad labels with 255).
+(OHEM — the 100 000 × batch highest-loss pixels of the batch — where the official config has it: COCO-Stuff,
+and ADE20K with Large); stochastic depth 0.3 (linear over the Swin blocks) for the official architectures;
+AdamW (betas 0.9/0.999, weight decay except parameters named ``*norm*`` and the relative position tables, as
+the official ``custom_keys``); poly lr (power 1, min 0) after a linear warm-up of ``min(1500, iters // 10)``
+iterations; mmseg's augmentation (random keep-ratio rescale of the image scale, crop with cat_max_ratio, flip,
+photometric distortion, pad labels with 255). lr, weight decay, warm-up ratio, batch per process, resize ratios
+and cat_max_ratio are the official config's for the architecture and data set (:func:`official_recipe`):
+ADE20K lr 1e-4, decay 1e-4, ratios {0.5, 0.75, …, 1.75}, cat_max_ratio 0.75 (Tiny) / 1; COCO-Stuff the same
+with cat_max_ratio 1; Cityscapes lr 1e-3, decay 0.05, warm-up from 1e-5·lr (Base 1e-6), ratios 0.5–2.0,
+cat_max_ratio 0.75.
 
 Checkpoints are written by rank 0 in the official mmseg layout (``meta`` + ``state_dict`` with
 ``backbone.*`` / ``decode_head.*`` keys): ``out/latest.pth`` also holds the optimizer, schedule, iteration
@@ -44,8 +48,8 @@ from .training.init import InitReport, checkpoint_kind, init_from_checkpoint, of
 from .training.losses import OhemSampler, semask_loss
 from .training.optim import PolySchedule, build_optimizer, default_warmup, param_groups
 from .training.setup import (
-    DEMO_BATCH, DEMO_ITERS, DEMO_LR, DEMO_NUM_CLASSES, OFFICIAL_DROP_PATH, OFFICIAL_ITERS, OFFICIAL_LR, VARIANT_CHOICES,
-    default_crop, load_variant, resolve_config,
+    DEMO_ITERS, DEMO_NUM_CLASSES, DEMO_RECIPE, OFFICIAL_DROP_PATH, OFFICIAL_ITERS, VARIANT_CHOICES,
+    default_crop, load_variant, official_recipe, recipe_arch, resolve_config,
 )
 
 
@@ -62,7 +66,7 @@ class TrainOptions:
     batch_size: int | None = None
     crop: tuple[int, int] | None = None
     lr: float | None = None
-    weight_decay: float = 0.01
+    weight_decay: float | None = None
     warmup: int | None = None
     eval_every: int | None = None
     save_every: int | None = None
@@ -182,7 +186,7 @@ def _check_options(o: TrainOptions) -> None:
                           f"{env_attention}, which would override it; unset SEMASK_ATTN or drop --attention")
     if o.lr is not None and not 0 < o.lr <= torch.finfo(torch.float32).max:
         raise ConfigError(f"--lr must be a positive finite (float32) number, got {o.lr}")
-    if not 0 <= o.weight_decay < math.inf or (o.warmup is not None and o.warmup < 0):
+    if (o.weight_decay is not None and not 0 <= o.weight_decay < math.inf) or (o.warmup is not None and o.warmup < 0):
         raise ConfigError("--weight-decay and --warmup must be >= 0 (and finite)")
     if not math.isfinite(o.gamma_init):
         raise ConfigError(f"--gamma-init must be a finite number, got {o.gamma_init}")
@@ -362,9 +366,10 @@ def _train(opts: TrainOptions, info: tdist.DistInfo, stop_after: int | None, t_w
             raise ConfigError(f"--resume: {out / 'latest.pth'} was trained with another model config "
                               f"({saved.name}); resume with the same --variant/--data/--crop/--num-classes")
     iters = opts.iters or (DEMO_ITERS if variant == "demo" else OFFICIAL_ITERS)
-    lr = opts.lr or (DEMO_LR if variant == "demo" else OFFICIAL_LR)
-    large = variant == "large" or (variant == "checkpoint" and config.embed_dim == 192)
-    batch = opts.batch_size or (DEMO_BATCH if variant == "demo" else 4 if large else 8)
+    recipe = DEMO_RECIPE if variant == "demo" else official_recipe(recipe_arch(config), opts.data)
+    lr = opts.lr or recipe.lr
+    weight_decay = recipe.weight_decay if opts.weight_decay is None else opts.weight_decay
+    batch = opts.batch_size or recipe.batch
     _check_batchnorm_values(crop, batch * info.world_size)
     warmup = default_warmup(iters) if opts.warmup is None else opts.warmup
     eval_every = opts.eval_every or max(iters // 10, min(iters, 100))
@@ -373,7 +378,8 @@ def _train(opts: TrainOptions, info: tdist.DistInfo, stop_after: int | None, t_w
     official_arch = variant in ("tiny", "small", "base", "large", "checkpoint")
     drop_rate = (OFFICIAL_DROP_PATH if official_arch else 0.0) if opts.drop_path is None else opts.drop_path
     # the run's options as resolved, saved with every checkpoint: a resumed run continues with them
-    resolved = replace(opts, iters=iters, lr=lr, batch_size=batch, crop=tuple(crop), warmup=warmup,
+    resolved = replace(opts, iters=iters, lr=lr, weight_decay=weight_decay, batch_size=batch, crop=tuple(crop),
+                       warmup=warmup,
                        eval_every=eval_every, save_every=save_every, ohem=ohem, drop_path=drop_rate,
                        variant=str(Path(variant).resolve()) if variant not in VARIANT_CHOICES + ("checkpoint", "resumed")
                        and Path(variant).is_file() else variant,
@@ -390,8 +396,8 @@ def _train(opts: TrainOptions, info: tdist.DistInfo, stop_after: int | None, t_w
     model.class_names = tuple(data.classes)
     model.palette = [tuple(int(c) for c in p) for p in data.palette]
     model.to(info.device).train()
-    optimizer = build_optimizer(model, lr, opts.weight_decay)
-    schedule = PolySchedule(lr, iters, warmup=warmup)
+    optimizer = build_optimizer(model, lr, weight_decay)
+    schedule = PolySchedule(lr, iters, warmup=warmup, warmup_ratio=recipe.warmup_ratio)
     start = 0
     if resume_state is not None:
         load_state_dict_strict(model, resume_state["state_dict"], where=str(out / "latest.pth"))
@@ -401,7 +407,7 @@ def _train(opts: TrainOptions, info: tdist.DistInfo, stop_after: int | None, t_w
             schedule.load_state_dict(resume_state["scheduler"])
         # this run's options (the saved ones unless given again): the loaded states hold the interrupted run's
         schedule.base_lr, schedule.warmup, schedule.max_iters = lr, warmup, iters
-        optimizer.param_groups[0]["weight_decay"] = opts.weight_decay  # (group 1: the no-decay parameters)
+        optimizer.param_groups[0]["weight_decay"] = weight_decay  # (group 1: the no-decay parameters)
     rngs = (resume_state or {}).get("rng") or []
     if len(rngs) == info.world_size:
         torch.set_rng_state(rngs[info.rank]["torch"])
@@ -414,9 +420,10 @@ def _train(opts: TrainOptions, info: tdist.DistInfo, stop_after: int | None, t_w
         model = tdist.convert_sync_batchnorm(model, info.device)
         net = tdist.wrap_ddp(model, info)
     sampler = OhemSampler(thresh=None, min_kept=100_000) if ohem else None  # the official OHEMPixelSampler
-    augment = TrainAugment(crop_size=tuple(crop), img_scale=tuple(config.test_scale))
+    augment = TrainAugment(crop_size=tuple(crop), img_scale=tuple(config.test_scale), ratio_range=recipe.ratio_range,
+                           cat_max_ratio=recipe.cat_max_ratio)
 
-    groups = param_groups(model, opts.weight_decay)
+    groups = param_groups(model, weight_decay)
     start_record = {
         "event": "start" if resume_state is None else "resume", "iter": start, "world_size": info.world_size,
         "device": str(info.device), "options": resolved.to_json(), "config": config.to_dict(),

@@ -50,12 +50,15 @@ def build_parser(prog: str = "semask-train") -> argparse.ArgumentParser:
     p.add_argument("--init", type=Path, default=None, help="SeMask or Swin ImageNet checkpoint to start from")
     p.add_argument("--iters", type=int, default=None, help="training iterations (default: 80000; demo 1600)")
     p.add_argument("--batch-size", type=int, default=None,
-                   help="crops per process and iteration (default 8; large (also an --init Large checkpoint) and "
-                   "demo 4)")
+                   help="crops per process and iteration (default: the official config's per-GPU batch: ADE20K 8, "
+                   "Large 4; Cityscapes 4, Large 2; COCO-Stuff T/S 4, B/L 2; demo 4)")
     p.add_argument("--crop", type=hw_type("--crop"), default=None,
                    help="training crop HxW (default: the variant's; demo 256x256); synthetic scenes are this size")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 6e-5; demo 1e-3)")
-    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (default: 0.01)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="peak learning rate (default: the official config's: 1e-4, Cityscapes 1e-3; a non-official "
+                   "architecture 6e-5; demo 1e-3)")
+    p.add_argument("--weight-decay", type=float, default=None,
+                   help="AdamW weight decay (default: the official config's: 1e-4, Cityscapes 0.05; else 0.01)")
     p.add_argument("--warmup", type=int, default=None, help="linear warm-up iterations (default: min(1500, iters/10))")
     p.add_argument("--eval-every", type=int, default=None,
                    help="evaluate every N iterations (default: iters/10, at least 100 or iters if fewer)")
@@ -71,7 +74,8 @@ def build_parser(prog: str = "semask-train") -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=0, help="data-loading worker processes per process (default: 0)")
     p.add_argument("--ohem", action=argparse.BooleanOptionalAction, default=None,
                    help="online hard example mining for the segmentation loss, as the official OHEMPixelSampler "
-                   "(the 100000 highest-loss pixels per image) (default: as the official config: on for COCO-Stuff, "
+                   "(the 100000 x batch highest-loss pixels of the whole batch) (default: as the official "
+                   "config: on for COCO-Stuff, "
                    "and for ADE20K with large)")
     p.add_argument("--drop-path", type=float, default=None, metavar="RATE",
                    help="stochastic depth of the Swin blocks, linear from 0 to RATE (default: the official 0.3 for "

@@ -25,12 +25,12 @@ class OhemSampler:
 
     With ``thresh`` set, a pixel is kept when the softmax probability of its label is below
     ``max(thresh, p_k)``, ``p_k`` being the ``min_kept·N``-th smallest such probability of the batch
-    (so at least ``min_kept`` pixels per image are kept); with ``thresh=None`` the ``min_kept·N``
-    pixels of highest loss are kept.
+    (so at least ``min_kept·N`` pixels of the batch are kept, chosen batch-wide); with ``thresh=None`` the
+    ``min_kept·N`` pixels of highest loss in the whole batch are kept (one image may get none).
 
     Attributes:
         thresh: probability threshold, or None for the loss ranking.
-        min_kept: pixels kept per image, at least.
+        min_kept: pixels kept per image of the batch (selected over the whole batch: one image may get none).
         ignore_index: label of ignored pixels (never kept).
     """
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..config import ARCH_NAMES, SeMaskConfig, official_config, official_semantic_modes
@@ -17,9 +17,53 @@ DEMO_CROP = (256, 256)
 DEMO_LR = 1e-3
 DEMO_ITERS = 1600
 DEMO_BATCH = 4
-OFFICIAL_LR = 6e-5
+OFFICIAL_LR = 6e-5  # models that are not an official SeMask architecture (a custom .json)
 OFFICIAL_ITERS = 80_000
 OFFICIAL_DROP_PATH = 0.3  # drop_path_rate of every official SeMask-Swin config (stochastic depth)
+ADE_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # the ADE20K / COCO-Stuff configs' Resize ratio_range LIST
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What an official SeMask-FPN config sets besides the model (SeMask-FPN/configs/semask_swin/*).
+
+    ``batch`` is the config's ``samples_per_gpu`` (the default crops per process); ``ratio_range`` a tuple of
+    two is mmseg's (min, max) range, a longer one its list of ratios to choose from.
+    """
+
+    lr: float
+    weight_decay: float
+    warmup_ratio: float
+    batch: int
+    ratio_range: tuple[float, ...]
+    cat_max_ratio: float
+
+
+GENERIC_RECIPE = Recipe(OFFICIAL_LR, 0.01, 1e-6, 8, (0.5, 2.0), 0.75)  # not an official architecture
+DEMO_RECIPE = Recipe(DEMO_LR, 0.01, 1e-6, DEMO_BATCH, (0.5, 2.0), 0.75)
+
+
+def official_recipe(arch: str | None, data_kind: str) -> Recipe:
+    """The official config's optimiser, schedule, batch and augmentation for ``arch`` (tiny..large, or None for
+    an architecture no official config has) on ``data_kind`` (other data: the ADE20K config's)."""
+    if arch is None:
+        return GENERIC_RECIPE
+    ds = data_kind if data_kind in OFFICIAL_DATASETS else "ade20k"
+    if ds == "cityscapes":
+        return Recipe(1e-3, 0.05, 1e-6 if arch == "base" else 1e-5, 2 if arch == "large" else 4, (0.5, 2.0), 0.75)
+    if ds == "coco-stuff":
+        return Recipe(1e-4, 1e-4, 1e-6, 4 if arch in ("tiny", "small") else 2, ADE_RATIOS, 1.0)
+    return Recipe(1e-4, 1e-4, 1e-6, 4 if arch == "large" else 8, ADE_RATIOS, 0.75 if arch == "tiny" else 1.0)
+
+
+def recipe_arch(cfg: SeMaskConfig) -> str | None:
+    """tiny / small / base / large when ``cfg`` has that official backbone, else None."""
+    for name, key in ARCH_NAMES.items():
+        ref = official_config(key, "ade20k")
+        if (cfg.embed_dim, tuple(cfg.depths), tuple(cfg.num_heads), cfg.window_size) == (
+                ref.embed_dim, tuple(ref.depths), tuple(ref.num_heads), ref.window_size):
+            return name
+    return None
 
 
 def demo_config(num_classes: int = DEMO_NUM_CLASSES, size: tuple[int, int] = DEMO_CROP) -> SeMaskConfig:
