@@ -306,6 +306,17 @@ def _run_export(o: ExportOptions) -> ExportResult:
     return result
 
 
+def _trtexec_hint(onnx_path: Path) -> str:
+    """trtexec as the other way to build, unless the graph has opset-20 GridSample modes, which TensorRT's parser
+    reads as nearest when another builder passes them as they are (export.tensorrt renames them)."""
+    import onnx
+
+    nodes = onnx.load(str(onnx_path), load_external_data=False).graph.node
+    if any(n.op_type == "GridSample" for n in nodes):
+        return "; not trtexec: its parser would read this graph's GridSample 'linear' mode as nearest"
+    return f", or trtexec --onnx={onnx_path.name}"
+
+
 def _warn_without_tensorrt() -> None:
     """Say at the start, not after minutes of export, that this machine cannot build the engine."""
     from semask_deploy.export.tensorrt import require_tensorrt
@@ -440,7 +451,7 @@ def _build_engine(o: ExportOptions, onnx_path: Path, engine_path: Path, onnx_met
         why = " ".join(str(exc).split())  # one line
         raise type(exc)(f"no TensorRT engine was built: {why} — the ONNX and its sidecar were written and are usable: "
                         f"{onnx_path}, {md.sidecar_path(onnx_path)}; build the engine on a machine with an NVIDIA GPU "
-                        f"and TensorRT (semask-export --fmt trt there, or trtexec --onnx={onnx_path.name})") from exc
+                        f"and TensorRT (semask-export --fmt trt there{_trtexec_hint(onnx_path)})") from exc
     meta = dict(onnx_meta)
     meta.update({
         "artifact": engine_path.name, "kind": "tensorrt", "onnx": onnx_path.name,

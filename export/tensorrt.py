@@ -163,6 +163,37 @@ def inspect_onnx_precision(onnx_path_or_model: str | os.PathLike | Any) -> tuple
     return has_qdq, has_fp16
 
 
+# GridSample-20 renamed the modes "bilinear"/"bicubic" to "linear"/"cubic". TensorRT's ONNX parser (10.x up to at
+# least 11.1) only knows the old names and silently falls back to NEAREST for the new ones (onnx-tensorrt
+# onnxOpImporters.cpp, GridSample importer; NVIDIA/TensorRT#4646, onnx/onnx-tensorrt#1060), so an opset-20 graph
+# (semask-export's default) samples its deformable offsets with nearest in the engine. The parser does not check
+# the name against the opset: handing it the old spelling gives the bilinear/bicubic IGridSampleLayer.
+_GRIDSAMPLE_TRT_MODES = {"linear": "bilinear", "cubic": "bicubic"}
+
+
+def rename_gridsample_modes_for_tensorrt(model: Any) -> int:
+    """Rewrite GridSample ``mode`` "linear"/"cubic" (opset >= 20) to "bilinear"/"bicubic" in place, for TensorRT's
+    parser only (the result is not a valid opset-20 ONNX for other runtimes). Returns the number of nodes changed."""
+    changed = 0
+
+    def visit(nodes: Sequence[Any]) -> None:
+        nonlocal changed
+        for node in nodes:
+            for attr in node.attribute:
+                if node.op_type == "GridSample" and node.domain in ("", "ai.onnx") and attr.name == "mode":
+                    new = _GRIDSAMPLE_TRT_MODES.get(attr.s.decode())
+                    if new is not None:
+                        attr.s = new.encode()
+                        changed += 1
+                for g in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                    visit(g.node)
+
+    visit(model.graph.node)
+    for func in model.functions:
+        visit(func.node)
+    return changed
+
+
 def validate_profiles(
     profiles: Sequence[Mapping[str, Any]] | None, input_shapes: Mapping[str, Sequence[int]]
 ) -> list[dict[str, dict[str, tuple[int, ...]]]]:
@@ -414,7 +445,17 @@ def build_engine(
     plugins_loaded = load_plugins(trt, logger)  # DeformConv is parsed into the ModulatedDeformConv2d plugin
     network = builder.create_network(network_flags)
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
+    onnx_mod = require("onnx", "dev")
+    proto = onnx_mod.load(str(onnx_path), load_external_data=False)
+    renamed = rename_gridsample_modes_for_tensorrt(proto)
+    if renamed:  # parse the renamed graph; path= lets the parser find external weights beside the file
+        log.info("GridSample: %d node(s) passed to TensorRT as bilinear/bicubic (its parser reads opset-20 "
+                 "'linear'/'cubic' as nearest)", renamed)
+        parsed = parser.parse(proto.SerializeToString(), str(onnx_path))
+    else:
+        parsed = parser.parse_from_file(str(onnx_path))
+    del proto
+    if not parsed:
         errors = [_parser_error_text(parser.get_error(i)) for i in range(parser.num_errors)] or logger.messages[-5:]
         raise ExportError(
             f"TensorRT {version}'s ONNX parser rejected {onnx_path}:\n  - " + "\n  - ".join(errors)
@@ -525,6 +566,7 @@ def build_engine(
         "timing_cache_loaded": cache_loaded,
         "timing_cache_saved": cache_saved,
         "plugins_loaded": plugins_loaded,
+        "gridsample_modes_renamed": renamed,
         "workspace_gb": float(workspace_gb),
         "build_seconds": round(seconds, 3),
         "engine_bytes": engine_path.stat().st_size,

@@ -444,8 +444,14 @@ class _Walker:
         elif op == "GridSample":  # IGridSampleLayer: linear/nearest/cubic, fill(zeros)/clamp(border)/reflect
             if self.ranks.get(node.input[0], 4) != 4:
                 self.col.bad(op, f"input of rank {self.ranks[node.input[0]]}: only 4-D (N, C, H, W) is supported", label)
-            if s("mode", "bilinear") not in ("bilinear", "linear", "nearest", "bicubic", "cubic"):
-                self.col.bad(op, f"mode '{s('mode', '')}' is not supported", label)
+            mode = s("mode", "bilinear")  # absent: TensorRT's default is bilinear (= GridSample-20's "linear")
+            if mode not in ("bilinear", "linear", "nearest", "bicubic", "cubic"):
+                self.col.bad(op, f"mode '{mode}' is not supported", label)
+            elif mode in ("linear", "cubic"):
+                self.col.warn(f"GridSample mode '{mode}' (the opset-20 name): TensorRT's parser (10.x, 11.x) knows only "
+                              "'bilinear'/'bicubic' and silently samples with NEAREST for it (NVIDIA/TensorRT#4646); "
+                              "semask-export's engine build renames it, other builders (trtexec) need the ONNX at "
+                              "opset <= 19 or the mode renamed")
             if s("padding_mode", "zeros") not in ("zeros", "border", "reflection"):
                 self.col.bad(op, f"padding_mode '{s('padding_mode', '')}' is not supported", label)
         elif op == "LayerNormalization" and (used(1) or used(2)):

@@ -270,6 +270,11 @@ def _fake_tensorrt(version: str, *, parse_ok: bool = True) -> types.ModuleType:
         def __init__(self, network, logger):
             pass
 
+        def parse(self, model, path=None):  # TensorRT: parse(model: buffer, path: str = None) -> bool
+            trt.calls["parsed"], trt.calls["parsed_bytes"] = path, bytes(model)
+            trt.calls.setdefault("order", []).append("parse")
+            return parse_ok
+
         def parse_from_file(self, path):
             trt.calls["parsed"] = path
             trt.calls.setdefault("order", []).append("parse")
@@ -284,9 +289,12 @@ def _fake_tensorrt(version: str, *, parse_ok: bool = True) -> types.ModuleType:
 
     trt.ILogger, trt.IProgressMonitor, trt.Builder, trt.OnnxParser = ILogger, IProgressMonitor, Builder, OnnxParser
     trt.init_libnvinfer_plugins = init_libnvinfer_plugins
-    trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=1)
+    # as in TensorRT's NvInfer.h: 10.x kSTRONGLY_TYPED = 1 (kEXPLICIT_BATCH = 0); 11.x kSTRONGLY_TYPED = 0
+    # (deprecated, ignored) and BuilderFlag has no FP16/INT8/BF16 any more
+    major = int(version.split(".")[0])
+    trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=1 if major < 11 else 0)
     trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
-    trt.BuilderFlag = types.SimpleNamespace(FP16="FP16")
+    trt.BuilderFlag = types.SimpleNamespace(FP16="FP16") if major < 11 else types.SimpleNamespace(TF32="TF32")
     trt.nptype = lambda dtype: {"DataType.FLOAT": np.float32, "DataType.INT32": np.int32}[dtype]
     return trt
 
