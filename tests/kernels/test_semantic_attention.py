@@ -240,3 +240,12 @@ def test_window_strided_biases(device):
     assert not kb_s.is_contiguous() and not vb_s.is_contiguous()
     out = semantic_attention_window(q, k, v, 7, kb_s, vb_s)
     _close(out, semantic_attention_window_ref(q, k, v, 7, kb, vb), torch.float32)
+
+
+def test_launcher_never_picks_the_pairing_that_faulted():
+    """64 query tokens with 8 warps and a split class block faulted on an H200 (kernel_tuning_faults.log): a
+    short global map with many channels (N·C ≥ 3M, N ≤ 64) once got exactly that configuration."""
+    for n in (17, 33, 64, 100, 127, 128, 4096):
+        for c in (96, 768, 49152, 200_000):
+            cfg = sa_mod.launch_config(n, 150, c, torch.float16, 0, interpreted=False)
+            assert not (cfg.block_m < 128 and cfg.num_warps == 8 and cfg.block_k2), (n, c, cfg)
