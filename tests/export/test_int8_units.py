@@ -184,3 +184,76 @@ def test_an_unusable_cache_folder_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="SEMASK_CACHE_DIR"):
         int8.quantize_int8(fp32, tmp_path / "a.onnx", calib, progress=False)
     assert not (tmp_path / "a.onnx").exists()
+
+
+def _one_conv(path: Path) -> Path:
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 64, 64])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 64, 64])
+    w = numpy_helper.from_array(np.ones((1, 1, 1, 1), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], name="conv")], "g", [x], [y], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    save(model, str(path))
+    return path
+
+
+def _input_threshold(path: Path) -> float:
+    from onnx import load, numpy_helper
+
+    q = load(str(path))
+    inits = {t.name: numpy_helper.to_array(t) for t in q.graph.initializer}
+    node = next(n for n in q.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "x")
+    return float(inits[node.input[1]]) * 127
+
+
+def test_entropy_calibration_clips_unlike_minmax(tmp_path, monkeypatch):
+    """KL-entropy ranges are searched over a histogram: on Gaussian data they clip the tails (TensorRT's
+    algorithm: about 0.85 of max|x| here), where ONNX Runtime's default 128-bin entropy returned max|x|."""
+    monkeypatch.setenv("SEMASK_CACHE_DIR", str(tmp_path / "cache"))
+    fp32 = _one_conv(tmp_path / "conv.onnx")
+    rng = np.random.default_rng(0)
+    batches = [rng.standard_normal((1, 1, 64, 64)).astype(np.float32) for _ in range(8)]
+    amax = max(float(np.abs(b).max()) for b in batches)
+    out = {}
+    for method in ("minmax", "entropy"):
+        int8.quantize_int8(fp32, tmp_path / f"{method}.onnx", batches, calibration=method, progress=False)
+        out[method] = _input_threshold(tmp_path / f"{method}.onnx")
+    assert out["minmax"] == pytest.approx(amax, rel=1e-5)
+    assert 0.7 * amax < out["entropy"] < 0.92 * amax
+    # the histogram settings are part of the cache key: a rerun hits its own cache, not an older entropy run's
+    again = int8.quantize_int8(fp32, tmp_path / "again.onnx", batches, calibration="entropy", progress=False)
+    assert again["calibration_cache_hit"] and _input_threshold(tmp_path / "again.onnx") == out["entropy"]
+
+
+def test_onnxruntime_without_a_calibration_cache_still_quantizes(tmp_path, monkeypatch):
+    """quantize_static has no calibration_cache_path before ONNX Runtime 1.27 (pyproject allows >= 1.18, and
+    Python 3.10 gets nothing newer): int8 export then calibrates every time instead of failing."""
+    from onnx import TensorProto, helper, numpy_helper, save
+    from onnxruntime import quantization as q
+
+    monkeypatch.setenv("SEMASK_CACHE_DIR", str(tmp_path / "cache"))
+    real = q.quantize_static
+
+    def quantize_static(model_input, model_output, calibration_data_reader, quant_format=q.QuantFormat.QDQ,
+                        op_types_to_quantize=None, per_channel=False, reduce_range=False,
+                        activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8, nodes_to_quantize=None,
+                        nodes_to_exclude=None, use_external_data_format=False,
+                        calibrate_method=q.CalibrationMethod.MinMax, calibration_providers=None,
+                        extra_options=None):  # ONNX Runtime 1.22's signature
+        kwargs = dict(locals())
+        kwargs.pop("real", None)  # the closure variable
+        return real(**kwargs)
+
+    monkeypatch.setattr(q, "quantize_static", quantize_static)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])
+    w = numpy_helper.from_array(np.ones((3, 2, 1, 1), np.float32), "w")
+    model = helper.make_model(helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], name="c")], "g",
+                                                [x], [y], [w]), opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    save(model, str(tmp_path / "m.onnx"))
+    inputs = [np.random.default_rng(0).standard_normal((1, 2, 4, 4)).astype(np.float32)]
+    info = int8.quantize_int8(tmp_path / "m.onnx", tmp_path / "q.onnx", inputs, progress=False)
+    assert info["qdq_nodes"] > 0 and info["calibration_cache"] is None and not info["calibration_cache_hit"]
