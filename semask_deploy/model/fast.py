@@ -59,6 +59,23 @@ def clear_weight_caches(module: nn.Module) -> None:
             bias_cache.clear()
 
 
+class WeightCachesCleared(nn.Module):
+    """Base of the segmentors: ``train()``/``eval()`` also drop the fast paths' weight-derived caches."""
+
+    def clear_caches(self) -> "WeightCachesCleared":
+        """Drop the fast paths' weight-derived caches (folded BN, fused q/k/v, attention biases). They follow
+        ``load_state_dict`` and in-place updates by themselves; only writes through ``.data`` (which do not bump
+        a tensor's version) need this — or ``eval()``/``train()``/``set_attention_backend``, which call it."""
+        clear_weight_caches(self)
+        return self
+
+    def train(self, mode: bool = True) -> "WeightCachesCleared":
+        """``nn.Module.train``; also clears the fast paths' caches (see :meth:`clear_caches`)."""
+        super().train(mode)
+        self.clear_caches()
+        return self
+
+
 def _folded_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
     """Conv weight and bias with the eval-mode BatchNorm folded in."""
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)

@@ -24,6 +24,7 @@ from ..config import ATTENTION_BACKENDS
 from ..errors import ConfigError
 from ..maskformer_config import MaskFormerConfig
 from ._inputs import check_image_batch
+from .fast import WeightCachesCleared
 from .mask_decoders import MultiScaleMaskedTransformerDecoder
 from .pixel_decoders import MSDeformAttnPixelDecoder
 from .semask import SeMaskSwin
@@ -73,7 +74,7 @@ class _SemSegHead(nn.Module):
             )
 
 
-class MaskFormerSegmentor(nn.Module):
+class MaskFormerSegmentor(WeightCachesCleared):
     """SeMask with a mask-classification head. State-dict keys = the official detectron2 ones.
 
     Args:
@@ -104,21 +105,6 @@ class MaskFormerSegmentor(nn.Module):
             if m is not self and hasattr(m, "backend"):
                 m.backend = name
         self.attention_backend = name
-        self.clear_caches()
-        return self
-
-    def clear_caches(self) -> "MaskFormerSegmentor":
-        """Drop the fast paths' weight-derived caches (folded BN, fused q/k/v, attention biases). They follow
-        ``load_state_dict`` and in-place updates by themselves; only writes through ``.data`` (which do not bump
-        a tensor's version) need this — or ``eval()``/``train()``/``set_attention_backend``, which call it."""
-        from .fast import clear_weight_caches
-
-        clear_weight_caches(self)
-        return self
-
-    def train(self, mode: bool = True) -> "MaskFormerSegmentor":
-        """``nn.Module.train``; also clears the fast paths' caches (see :meth:`clear_caches`)."""
-        super().train(mode)
         self.clear_caches()
         return self
 

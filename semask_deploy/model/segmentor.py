@@ -6,18 +6,19 @@ import os
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..config import ATTENTION_BACKENDS, SeMaskConfig
 from ..errors import ConfigError, MissingDependencyError
 from . import fast
+from .fast import WeightCachesCleared
 from ._inputs import check_image_batch
 from .fpn_head import SemanticFPNHead
 from .semask import SeMaskSwin, SemanticLayer
 from .swin import PatchMerging, SwinBlock
 
 
-class SeMaskSegmentor(nn.Module):
+class SeMaskSegmentor(WeightCachesCleared):
     """SeMask-FPN. State-dict keys are the official ``backbone.*`` / ``decode_head.*`` names.
 
     In eval mode ``model(x)`` maps a normalised float image batch (N, 3, H, W) to logits (N, K, H, W) at the
@@ -55,21 +56,6 @@ class SeMaskSegmentor(nn.Module):
                 m.backend = name
         self.decode_head.set_fast_path(name != "eager")
         self.attention_backend = name
-        self.clear_caches()
-        return self
-
-    def clear_caches(self) -> "SeMaskSegmentor":
-        """Drop the fast paths' weight-derived caches (folded BN, fused q/k/v, attention biases). They follow
-        ``load_state_dict`` and in-place updates by themselves; only writes through ``.data`` (which do not bump
-        a tensor's version) need this — or ``eval()``/``train()``/``set_attention_backend``, which call it."""
-        from .fast import clear_weight_caches
-
-        clear_weight_caches(self)
-        return self
-
-    def train(self, mode: bool = True) -> "SeMaskSegmentor":
-        """``nn.Module.train``; also clears the fast paths' caches (see :meth:`clear_caches`)."""
-        super().train(mode)
         self.clear_caches()
         return self
 
