@@ -38,6 +38,22 @@ def _cfg(ckpt: Path, out: Path, **kw) -> BenchConfig:
     return BenchConfig(**base)
 
 
+
+@pytest.mark.slow  # exports the fp32 ONNX (ONNX Runtime and OpenVINO rows)
+def test_the_backend_list_users_run(ckpt, tmp_path, capsys):
+    """`semask-bench --ckpt ... --backends torch-sdpa,torch-triton,onnxruntime,openvino,tensorrt` (the product
+    brief's command) on a CPU-only machine: the CPU rows run, the GPU rows are skipped with their reason."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("openvino")
+    out = tmp_path / "rep"
+    assert main(["--ckpt", str(ckpt), "--backends", "torch-sdpa,torch-triton,onnxruntime,openvino,tensorrt",
+                 "--precisions", "fp32", "--sizes", "64x64", "--runs", "3", "--warmup", "1", "--out", str(out)]) == 0
+    data = json.loads((out / "results.json").read_text())
+    ran = {c["backend"] for c in data["cells"] if c["status"] == "ok"}
+    assert ran == {"torch-sdpa", "onnxruntime", "openvino"}
+    skipped = {s["backend"] for s in data["skipped"]}
+    assert {"torch-triton", "tensorrt"} <= skipped
+
 def test_bench_cli_end_to_end(ckpt, tmp_path, capsys):
     out = tmp_path / "rep"
     code = main(["--ckpt", str(ckpt), "--backends", "torch-eager,torch-sdpa,torch-triton,tensorrt",
