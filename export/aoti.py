@@ -260,6 +260,9 @@ def package_metadata(model: Any, with_logits: bool, static_hw: tuple[int, int] |
         "semask.static_hw": ",".join(str(int(v)) for v in static_hw) if static_hw else "",
         "semask.static_batch": str(int(static_batch)) if static_batch else "",
         "semask.test_scale": ",".join(str(int(v)) for v in cfg.test_scale),
+        # keep_ratio (mmcv, OpenCV bilinear: what the C++ apps do) or shortest_edge (detectron2, PIL bilinear:
+        # the mask-classification models, which the apps refuse rather than resize another way)
+        "semask.resize_kind": str(getattr(cfg, "resize_rule", {}).get("kind", "keep_ratio")),
         "semask.mean": ",".join(repr(float(v)) for v in IMAGENET_MEAN),
         "semask.std": ",".join(repr(float(v)) for v in IMAGENET_STD),
         "semask.num_classes": str(int(cfg.num_classes)),

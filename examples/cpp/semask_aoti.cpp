@@ -84,6 +84,11 @@ int run(Options opt) {
     torch::inductor::AOTIModelPackageLoader loader(opt.package);
     auto const meta = loader.get_metadata();
     std::string const device = opt.device.empty() ? metaValue(meta, "AOTI_DEVICE_KEY", "cpu") : opt.device;
+    std::string const resizeKind = metaValue(meta, "semask.resize_kind", "keep_ratio");
+    if (resizeKind != "keep_ratio")  // Mask2Former & co: detectron2's shortest-edge rule with PIL's bilinear
+        throw std::runtime_error("the package holds a model whose test-time resize is '" + resizeKind +
+                                 "' (detectron2's shortest edge with PIL's bilinear filter), which this app does not "
+                                 "reproduce; run it with semask-infer or semask_deploy.Segmenter");
     if (opt.longEdge == 0) {
         char comma = 0;
         std::istringstream in(metaValue(meta, "semask.test_scale", "2048,512"));

@@ -1,4 +1,5 @@
-// semask_pipeline.h: the pre/post-processing of semask-deploy's Python pipeline, in plain C++17.
+// semask_pipeline.h: the pre/post-processing of semask-deploy's Python pipeline for SeMask-FPN models, in plain C++17
+// (mask-classification models resize as detectron2 does: sidecarResizeKind tells them apart; the apps refuse them).
 //
 // Shared by semask_aoti.cpp (AOTInductor package, LibTorch) and semask_trt.cpp (TensorRT engine), and
 // unit-tested against OpenCV/numpy/PyTorch by tests/examples/test_cpp_pipeline.py (semask_pipeline_test.cpp).
@@ -23,6 +24,7 @@
 #include <cmath>
 #include <cstdint>
 #include <fstream>
+#include <iterator>
 #include <limits>
 #include <stdexcept>
 #include <string>
@@ -95,6 +97,20 @@ inline void writePpm(std::string const& path, Image const& img) {  // for tests 
 }
 
 // ---------------------------------------------------------------------------------------------- sizes
+
+// The test-time resize kind written in an artifact's sidecar (<artifact without its suffix>.json, beside it):
+// "keep_ratio" (SeMask-FPN: mmcv's rule with OpenCV's bilinear, what keepRatioSize + resizeLinearCv reproduce) or
+// "shortest_edge" (Mask2Former, MaskFormer, FaPN: detectron2's rule with PIL's bilinear filter, which these apps do
+// not reproduce). A missing sidecar reads as "keep_ratio".
+inline std::string sidecarResizeKind(std::string const& artifactPath) {
+    std::string const dir = artifactPath.substr(0, artifactPath.find_last_of('/') + 1);
+    std::string const name = artifactPath.substr(dir.size());
+    std::string const stem = name.find('.') == std::string::npos ? name : name.substr(0, name.find_last_of('.'));
+    std::ifstream f(dir + stem + ".json");
+    if (!f) return "keep_ratio";
+    std::string const text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    return text.find("\"shortest_edge\"") != std::string::npos ? "shortest_edge" : "keep_ratio";
+}
 
 // mmcv.imrescale: the largest keep-ratio size with long edge <= longEdge and short edge <= shortEdge.
 // Returns {width, height}; the same double arithmetic as semask_deploy.data.transforms.rescale_size.

@@ -46,6 +46,8 @@ int run(std::vector<std::string> const& a) {
         int const K = i(2), h = i(3), w = i(4);
         auto logits = readRaw<float>(a.at(1), static_cast<size_t>(K) * h * w);
         writeRaw(a.at(7), semask::resizeArgmax(logits.data(), K, h, w, i(5), i(6)));
+    } else if (cmd == "resize-kind") {
+        std::cout << semask::sidecarResizeKind(a.at(1)) << "\n";
     } else if (cmd == "nearest") {
         int const h = i(2), w = i(3);
         auto labels = readRaw<int32_t>(a.at(1), static_cast<size_t>(h) * w);

@@ -242,6 +242,11 @@ int run(Options const& opt) {
     if (!labelsOut && !logitsOut) throw std::runtime_error("engine has neither an int32 'labels' nor a float32 'logits' output");
 
     // ---- image and the size the engine runs at
+    std::string const resizeKind = semask::sidecarResizeKind(opt.engine);
+    if (resizeKind != "keep_ratio")  // Mask2Former & co (the engine's sidecar says so): not this app's resize
+        throw std::runtime_error("the engine's sidecar gives the test-time resize '" + resizeKind +
+                                 "' (detectron2's shortest edge with PIL's bilinear filter), which this app does not "
+                                 "reproduce; run the engine with semask-infer or semask_deploy.Segmenter");
     Image const original = readImage(opt.image);
     nvinfer1::Dims const declared = engine->getTensorShape(in.name.c_str());
     int runW = original.width, runH = original.height;

@@ -88,3 +88,15 @@ def test_nearest_labels(tool, tmp_path):
         run([str(tool), "nearest", str(tmp_path / "l.i32"), "33", "47", str(out_h), str(out_w), str(tmp_path / "o.i32")])
         got = np.fromfile(tmp_path / "o.i32", np.int32).reshape(out_h, out_w)
         np.testing.assert_array_equal(got, cv2.resize(labels, (out_w, out_h), interpolation=cv2.INTER_NEAREST))
+
+
+def test_resize_kind_from_the_sidecar(tool, tmp_path):
+    """The TensorRT app refuses a mask-classification engine (detectron2's shortest-edge resize with PIL's filter,
+    which the header does not reproduce): it reads the kind from the sidecar beside the engine."""
+    import json
+
+    (tmp_path / "m2f_fp32_trt.json").write_text(json.dumps({"resize": {"kind": "shortest_edge", "min_size": 640}}))
+    (tmp_path / "fpn_fp32_trt.json").write_text(json.dumps({"resize": {"kind": "keep_ratio", "scale": [2048, 512]}}))
+    assert run([str(tool), "resize-kind", str(tmp_path / "m2f_fp32_trt.engine")]).strip() == "shortest_edge"
+    assert run([str(tool), "resize-kind", str(tmp_path / "fpn_fp32_trt.engine")]).strip() == "keep_ratio"
+    assert run([str(tool), "resize-kind", str(tmp_path / "none.engine")]).strip() == "keep_ratio"  # no sidecar

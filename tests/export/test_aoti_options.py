@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from semask_deploy.cli.export import main as export_main
@@ -51,6 +53,26 @@ def test_package_metadata_strings():
     assert meta["semask.test_scale"] == ",".join(map(str, model.config.test_scale))
     assert meta["semask.outputs"] == "labels,logits"
     assert meta["semask.num_classes"] == str(model.config.num_classes)
+    assert meta["semask.resize_kind"] == "keep_ratio"  # what the C++ app reproduces
+
+
+def test_package_metadata_names_the_shortest_edge_resize_of_mask_classification_models():
+    """Mask2Former & co resize with detectron2's shortest-edge rule and PIL's filter: the package says so, and the
+    C++ app refuses it instead of resizing with the FPN rule and OpenCV (a wrong input before)."""
+    import numpy as np
+    import torch
+
+    from semask_deploy.api import load_model
+    from semask_deploy.export.aoti import package_metadata
+
+    z = np.load(Path(__file__).resolve().parents[1] / "data" / "m2f" / "golden_mask2former_ade20k_small.npz")
+    sd = {k[3:]: torch.from_numpy(z[k]) for k in z.files if k.startswith("sd/")}
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        torch.save({"model": sd, "iteration": 0}, Path(d) / "m2f.pth")
+        model = load_model(Path(d) / "m2f.pth")
+    assert package_metadata(model, with_logits=False)["semask.resize_kind"] == "shortest_edge"
 
 
 def test_segmenter_pt2_without_file(tmp_path):
