@@ -4,6 +4,7 @@ the model facts in its sidecar, its fixed input shape (``--static``, ``--batch``
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -146,3 +147,10 @@ def output_size_feed(x: np.ndarray, size: Sequence[int] | None, nhwc: bool) -> n
     if len(want) != 2 or min(want) < 1:
         raise ConfigError(f"output size must be two positive integers (Ho, Wo), got {size!r}")
     return np.asarray(want, dtype=np.int64)
+
+
+def cuda_index(device: str) -> int:
+    """The GPU index of ``"cuda"`` (0) / ``"cuda:N"`` (N); ``"cpu"`` gives 0 (engines always run on a GPU)."""
+    if not isinstance(device, str) or not (device in ("cpu", "cuda") or re.fullmatch(r"cuda:\d+", device)):
+        raise ConfigError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    return int(device.split(":", 1)[1]) if ":" in device else 0

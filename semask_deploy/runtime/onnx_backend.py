@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, RuntimeBackendError, require
-from .artifact import (OUTPUT_SIZE, ImageInput, apply_sidecar, check_graph_matches_sidecar, check_preprocess_flag, graph_input,
-                       output_size_feed)
+from .artifact import (OUTPUT_SIZE, ImageInput, apply_sidecar, check_graph_matches_sidecar, check_preprocess_flag,
+                       cuda_index, graph_input, output_size_feed)
 
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider", "ROCMExecutionProvider",
                  "MIGraphXExecutionProvider", "DmlExecutionProvider")
@@ -88,8 +88,6 @@ class OnnxBackend:
         opts.log_severity_level = 3
         if threads:
             opts.intra_op_num_threads = int(threads)
-        from .segmenter import cuda_index
-
         index = 0 if providers else cuda_index(device)  # "cuda:N": the session's GPU (ORT's default is 0)
         gpu = {"provider_options": [{"device_id": str(index)} if p in _DEVICE_ID_PROVIDERS else {} for p in use]}
         try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -68,13 +67,6 @@ def _size_pair(value: Any, what: str) -> tuple[int, int]:
             or min(pair) <= 0):
         raise ConfigError(f"{what} must be two positive whole numbers, got {value!r}")
     return int(pair[0]), int(pair[1])
-
-
-def cuda_index(device: str) -> int:
-    """The GPU index of ``"cuda"`` (0) / ``"cuda:N"`` (N); ``"cpu"`` gives 0 (engines always run on a GPU)."""
-    if not isinstance(device, str) or not (device in ("cpu", "cuda") or re.fullmatch(r"cuda:\d+", device)):
-        raise ConfigError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
-    return int(device.split(":", 1)[1]) if ":" in device else 0
 
 
 def _set_torch_threads(threads: int | None) -> None:
@@ -205,6 +197,7 @@ class Segmenter:
             _set_torch_threads(threads)
             self.backend = AotiBackend(path, device=device)
         elif suffix in TRT_SUFFIXES:
+            from .artifact import cuda_index
             from .trt_backend import TensorRTBackend
 
             self.backend = TensorRTBackend(path, device=cuda_index(device))
