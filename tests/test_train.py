@@ -206,6 +206,49 @@ def test_swin_init_refuses_another_architecture(tmp_path):
         init_from_checkpoint(build_model(tiny_config()), tmp_path / "other.pth")
 
 
+def test_swin_init_reads_segmentation_and_moby_layouts(tmp_path):
+    """An mmseg Swin segmentation checkpoint (backbone.* with its norm0..3 output norms, decode_head.* and
+    auxiliary_head.*) and a MoBY one (encoder.* beside encoder_k.*) give their backbone, as the official
+    loader takes MoBY's online branch."""
+    cfg = tiny_config(depths=(2, 2, 2, 2))
+    swin = fake_swin_state(cfg)
+    ours = build_model(cfg).state_dict()
+    seg = {f"backbone.{k}": v for k, v in swin.items() if not k.startswith(("head.", "norm."))}
+    for i in range(4):
+        seg[f"backbone.norm{i}.weight"] = torch.rand_like(ours[f"backbone.norm{i}.weight"])
+        seg[f"backbone.norm{i}.bias"] = torch.rand_like(ours[f"backbone.norm{i}.bias"])
+    seg["decode_head.conv_seg.weight"] = torch.zeros(150, 512, 1, 1)
+    seg["auxiliary_head.conv_seg.weight"] = torch.zeros(150, 256, 1, 1)
+    torch.save({"meta": {}, "state_dict": seg}, tmp_path / "upernet.pth")
+    model = build_model(cfg)
+    report = init_from_checkpoint(model, tmp_path / "upernet.pth")
+    msd = model.state_dict()
+    for k, v in seg.items():
+        if k.startswith("backbone.") and not k.endswith("attn_mask"):
+            assert torch.equal(msd[k], v), k
+    assert {"decode_head.conv_seg.weight", "auxiliary_head.conv_seg.weight"} <= {k for k, _ in report.skipped}
+    assert "backbone.norm0.weight" in report.loaded
+
+    moby = {f"encoder.{k}": v for k, v in swin.items()}
+    moby.update({f"encoder_k.{k}": torch.zeros_like(v) for k, v in swin.items()})
+    moby["projector.linear1.weight"] = torch.zeros(4, 4)
+    torch.save({"model": moby}, tmp_path / "moby.pth")
+    model = build_model(cfg)
+    report = init_from_checkpoint(model, tmp_path / "moby.pth")
+    assert report.kind == "swin"
+    assert torch.equal(model.state_dict()["backbone.patch_embed.proj.weight"], swin["patch_embed.proj.weight"])
+    assert "encoder_k.patch_embed.proj.weight" in {k for k, _ in report.skipped}
+
+
+def test_swin_init_names_foreign_keys_without_blaming_the_variant(tmp_path):
+    sd = fake_swin_state(tiny_config(depths=(2, 2, 2, 2)))
+    sd["my_extra_adapter.weight"] = torch.zeros(3)
+    torch.save(sd, tmp_path / "extra.pth")
+    with pytest.raises(CheckpointError, match="1 unexpected: my_extra_adapter.weight.*not part of a Swin") as err:
+        init_from_checkpoint(build_model(tiny_config(depths=(2, 2, 2, 2))), tmp_path / "extra.pth")
+    assert "--variant" not in str(err.value)
+
+
 def test_semask_init_is_strict(tmp_path):
     src = build_model(tiny_config())
     path = save_checkpoint(src, tmp_path / "semask.pth")

@@ -18,7 +18,9 @@ ImageNet classification checkpoint.
   and ``relative_position_index`` are recomputed, relative position tables of another window size are
   resized bicubically (as mmseg's Swin loader does); the semantic layers, the per-stage output norms and
   the decode head keep the scratch initialisation. Any other missing, extra or mis-shaped backbone key
-  is an error.
+  is an error. Also read: the backbone of an mmseg Swin segmentation checkpoint (``backbone.*`` beside
+  ``decode_head.*``/``auxiliary_head.*``, which are skipped; its per-stage output norms ``norm0..3`` are
+  loaded too) and a MoBY self-supervised checkpoint (``encoder.*``, as the official loader strips it).
 """
 
 from __future__ import annotations
@@ -131,7 +133,7 @@ def checkpoint_kind(data: CheckpointData) -> str:
     keys = data.state_dict.keys()
     if any(".semantic_layer." in k for k in keys) and any(k.startswith("backbone.") for k in keys):
         return "semask"
-    if any(re.match(r"(backbone\.)?layers\.\d+\.blocks\.\d+\.", k) for k in keys):
+    if any(re.match(r"(backbone\.|encoder\.)?layers\.\d+\.blocks\.\d+\.", k) for k in keys):
         return "swin"
     return "other"
 
@@ -190,13 +192,38 @@ def resize_relative_table(table: torch.Tensor, rows: int) -> torch.Tensor:
     return out.reshape(heads, rows).permute(1, 0).contiguous().to(table.dtype)
 
 
+#: a Swin segmentation backbone's per-stage output norms (mmseg layout), which our backbone has too
+OUTPUT_NORM = re.compile(r"norm[0-3]\.(weight|bias)")
+
+#: the other parts of the files whose Swin backbone :func:`load_swin_imagenet` reads
+_SEGMENTATION_HEADS = ("decode_head.", "auxiliary_head.")
+
+
+def _strip_swin_prefix(sd: dict[str, torch.Tensor], report: InitReport) -> tuple[dict[str, torch.Tensor], bool]:
+    """The backbone tensors of ``sd`` under the Swin classification names, and whether they come from a
+    segmentation checkpoint (whose ``norm0..3`` output norms are then ours too). The heads of a segmentation
+    checkpoint and MoBY's other branches go to ``report.skipped``."""
+    if sd and all(k.startswith(("backbone.",) + _SEGMENTATION_HEADS) for k in sd):
+        for k in sd:
+            if k.startswith(_SEGMENTATION_HEADS):
+                report.skipped.append((k, "segmentation head keys (a new head is trained)"))
+        return {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}, True
+    if sd and min(sd).startswith("encoder."):  # MoBY: the online branch, as the official loader takes it
+        for k in sd:
+            if not k.startswith("encoder."):
+                report.skipped.append((k, "not the encoder (online) branch of a MoBY checkpoint"))
+        return {k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.")}, False
+    return sd, False
+
+
 def load_swin_imagenet(model: SeMaskSegmentor, sd: dict[str, torch.Tensor], source: str = "checkpoint") -> InitReport:
     """Copy a Swin classification state dict into ``model.backbone`` (see the module docstring).
 
     Args:
         model: the segmentor (already initialised from scratch).
-        sd: the Swin state dict (keys ``patch_embed.*``, ``layers.*``, ``norm.*``, ``head.*``; an extra
-            ``backbone.`` prefix is accepted, ``decode_head.*`` keys are skipped).
+        sd: the Swin state dict (keys ``patch_embed.*``, ``layers.*``, ``norm.*``, ``head.*``), or an mmseg
+            segmentation checkpoint's (``backbone.*``, with ``norm0..3``; ``decode_head.*`` and
+            ``auxiliary_head.*`` are skipped), or MoBY's (``encoder.*``; other branches are skipped).
         source: name for the report.
 
     Returns:
@@ -207,10 +234,7 @@ def load_swin_imagenet(model: SeMaskSegmentor, sd: dict[str, torch.Tensor], sour
     """
     report = InitReport("swin", source)
     ours = model.state_dict()
-    if all(k.startswith(("backbone.", "decode_head.")) for k in sd):
-        for k in [k for k in sd if k.startswith("decode_head.")]:
-            report.skipped.append((k, "decode head keys (a new head is trained)"))
-        sd = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
+    sd, out_norms = _strip_swin_prefix(sd, report)
     new: dict[str, torch.Tensor] = {}
     unexpected, wrong = [], []
     for key, value in sd.items():
@@ -224,7 +248,8 @@ def load_swin_imagenet(model: SeMaskSegmentor, sd: dict[str, torch.Tensor], sour
             report.skipped.append((key, "absolute position embedding (SeMask uses none)"))
             continue
         target = f"backbone.{key}"
-        if target not in ours or not key.startswith(("patch_embed.", "layers.")):
+        loadable = key.startswith(("patch_embed.", "layers.")) or (out_norms and OUTPUT_NORM.fullmatch(key))
+        if target not in ours or not loadable:
             unexpected.append(key)
             continue
         want = ours[target]
@@ -253,10 +278,11 @@ def load_swin_imagenet(model: SeMaskSegmentor, sd: dict[str, torch.Tensor], sour
         for title, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
             if items:
                 parts.append(f"{len(items)} {title}: " + "; ".join(items[:6]) + (" …" if len(items) > 6 else ""))
-        raise CheckpointError(
-            f"{source} does not fit this variant's Swin backbone ({' | '.join(parts)}); pick the --variant "
-            "that matches the ImageNet checkpoint (embed dim, depths, heads)"
-        )
+        # a wrong variant shows as wrong shapes or missing blocks; keys that are no Swin tensor at all are not
+        # cured by another --variant
+        hint = ("pick the --variant that matches the checkpoint (embed dim, depths, heads)" if missing or wrong
+                else "these keys are not part of a Swin backbone: remove them from the file, or omit --init")
+        raise CheckpointError(f"{source} does not fit this variant's Swin backbone ({' | '.join(parts)}); {hint}")
     with torch.no_grad():
         for k, v in new.items():
             ours[k].copy_(v)
