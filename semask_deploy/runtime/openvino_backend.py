@@ -18,11 +18,12 @@ layers per runtime precision (:attr:`OpenVinoBackend.ran`), recorded by benchmar
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 from collections import Counter, OrderedDict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -41,6 +42,30 @@ SHAPE_MODES = ("auto", "static", "dynamic")
 #: static specialisations kept per backend (each compiled model holds its own copy of the weights: ~0.9 GB
 #: for SeMask-L in fp32)
 STATIC_CACHE = 2
+#: distinct (input, output) sizes whose occurrences ``auto`` keeps counting (the most frequent are kept)
+SEEN_LIMIT = 256
+
+
+class _Requests:
+    """The infer requests of one compiled model. OpenVINO's requests are not thread-safe: a call takes an idle
+    one (or a new one) and gives it back, so threads that share a backend never share a request."""
+
+    def __init__(self, compiled: Any) -> None:
+        self.compiled = compiled
+        self._idle: list[Any] = []
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def take(self) -> Iterator[Any]:
+        with self._lock:
+            request = self._idle.pop() if self._idle else None
+        if request is None:
+            request = self.compiled.create_infer_request()
+        try:
+            yield request
+        finally:
+            with self._lock:
+                self._idle.append(request)
 
 
 def error_text(exc: BaseException, limit: int = 300) -> str:
@@ -249,8 +274,12 @@ class OpenVinoBackend:
         threads: CPU threads (default: OpenVINO's choice).
         static_shapes: ``auto`` (default): an input size (and output size) seen a second time gets a model
             compiled for exactly that size (:func:`specialize`; ~25 % faster, a one-off compile of a few
-            seconds), kept for the last :data:`STATIC_CACHE` sizes; ``static``: at the first occurrence;
-            ``dynamic``: the dynamic model only. The labels are the same in all modes.
+            seconds), kept for the last :data:`STATIC_CACHE` sizes; each time one is dropped for a newer one,
+            a size must come twice as often before it is compiled (so more sizes in turn than the cache holds
+            settle on the dynamic model instead of compiling on every call); ``static``: at the first
+            occurrence; ``dynamic``: the dynamic model only. The labels are the same in all modes.
+
+    One backend may be called from several threads at once (each call gets its own infer request).
 
     Attributes:
         has_logits, num_classes, class_names, palette, test_scale, crop_size: from the sidecar.
@@ -277,9 +306,12 @@ class OpenVinoBackend:
         self._core, self._model = read_model(self.path)
         self.compiled = _compile(self._core, self._model, self._hint, threads, self.path.name)
         self.ran = ran_precision(self.compiled)
-        self.request = self.compiled.create_infer_request()
-        self._static: OrderedDict[tuple, Any] = OrderedDict()  # (shape, output size) → infer request
+        self._dynamic = _Requests(self.compiled)
+        self._static: OrderedDict[tuple, _Requests] = OrderedDict()  # (shape, output size) → its compiled model
         self._seen: Counter[tuple] = Counter()
+        self._compiling: set[tuple] = set()
+        self._evicted = 0
+        self._lock = threading.Lock()  # guards the five above
         m = self.meta
         self.output_names = [_output_name(o) for o in self.compiled.outputs]
         self.has_logits = "logits" in self.output_names
@@ -305,10 +337,11 @@ class OpenVinoBackend:
         if self.has_output_size:
             feed[OUTPUT_SIZE] = output_size_feed(x, size, self.accepts_uint8)
         try:
-            request = self._request_for(x.shape, feed.get(OUTPUT_SIZE))
-            if request is not self.request:  # a specialisation: the output size is a constant in it
+            requests = self._requests_for(x.shape, feed.get(OUTPUT_SIZE))
+            if requests is not self._dynamic:  # a specialisation: the output size is a constant in it
                 feed.pop(OUTPUT_SIZE, None)
-            res = request.infer(feed)
+            with requests.take() as request:
+                res = request.infer(feed)  # outputs are copies (share_outputs=False): safe once it is given back
         except SemaskError:
             raise
         except Exception as exc:  # noqa: BLE001
@@ -316,25 +349,38 @@ class OpenVinoBackend:
                                       f"{error_text(exc)}") from exc
         return {_output_name(k): v for k, v in res.items()}
 
-    def _request_for(self, shape: Sequence[int], output_size: np.ndarray | None) -> Any:
-        """The infer request for this input: the dynamic model's, or a static specialisation's
-        (:func:`specialize`; ``static_shapes``: ``auto`` compiles one when a size comes a second time,
-        ``static`` at once, ``dynamic`` never; the latest :data:`STATIC_CACHE` are kept)."""
+    def _requests_for(self, shape: Sequence[int], output_size: np.ndarray | None) -> _Requests:
+        """The requests for this input: the dynamic model's, or a static specialisation's (:func:`specialize`;
+        ``static_shapes``: ``auto`` compiles one when a size comes a second time — later, after evictions, see
+        the class docstring —, ``static`` at once, ``dynamic`` never; the latest :data:`STATIC_CACHE` are kept).
+        While one thread compiles a size, the others run that size on the dynamic model."""
         if self.static_shapes == "dynamic":
-            return self.request
+            return self._dynamic
         key = (tuple(int(v) for v in shape), None if output_size is None else tuple(int(v) for v in output_size))
-        if key in self._static:
-            self._static.move_to_end(key)
-            return self._static[key]
-        self._seen[key] += 1
-        if self.static_shapes == "auto" and self._seen[key] < 2:
-            return self.request
-        model = specialize(self._model, self.input_name, key[0], key[1])
-        compiled = _compile(self._core, model, self._hint, self._threads, self.path.name)
-        self._static[key] = compiled.create_infer_request()
-        if len(self._static) > STATIC_CACHE:
-            self._static.popitem(last=False)
-        return self._static[key]
+        with self._lock:
+            if key in self._static:
+                self._static.move_to_end(key)
+                return self._static[key]
+            if key in self._compiling:
+                return self._dynamic
+            self._seen[key] += 1
+            if len(self._seen) > SEEN_LIMIT:
+                self._seen = Counter(dict(self._seen.most_common(SEEN_LIMIT // 2)))
+            if self.static_shapes == "auto" and self._seen.get(key, 0) < 2 << min(self._evicted, 16):
+                return self._dynamic
+            self._compiling.add(key)
+        try:
+            model = specialize(self._model, self.input_name, key[0], key[1])
+            requests = _Requests(_compile(self._core, model, self._hint, self._threads, self.path.name))
+        finally:
+            with self._lock:
+                self._compiling.discard(key)
+        with self._lock:
+            self._static[key] = requests
+            while len(self._static) > STATIC_CACHE:
+                self._static.popitem(last=False)
+                self._evicted += 1
+        return requests
 
     def logits(self, x: np.ndarray) -> torch.Tensor:
         """Normalised float32 (N, 3, H, W) → float32 logits (N, K, H, W)."""
