@@ -212,3 +212,26 @@ def test_weights_written_through_data_are_seen_after_eval_or_clear_caches(how):
         got = model(x)
         want = model.set_attention_backend("eager")(x)
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_a_model_that_ran_can_be_deep_copied_pickled_and_saved(tmp_path):
+    """The conv cache held oneDNN-packed weights (opaque tensors): deepcopy, pickle and torch.save(model)
+    failed after the first forward. The caches now travel empty and are rebuilt."""
+    import copy
+    import pickle
+
+    from semask_deploy import load_model
+    from semask_deploy.assets import demo_checkpoint
+
+    model = load_model(demo_checkpoint())
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        want = model(x)
+    assert any("_semask_folded" in m.__dict__ for m in model.modules())  # the fast path did run
+    twins = [copy.deepcopy(model), pickle.loads(pickle.dumps(model))]
+    torch.save(model, tmp_path / "m.pt")
+    twins.append(torch.load(tmp_path / "m.pt", weights_only=False))
+    for twin in twins:
+        assert all(not m.__dict__.get("_semask_folded") for m in twin.modules())
+        with torch.no_grad():
+            torch.testing.assert_close(twin(x), want, rtol=0, atol=0)

@@ -48,6 +48,23 @@ def _version_key(*tensors: Tensor | None) -> tuple:
     )
 
 
+class TransientCache(dict):
+    """A weight-derived cache kept in a module's ``__dict__``: copies and pickles of the module get it empty.
+
+    Some entries are oneDNN-packed weights (opaque tensors without storage), which ``copy.deepcopy``,
+    ``pickle`` and ``torch.save(model)`` cannot handle; every entry is rebuilt on the next call anyway.
+    """
+
+    def __reduce__(self) -> tuple:
+        return (TransientCache, ())
+
+    def __deepcopy__(self, memo: dict) -> "TransientCache":
+        return TransientCache()
+
+    def __copy__(self) -> "TransientCache":
+        return TransientCache()
+
+
 def clear_weight_caches(module: nn.Module) -> None:
     """Drop every weight-derived cache of the fast paths under ``module`` (fused and folded weights, attention
     biases): needed only after writing parameters through ``.data``, which does not bump their versions."""
@@ -120,12 +137,11 @@ def fused_linear(layers: list[nn.Linear], x: Tensor) -> list[Tensor]:
     ):
         return [l(x) for l in layers]
     key = _version_key(*(t for l in layers for t in (l.weight, l.bias)))
-    cached = first.__dict__.get("_semask_fused")
-    if cached is None or cached[0] != key:
-        weight = torch.cat([l.weight.detach() for l in layers])
-        bias = torch.cat([l.bias.detach() for l in layers])
-        cached = first.__dict__["_semask_fused"] = (key, weight, bias)
-    out = torch.ops.mkldnn._linear_pointwise(x, cached[1], cached[2], "none", [], "")
+    cache = first.__dict__.setdefault("_semask_fused", TransientCache())
+    if cache.get("key") != key:
+        cache.update(key=key, weight=torch.cat([l.weight.detach() for l in layers]),
+                     bias=torch.cat([l.bias.detach() for l in layers]))
+    out = torch.ops.mkldnn._linear_pointwise(x, cache["weight"], cache["bias"], "none", [], "")
     return list(out.split([l.out_features for l in layers], dim=-1))
 
 
@@ -138,7 +154,7 @@ def conv_bn_relu(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor) -> Tensor:
     """ReLU(BN(conv(x))) in eval mode with BN folded into the conv; x (N, Cin, H, W), any memory format."""
     if bn.training or is_tracing() or (torch.is_grad_enabled() and conv.weight.requires_grad):
         return F.relu(bn(conv(x)))
-    cache = conv.__dict__.setdefault("_semask_folded", {})
+    cache = conv.__dict__.setdefault("_semask_folded", TransientCache())
     key = (x.device, x.dtype, *_version_key(conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var))
     entry = cache.get(key)
     use_mkldnn = _MKLDNN_CONV and _inference_cpu_fp32(x, conv.weight)

@@ -112,12 +112,14 @@ class SemanticLayer(nn.Module):
         win = self.window
         if not is_tracing():  # one gather per tensor instead of pad → partition (and back)
             key = (h, w, xn.device)
-            if key not in self._index_cache:
-                self._index_cache.clear()
+            entry = self._index_cache.get(key)  # one lookup: another thread may clear the cache in between
+            if entry is None:
                 gather, inverse = window_gather_index(h, w, win, 0, xn.device)
                 padded = (gather == h * w).nonzero().squeeze(1)
-                self._index_cache[key] = (gather.clamp(max=h * w - 1), padded, inverse)
-            gather, padded, inverse = self._index_cache[key]
+                entry = (gather.clamp(max=h * w - 1), padded, inverse)
+                self._index_cache.clear()
+                self._index_cache[key] = entry
+            gather, padded, inverse = entry
 
             def windows(t: Tensor, pad_row: Tensor | None) -> Tensor:
                 out = t.index_select(1, gather)

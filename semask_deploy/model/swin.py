@@ -326,8 +326,9 @@ class SwinBlock(nn.Module):
         cacheable = cacheable and not table.is_inference()  # inference tensors have no version counter
         # The key is built only when caching: data_ptr() fails on the fake tensors of torch.export.
         key = (hp, wp, device, dtype, table._version, table.data_ptr()) if cacheable else None
-        if cacheable and key in self._bias_cache:
-            return self._bias_cache[key]
+        cached = self._bias_cache.get(key) if cacheable else None  # one lookup: safe when threads share the model
+        if cached is not None:
+            return cached
         w, heads = self.window, self.attn.num_heads
         nw = (hp // w) * (wp // w)
         bias = self.attn.relative_bias().to(dtype).unsqueeze(0)  # 1, heads, n, n
