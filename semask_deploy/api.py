@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -15,9 +16,12 @@ from .maskformer_config import MaskFormerConfig
 from .model import MaskFormerSegmentor, SeMaskSegmentor
 
 
-def build_model(config: SeMaskConfig | MaskFormerConfig, *, attention_backend: str = "sdpa") -> SeMaskSegmentor:
+def build_model(
+    config: SeMaskConfig | MaskFormerConfig, *, attention_backend: str = "sdpa"
+) -> SeMaskSegmentor | MaskFormerSegmentor:
     """A freshly initialised model (SeMask-FPN, or the mask-classification family for a
-    :class:`MaskFormerConfig`) with the standard class names and palette for its class count."""
+    :class:`MaskFormerConfig`) with the standard class names and palette for its class count
+    (``SEMASK_ATTN``, when set, overrides ``attention_backend``, as in the model classes)."""
     if isinstance(config, MaskFormerConfig):
         model = MaskFormerSegmentor(config, attention_backend=attention_backend)
     else:
@@ -29,9 +33,9 @@ def build_model(config: SeMaskConfig | MaskFormerConfig, *, attention_backend: s
 def load_model(
     path: str | Path,
     *,
-    attention_backend: str = "sdpa",
+    attention_backend: str | None = None,
     device: str | torch.device = "cpu",
-) -> SeMaskSegmentor:
+) -> SeMaskSegmentor | MaskFormerSegmentor:
     """Load a SeMask checkpoint: SeMask-FPN (official mmseg ``.pth``) or a mask-classification model
     (official detectron2 Mask2Former / MaskFormer / FaPN / MSFaPN ``{"model": ...}``), a plain state dict
     or ``.safetensors``.
@@ -41,17 +45,32 @@ def load_model(
     with ``class_names`` and ``palette`` from the checkpoint's ``meta`` (else the standard ones for
     150 / 19 / 171 classes).
 
+    Args:
+        path: the checkpoint file.
+        attention_backend: ``eager`` | ``sdpa`` | ``triton``; default: the environment variable
+            ``SEMASK_ATTN`` if set, else ``sdpa``. Given, and different from a set ``SEMASK_ATTN``, it is an
+            error (the variable would override it).
+        device: ``cpu``, ``cuda`` or ``cuda:N``.
+
     Raises:
-        CheckpointError: unreadable, unsafe, not SeMask-FPN, or keys that do not match.
+        CheckpointError: unreadable, unsafe, not a SeMask model, or keys that do not match.
+        ConfigError: an unknown attention backend or device, a CUDA device without a GPU, or an
+            ``attention_backend`` that conflicts with ``SEMASK_ATTN``.
     """
+    env = os.environ.get("SEMASK_ATTN")
+    if attention_backend is not None and env and env != attention_backend:
+        raise ConfigError(f"attention_backend={attention_backend!r} conflicts with the environment variable "
+                          f"SEMASK_ATTN={env!r}, which would override it; unset SEMASK_ATTN or leave "
+                          "attention_backend out")
     data = read_checkpoint(path)
-    return model_from_checkpoint(data, attention_backend=attention_backend, device=device)
+    return model_from_checkpoint(data, attention_backend=attention_backend or "sdpa", device=device)
 
 
 def model_from_checkpoint(
     data: CheckpointData, *, attention_backend: str = "sdpa", device: str | torch.device = "cpu"
-) -> SeMaskSegmentor:
-    """Like :func:`load_model`, from an already read :class:`CheckpointData`."""
+) -> SeMaskSegmentor | MaskFormerSegmentor:
+    """Like :func:`load_model`, from an already read :class:`CheckpointData` (``SEMASK_ATTN``, when set,
+    overrides ``attention_backend`` here, as in the model classes)."""
     where = str(data.path or "checkpoint")
     if is_maskformer_state_dict(data.state_dict):  # detectron2 Mask2Former / MaskFormer / FaPN / MSFaPN
         mf_config = infer_maskformer_config(data.state_dict, data.meta, where)
@@ -67,7 +86,8 @@ def model_from_checkpoint(
     except RuntimeError as exc:
         raise ConfigError(f"invalid device {device!r}: {exc}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was requested but no CUDA GPU is available; use --device cpu")
+        raise ConfigError(f"device {str(device)!r} was requested but no CUDA GPU is available; use the CPU "
+                          "(device 'cpu', --device cpu)")
     return model.to(device).eval()
 
 

@@ -296,7 +296,7 @@ def infer_config(data: CheckpointData) -> SeMaskConfig:
             f"{where} has no saved model config and its backbone (embed {embed}, depths {tuple(depths)}, window "
             f"{window}) is none of the official SeMask-T/S/B/L: assumed the official semantic attention "
             f"{'/'.join(sem_modes)} per stage and semantic window {sem_window}, which change the results if the model "
-            "was built otherwise; save models with semask_deploy.save_checkpoint (as semask-train does), which keeps "
+            "was built otherwise; save models with semask_deploy.checkpoint.save_checkpoint (as semask-train does), which keeps "
             "the config", SemaskWarning, stacklevel=2)
     return SeMaskConfig(
         embed_dim=embed,

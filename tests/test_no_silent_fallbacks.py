@@ -109,3 +109,38 @@ def test_triton_python_runtime_gpu_instance_refuses_cpu_fallback(tmp_path, monke
             "model_config": json.dumps({"output": [{"name": "labels"}]})}
     with pytest.raises(RuntimeError, match="silently run on the CPU"):
         ns["TritonPythonModel"]().initialize(args)
+
+
+def test_load_model_with_an_attention_backend_other_than_semask_attn_is_an_error(monkeypatch):
+    """load_model(attention_backend=) was silently overridden by SEMASK_ATTN, unlike Segmenter and the CLIs."""
+    from semask_deploy import load_model
+    from semask_deploy.assets import demo_checkpoint
+
+    monkeypatch.setenv("SEMASK_ATTN", "sdpa")
+    with pytest.raises(ConfigError, match="conflicts with the environment variable SEMASK_ATTN='sdpa'"):
+        load_model(demo_checkpoint(), attention_backend="eager")
+    assert load_model(demo_checkpoint()).attention_backend == "sdpa"
+    monkeypatch.setenv("SEMASK_ATTN", "eager")
+    assert load_model(demo_checkpoint()).attention_backend == "eager"
+    assert load_model(demo_checkpoint(), attention_backend="eager").attention_backend == "eager"
+
+
+def test_threads_zero_gives_pytorch_its_default_back():
+    """threads=0 means 'the runtime's own choice (all cores)': after a Segmenter with threads=1 it stayed 1."""
+    import torch
+
+    from semask_deploy.assets import demo_checkpoint
+    from semask_deploy.runtime import Segmenter
+
+    before = torch.get_num_threads()
+    try:
+        Segmenter(demo_checkpoint(), threads=1)
+        assert torch.get_num_threads() == 1
+        Segmenter(demo_checkpoint())  # None leaves the count alone
+        assert torch.get_num_threads() == 1
+        Segmenter(demo_checkpoint(), threads=0)
+        from semask_deploy.runtime.segmenter import _TORCH_DEFAULT_THREADS
+
+        assert torch.get_num_threads() == _TORCH_DEFAULT_THREADS[0]
+    finally:
+        torch.set_num_threads(before)

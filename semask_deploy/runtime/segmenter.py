@@ -46,7 +46,7 @@ def _image_hint(image: Any) -> str:
 
 
 def _cpu_threads(threads: Any, suffix: str, backend: str | None) -> int | None:
-    """``threads`` checked: a count ≥ 1, or None for the runtime's default (0 means that too)."""
+    """``threads`` checked: a count ≥ 1, 0 (the runtime's default) or None (unset)."""
     if threads is None:
         return None
     if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 0:
@@ -54,7 +54,7 @@ def _cpu_threads(threads: Any, suffix: str, backend: str | None) -> int | None:
     if threads and (backend == "tensorrt" or suffix in TRT_SUFFIXES):
         raise ConfigError("threads is a CPU setting; a TensorRT engine runs on the GPU (leave threads unset)")
     check_cpu_threads(threads)
-    return int(threads) or None
+    return int(threads)
 
 
 def _size_pair(value: Any, what: str) -> tuple[int, int]:
@@ -69,12 +69,20 @@ def _size_pair(value: Any, what: str) -> tuple[int, int]:
     return int(pair[0]), int(pair[1])
 
 
-def _set_torch_threads(threads: int | None) -> None:
-    """PyTorch (and AOTInductor packages) take the process-wide thread count."""
-    if threads:
-        import torch
+_TORCH_DEFAULT_THREADS: list[int] = []  # PyTorch's own count, noted before a Segmenter first changes it
 
+
+def _set_torch_threads(threads: int | None) -> None:
+    """PyTorch (and AOTInductor packages) take the process-wide thread count: N sets it, 0 gives back
+    PyTorch's own default (all cores) if a Segmenter changed it, None leaves it."""
+    import torch
+
+    if threads:
+        if not _TORCH_DEFAULT_THREADS:
+            _TORCH_DEFAULT_THREADS.append(torch.get_num_threads())
         torch.set_num_threads(threads)
+    elif threads == 0 and _TORCH_DEFAULT_THREADS:
+        torch.set_num_threads(_TORCH_DEFAULT_THREADS[0])
 
 
 class Segmenter:
@@ -102,8 +110,9 @@ class Segmenter:
             autocast (native-bf16 CPUs only).
         threads: CPU threads of the runtime: ONNX Runtime's intra-op threads, OpenVINO's
             ``INFERENCE_NUM_THREADS``, PyTorch's ``torch.set_num_threads`` (process-wide, also for ``.pt2``
-            packages). ``None`` or 0 (default): the runtime's own choice (all cores). A TensorRT engine runs on
-            the GPU: giving it threads is an error.
+            packages). ``None`` (default) or 0: the runtime's own choice (all cores); for PyTorch, whose count
+            is process-wide, 0 also gives back its default after another Segmenter set one, and ``None`` leaves
+            the count as it is. A TensorRT engine runs on the GPU: giving it threads is an error.
 
     Whole mode runs the official pipeline exactly on every backend: exports with the ``output_size`` input
     (semask-export's default) resize their logits to the image's size in the graph and take the argmax
@@ -181,7 +190,7 @@ class Segmenter:
             if precision not in (None, "fp32", "bf16"):
                 raise ConfigError(f"PyTorch precision must be fp32 or bf16 (autocast), got {precision!r}")
             _set_torch_threads(threads)
-            self.backend = TorchBackend(path, device=device, attention_backend=attention_backend or "sdpa",
+            self.backend = TorchBackend(path, device=device, attention_backend=attention_backend,
                                         precision=precision or "fp32")
         elif precision not in (None, "fp32"):
             raise ConfigError(f"precision={precision!r} is an OpenVINO/PyTorch option; ONNX Runtime and TensorRT run "

@@ -70,7 +70,7 @@ class TorchBackend:
 
     def __init__(
         self, path: str | Path | None = None, *, model: SeMaskSegmentor | None = None,
-        device: str = "cpu", attention_backend: str = "sdpa", precision: str = "fp32",
+        device: str = "cpu", attention_backend: str | None = None, precision: str = "fp32",
     ) -> None:
         self.model = model if model is not None else load_model(path, attention_backend=attention_backend, device=device)
         self.device = next(self.model.parameters()).device
