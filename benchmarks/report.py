@@ -1,6 +1,7 @@
 """Report writers for ``semask-bench``: Markdown (``report.md``), JSON with every raw timing
 (``results.json``), CSV (``results.csv``), a PNG plot of latency and mIoU per backend (``plot.png``) and
-the per-layer FLOPs tables (``flops.md``). Every file is written atomically (temp name + rename).
+the per-layer FLOPs tables (``flops.md``). The five are written in a hidden folder and renamed into place together
+(:func:`write_report`).
 """
 
 from __future__ import annotations
@@ -9,9 +10,12 @@ import csv
 import io
 import json
 import math
+import os
+import shutil
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from semask_deploy.errors import SemaskError
 from semask_deploy.fileio import write_text_atomic, write_with
 
 CSV_SKIP = ("times_ms", "build")
@@ -264,19 +268,47 @@ def plot(data: Mapping[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+class ReportWriteError(SemaskError):
+    """The report could not be written (a full disk, a read-only folder). ``markdown`` holds the report's
+    text, so a caller can still show the measurements."""
+
+    def __init__(self, message: str, markdown: str) -> None:
+        super().__init__(message)
+        self.markdown = markdown
+
+
 def write_report(data: Mapping[str, Any], out_dir: str | Path, *, with_plot: bool = True) -> dict[str, Path]:
-    """Write every report file into ``out_dir``; returns {name: path}."""
-    from semask_deploy.fileio import make_output_folder
+    """Write every report file into ``out_dir``; returns {name: path}.
+
+    The files are written in a hidden folder inside ``out_dir`` and renamed into place only when all of them
+    are written, so a failure (a full disk) leaves an earlier run's report whole, never half old, half new.
+
+    Raises:
+        ReportWriteError: a file could not be written (nothing in ``out_dir`` changed).
+    """
+    from semask_deploy.fileio import make_output_folder, make_work_folder, write_failure_text
 
     out = make_output_folder(out_dir)
-    paths = {name: out / name for name in FILES}
-    write_text_atomic(paths["report.md"], render_markdown(data))
-    write_text_atomic(paths["flops.md"], render_flops(data))
-    write_text_atomic(paths["results.json"],
-                      json.dumps(_clean(data), indent=1, default=_json_default, allow_nan=False) + "\n")
-    write_text_atomic(paths["results.csv"], to_csv(data))
-    if with_plot:
-        plot(data, paths["plot.png"])
-    else:
-        paths.pop("plot.png").unlink(missing_ok=True)  # an earlier run's plot (--force) would not match this run
-    return paths
+    markdown = render_markdown(data)
+    names = [n for n in FILES if with_plot or n != "plot.png"]
+    stage = None
+    try:
+        stage = make_work_folder(out, prefix=".report.")
+        write_text_atomic(stage / "report.md", markdown)
+        write_text_atomic(stage / "flops.md", render_flops(data))
+        write_text_atomic(stage / "results.json",
+                          json.dumps(_clean(data), indent=1, default=_json_default, allow_nan=False) + "\n")
+        write_text_atomic(stage / "results.csv", to_csv(data))
+        if with_plot:
+            plot(data, stage / "plot.png")
+        for name in names:
+            os.replace(stage / name, out / name)
+    except (OSError, SemaskError) as exc:
+        reason = write_failure_text(exc) or str(exc)
+        raise ReportWriteError(f"the report could not be written to {out}: {reason}", markdown) from exc
+    finally:
+        if stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)
+    if not with_plot:
+        (out / "plot.png").unlink(missing_ok=True)  # an earlier run's plot (--force) would not match this run
+    return {name: out / name for name in names}

@@ -29,13 +29,15 @@ import io
 import json
 import logging
 import os
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from semask_deploy.errors import ConfigError, ExportError, require
+from semask_deploy.errors import ConfigError, ExportError, SemaskWarning, require
+from semask_deploy.fileio import write_failure_text
 from semask_deploy.export.precision import AttentionRoles, attention_roles
 
 QUANTIZED_OPS = ("Conv", "MatMul")
@@ -332,16 +334,12 @@ def quantize_int8(
         tmp_cache = cache_file.with_name(f".{cache_file.stem}.{os.getpid()}.tmp.json")
     has_size = any(i.name == "output_size" for i in model.graph.input)
     reader = None if cache_hit else _Reader(input_name, inputs, progress, output_size=has_size)
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # ORT logs "consider pre-processing" warnings on the root logger
-    try:
-        if plain_copy is not None:
-            plain_copy.write_bytes(model_bytes)
+
+    def quantize(cache_path: Path | None, calibration_reader: Any) -> None:
         # ORT prints its progress
         with _tolerant_abs_histograms(), _entropy_histograms(), contextlib.redirect_stdout(io.StringIO()):
             quantize_static(
-                str(plain_copy or fp32_path), str(out_path), reader,
+                str(plain_copy or fp32_path), str(out_path), calibration_reader,
                 quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=op_types,
                 per_channel=per_channel,
@@ -354,15 +352,37 @@ def quantize_int8(
                 nodes_to_exclude=excluded,
                 calibrate_method=getattr(CalibrationMethod, method_name),
                 extra_options=extra,
-                **({"calibration_cache_path": str(cache_file if cache_hit else tmp_cache)}
-                   if cache_file is not None else {}),
+                **({"calibration_cache_path": str(cache_path)} if cache_path is not None else {}),
             )
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # ORT logs "consider pre-processing" warnings on the root logger
+    try:
+        if plain_copy is not None:
+            plain_copy.write_bytes(model_bytes)
+        try:
+            quantize(cache_file if cache_hit else tmp_cache, reader)
+        except Exception as exc:  # noqa: BLE001 - a cache that cannot be written must not fail the export
+            failed_write = write_failure_text(exc)
+            if tmp_cache is None or failed_write is None:
+                raise
+            warnings.warn(f"the int8 calibration cache cannot be written in {cache_file.parent} ({failed_write}): "
+                          "calibrating again without it (set SEMASK_CACHE_DIR to a writable folder to reuse "
+                          "ranges between exports)", SemaskWarning, stacklevel=2)
+            tmp_cache.unlink(missing_ok=True)
+            if reader.bar is not None:
+                reader.bar.close()
+            reader = _Reader(input_name, inputs, progress, output_size=has_size)
+            quantize(None, reader)
+            tmp_cache = None
         if tmp_cache is not None and tmp_cache.is_file():
             os.replace(tmp_cache, cache_file)
     except (ConfigError, ExportError):
         raise
     except Exception as exc:  # noqa: BLE001 - ORT raises many types
-        raise ExportError(f"int8 quantization failed: {str(exc).splitlines()[0][:300]}") from exc
+        reason = write_failure_text(exc) or (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+        raise ExportError(f"int8 quantization failed: {reason}") from exc
     finally:
         root.setLevel(level)
         if tmp_cache is not None and tmp_cache.exists():

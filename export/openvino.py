@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from semask_deploy.errors import ExportError, require
+from semask_deploy.fileio import free_space_text
 
 
 def ir_paths(out: Path, base: str) -> tuple[Path, Path]:
@@ -55,7 +56,10 @@ def convert_to_ir(onnx_path: Path, xml_path: Path, check_input: np.ndarray | Non
             model = shared_core().read_model(_model_source(Path(onnx_path)))
             ov.save_model(model, str(work / xml_path.name), compress_to_fp16=False)
         except Exception as exc:  # noqa: BLE001
-            raise ExportError(f"OpenVINO could not convert {onnx_path.name}: {error_text(exc)}") from exc
+            text = error_text(exc)
+            if "iostream error" in text or "Can't open" in text:  # how OpenVINO reports a failed write of the IR
+                text += f" (writing the IR in {xml_path.parent} failed: {free_space_text(xml_path.parent)} there)"
+            raise ExportError(f"OpenVINO could not convert {Path(onnx_path).name}: {text}") from exc
         tmp_xml = work / xml_path.name
         info: dict[str, Any] = {"openvino_version": ov.get_version().split("-")[0]}
         compiled, ran = compile_model(tmp_xml, precision="fp32")

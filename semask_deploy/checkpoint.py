@@ -28,7 +28,7 @@ import torch
 
 from .config import _ARCH, SeMaskConfig, official_semantic_modes
 from .errors import CheckpointError, SemaskWarning
-from .fileio import atomic_path
+from .fileio import atomic_path, free_space_text, is_torch_write_failure
 
 _SAFETENSORS_MAGIC_MAX_HEADER = 100 * 1024 * 1024
 
@@ -437,6 +437,18 @@ def save_checkpoint(
         full_meta["PALETTE"] = [list(map(int, c)) for c in model.palette]
     full_meta.update(meta or {})
     sd = OrderedDict((k, v.detach().cpu().contiguous()) for k, v in model.state_dict().items())
+    try:
+        _write_checkpoint(path, sd, full_meta, extra)
+    except RuntimeError as exc:
+        if not is_torch_write_failure(exc):
+            raise
+        raise CheckpointError(f"cannot write {path}: the write failed ({free_space_text(path.parent)} there; a "
+                              "full disk?); nothing was left half-written") from exc
+    return path
+
+
+def _write_checkpoint(path: Path, sd: dict[str, torch.Tensor], full_meta: dict[str, Any],
+                      extra: Mapping[str, Any] | None) -> None:
     with atomic_path(path) as tmp:
         if path.suffix == ".safetensors":
             from safetensors.torch import save_file
@@ -449,4 +461,3 @@ def save_checkpoint(
             save_file(sd, str(tmp), metadata={k: json.dumps(v) for k, v in full_meta.items()})
         else:
             torch.save({"meta": full_meta, "state_dict": sd, **dict(extra or {})}, str(tmp))
-    return path

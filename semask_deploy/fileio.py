@@ -6,8 +6,10 @@ A crash or an error half-way never leaves a truncated artifact under the final n
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -148,3 +150,40 @@ def folders_removed_on_failure(*folders: str | os.PathLike) -> Iterator[None]:
             with contextlib.suppress(OSError):  # not empty, or already gone
                 p.rmdir()
         raise
+
+
+#: errors of the place written to, not of the program: a full disk or quota, a read-only or failing device,
+#: no permission, a file too large for the file system
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.EFBIG}
+
+#: how PyTorch's checkpoint writer reports a failed write (a RuntimeError, no errno)
+_TORCH_WRITE_FAILURES = ("PytorchStreamWriter failed", "inline_container.cc", "unexpected pos", "file write failed")
+
+
+def write_failure_text(exc: BaseException) -> str | None:
+    """A one-line message when ``exc`` (or an exception it came from) is a failed write to the file system — a
+    full disk, a read-only mount, no permission — else None. What a CLI prints instead of a traceback."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, OSError) and cause.errno in WRITE_ERRNOS:
+            where = f" {cause.filename}" if cause.filename else ""
+            hint = ("free some space or write elsewhere" if cause.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+                    else "write elsewhere")
+            return f"cannot write{where}: {cause.strerror or cause} ({hint})"
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
+def is_torch_write_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is ``torch.save`` failing to write (it raises a RuntimeError without an errno)."""
+    return isinstance(exc, RuntimeError) and any(t in str(exc) for t in _TORCH_WRITE_FAILURES)
+
+
+def free_space_text(folder: str | os.PathLike) -> str:
+    """``"12.3 MB free"`` in ``folder`` (or nothing when that cannot be read)."""
+    try:
+        return f"{shutil.disk_usage(folder).free / 1e6:.1f} MB free"
+    except OSError:
+        return "free space unknown"

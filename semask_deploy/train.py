@@ -432,8 +432,8 @@ def _train(opts: TrainOptions, info: tdist.DistInfo, stop_after: int | None, t_w
         "restored_options": {k: (str(v) if isinstance(v, Path) else v) for k, v in restored.items()},
         "no_decay_params": len(groups[1]["names"]), "decay_params": len(groups[0]["names"]),
     }
-    if resume_state is not None:
-        start_record["dropped_log_records"] = log.drop_after(start)
+    # resumed: the interrupted run's records past the save; fresh: those of a run stopped before its first save
+    start_record["dropped_log_records"] = log.drop_after(start)
     log.event(start_record)
     log.say(f"{'resuming at iteration ' + str(start) if resume_state else 'training'} {config.name}: "
             f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, {iters} iterations × "
@@ -471,10 +471,12 @@ def _train(opts: TrainOptions, info: tdist.DistInfo, stop_after: int | None, t_w
             raise SemaskError(f"the weights became non-finite (inf/NaN) by iteration {it_done}; nothing was saved "
                               "then: lower --lr")
         rng = tdist.all_gather_objects(info, _rng_state(info))
+        # the losses since the last train record: a resumed run averages them into its first record as this one would
+        log_windows = tdist.all_gather_objects(info, [w.tolist() for w in window])
         if info.is_main:
             meta = {"iteration": it_done, "train": resolved.to_json()}
             extra = {"optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(),
-                     "iteration": it_done, "rng": rng, "world_size": info.world_size}
+                     "iteration": it_done, "rng": rng, "world_size": info.world_size, "log_window": log_windows}
             result.latest = save_checkpoint(model, out / "latest.pth", meta=meta, extra=extra)
             log.say(f"saved {result.latest} (iteration {it_done})")
             saved["iteration"] = it_done
@@ -501,7 +503,8 @@ def _train(opts: TrainOptions, info: tdist.DistInfo, stop_after: int | None, t_w
 
         bar = tqdm(total=iters, initial=start, desc="training", unit="it", dynamic_ncols=True, file=sys.stderr)
         log.bar = bar
-    window: list[torch.Tensor] = []
+    saved_windows = (resume_state or {}).get("log_window") or []
+    window = [torch.tensor(v) for v in saved_windows[info.rank]] if len(saved_windows) == info.world_size else []
     t_train = time.perf_counter()
     t_data = 0.0
     t_last = time.perf_counter()
@@ -553,8 +556,9 @@ def _train(opts: TrainOptions, info: tdist.DistInfo, stop_after: int | None, t_w
             with contextlib.suppress(Exception):
                 save(it, final=False)
         stopped_at = saved["iteration"]
-        log.event({"event": "interrupted" if interrupted else "error",
-                   "iter": it, "saved_iter": stopped_at, "error": str(exc)[:300] or type(exc).__name__})
+        with contextlib.suppress(Exception):  # the log may be what failed (a full disk): the error below matters more
+            log.event({"event": "interrupted" if interrupted else "error",
+                       "iter": it, "saved_iter": stopped_at, "error": str(exc)[:300] or type(exc).__name__})
         if stopped_at > 0 and info.is_main and (out / "latest.pth").is_file():
             threads = f" --threads {opts.threads}" if opts.threads is not None else ""  # not taken over (machine)
             log.say(f"stopped at iteration {it}; {out / 'latest.pth'} holds iteration {stopped_at}: continue with "

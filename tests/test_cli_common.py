@@ -73,6 +73,24 @@ def test_a_failed_cpu_allocation_is_one_line(capsys):
     assert len(err) == 1 and err[0].startswith("error: out of memory")
 
 
+@pytest.mark.parametrize("errno_name", ["ENOSPC", "EROFS", "EACCES"])
+def test_a_failed_write_is_one_line(capsys, errno_name):
+    """A full disk or a read-only folder met while writing (onnx.save, shutil.copyfile, a log line) was a
+    traceback with exit 1; it is the place, not the program: one error line, exit 2."""
+    import errno
+
+    def run(args):
+        try:
+            raise OSError(getattr(errno, errno_name), os.strerror(getattr(errno, errno_name)), "/out/model.onnx")
+        except OSError as exc:
+            raise RuntimeError("while saving") from exc  # libraries often wrap it
+
+    assert main_wrapper(run, argparse.ArgumentParser(), []) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: cannot write /out/model.onnx: ")
+    assert ("free some space" in err[0]) == (errno_name == "ENOSPC")
+
+
 def test_other_bugs_still_show_their_traceback():
     def run(args):
         raise ValueError("a bug")

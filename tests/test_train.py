@@ -341,6 +341,64 @@ def test_resume_continues_exactly(tmp_path, tiny_json):
         assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6), k
 
 
+def test_a_resume_from_a_save_between_log_records_logs_what_an_uninterrupted_run_logs(tmp_path, tiny_json,
+                                                                                       monkeypatch):
+    """Ctrl-C in iteration 5, saved at 3, --log-every 2: the resumed run's record at 4 averaged iteration 4 alone
+    (the window restarted empty); latest.pth now carries the losses since the last record."""
+    import semask_deploy.train as train_mod
+
+    kw = dict(iters=6, log_every=2, save_every=3, eval_every=100)
+    run_train(small_run(tmp_path, tiny_json, "full", **kw))
+    real, calls = train_mod.semask_loss, {"n": 0}
+
+    def interrupted_in_the_fifth(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(train_mod, "semask_loss", interrupted_in_the_fifth)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(small_run(tmp_path, tiny_json, "part", **kw))
+    monkeypatch.setattr(train_mod, "semask_loss", real)
+    run_train(small_run(tmp_path, tiny_json, "part", resume=True, **kw))
+
+    def train_records(name):
+        lines = (tmp_path / name / "log.jsonl").read_text().splitlines()
+        return [(r["iter"], r["loss"]) for r in map(json.loads, lines) if r["event"] == "train"]
+
+    full, part = train_records("full"), train_records("part")
+    assert [i for i, _ in part] == [i for i, _ in full] == [2, 4, 6]
+    for (_, a), (_, b) in zip(full, part):
+        assert b == pytest.approx(a, rel=1e-6)
+
+
+def test_a_fresh_run_drops_the_records_of_a_run_that_stopped_before_its_first_save(tmp_path, tiny_json):
+    run_train(small_run(tmp_path, tiny_json, "r", save_every=100, eval_every=100), stop_after=2)
+    (tmp_path / "r" / "latest.pth").unlink()  # as if stopped before the first save
+    run_train(small_run(tmp_path, tiny_json, "r", save_every=100, eval_every=100))
+    records = [json.loads(line) for line in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in records if r["event"] == "train"] == [1, 2, 3, 4]
+
+
+def test_a_checkpoint_write_that_fails_is_one_error_and_keeps_the_old_file(tmp_path, monkeypatch):
+    """torch.save on a full disk raises RuntimeError('[enforce fail at inline_container.cc] unexpected pos …'),
+    which reached the user as a traceback."""
+    from semask_deploy.checkpoint import save_checkpoint
+
+    model = build_model(tiny_config())
+    path = save_checkpoint(model, tmp_path / "latest.pth")
+    before = path.read_bytes()
+
+    def full_disk(*a, **kw):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1234 vs 1200")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(CheckpointError, match=r"cannot write .*latest.pth: the write failed \(.* MB free there"):
+        save_checkpoint(model, path)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["latest.pth"]
+
+
 def test_resume_takes_the_interrupted_runs_options(tmp_path, tiny_json, monkeypatch):
     """`semask-train --resume --out RUN` alone: data, data root, seed, drop path and the config file come from
     latest.pth (the file's relative path no longer matters), so the run equals an uninterrupted one."""

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence
 
 from ..errors import ConfigError, SemaskError, SemaskWarning, Terminated, interruption
+from ..fileio import write_failure_text
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -88,6 +89,10 @@ def main_wrapper(run: Callable[[argparse.Namespace], int | None], parser: argpar
             return 2
         if _is_allocation_failure(exc):
             return _out_of_memory()
+        failed_write = write_failure_text(exc)
+        if failed_write is not None:  # a full disk, a read-only mount: the place, not the program
+            print(f"error: {failed_write}", file=sys.stderr)
+            return 2
         raise
     finally:
         warnings.showwarning = shown

@@ -185,8 +185,14 @@ def run_bench_cli(cfg: BenchConfig, *, plot: bool = True) -> dict[str, Path]:
 
 
 def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
+    from ..benchmarks.report import ReportWriteError
+
     cfg = config_from_args(args, argv)
-    paths = run_bench_cli(cfg, plot=not args.no_plot)
+    try:
+        paths = run_bench_cli(cfg, plot=not args.no_plot)
+    except ReportWriteError as exc:  # the measurements are done: show them rather than lose them
+        print(exc.markdown)
+        raise
     if not args.quiet:
         print(paths["report.md"].read_text(encoding="utf-8"))
         print(f"report written to {cfg.out}/ ({', '.join(p.name for p in paths.values())})", file=sys.stderr)

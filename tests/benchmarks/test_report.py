@@ -83,25 +83,51 @@ def test_write_report_files_exist_and_parse(tmp_path, data):
     assert "backbone.patch_embed.proj" in paths["flops.md"].read_text()
 
 
-def test_writes_are_atomic(tmp_path, data, monkeypatch):
-    """A writer failing half-way leaves the previous file intact and no temp file behind."""
+@pytest.mark.parametrize("failure", [RuntimeError("a bug in the plot"), OSError(28, "No space left on device")])
+def test_a_failed_write_leaves_the_earlier_report_whole(tmp_path, data, monkeypatch, failure):
+    """The last file failing (a full disk) left report.md/flops.md of the new run beside the old run's
+    results.json/csv/plot: now all five are renamed into place together, or none."""
+    import errno
+
     out = tmp_path / "r"
     report.write_report(data, out)
-    old_png = (out / "plot.png").read_bytes()
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
 
     def partial_plot(d, path):
         def writer(tmp):
             tmp.write_bytes(b"partial")
-            raise RuntimeError("disk full")
+            raise failure
 
         report.write_with(path, writer)
 
     monkeypatch.setattr(report, "plot", partial_plot)
-    with pytest.raises(RuntimeError, match="disk full"):
-        report.write_report(dict(data, meta=dict(data["meta"], date="2030-01-01")), out)
-    assert (out / "plot.png").read_bytes() == old_png
-    assert json.loads((out / "results.json").read_text())["meta"]["date"] == "2030-01-01"
-    assert not [p.name for p in out.iterdir() if ".tmp" in p.name]
+    newer = dict(data, meta=dict(data["meta"], date="2030-01-01"))
+    if isinstance(failure, OSError):
+        failure.errno = errno.ENOSPC
+        with pytest.raises(report.ReportWriteError, match="No space left on device") as err:
+            report.write_report(newer, out)
+        assert "| backend | prec | size |" in err.value.markdown  # the caller can still show the numbers
+    else:
+        with pytest.raises(RuntimeError, match="a bug"):
+            report.write_report(newer, out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing new, nothing hidden left
+
+
+def test_bench_cli_prints_the_report_when_it_cannot_write_it(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from semask_deploy.cli import bench
+
+    def full_disk(*a, **k):
+        raise report.ReportWriteError(f"the report could not be written to {tmp_path}: cannot write: "
+                                      f"{errno.errorcode[errno.ENOSPC]}", "| backend | prec | the table |")
+
+    monkeypatch.setattr(bench, "run_bench_cli", full_disk)
+    monkeypatch.setattr(bench, "config_from_args", lambda args, argv: None)
+    assert bench.main(["--out", str(tmp_path / "o")]) == 2
+    captured = capsys.readouterr()
+    assert "| backend | prec | the table |" in captured.out
+    assert captured.err.strip().splitlines()[-1].startswith("error: the report could not be written")
 
 
 def test_plot_survives_empty_results(tmp_path, data):

@@ -257,3 +257,33 @@ def test_onnxruntime_without_a_calibration_cache_still_quantizes(tmp_path, monke
     inputs = [np.random.default_rng(0).standard_normal((1, 2, 4, 4)).astype(np.float32)]
     info = int8.quantize_int8(tmp_path / "m.onnx", tmp_path / "q.onnx", inputs, progress=False)
     assert info["qdq_nodes"] > 0 and info["calibration_cache"] is None and not info["calibration_cache_hit"]
+
+
+def test_a_calibration_cache_that_cannot_be_written_does_not_fail_the_export(tmp_path, monkeypatch):
+    """A full disk under SEMASK_CACHE_DIR (by default ~/.cache) failed every int8 export with "int8 quantization
+    failed: [Errno 28]": the cache is only an optimisation, so the export warns and calibrates without it."""
+    import errno
+
+    from onnxruntime import quantization as q
+
+    from semask_deploy.errors import SemaskWarning
+
+    monkeypatch.setenv("SEMASK_CACHE_DIR", str(tmp_path / "cache"))
+    real, calls = q.quantize_static, []
+
+    def cache_write_fails(model_input, model_output, calibration_data_reader, *, calibration_cache_path=None,
+                          **kwargs):
+        calls.append(calibration_cache_path)
+        if calibration_cache_path:
+            while calibration_data_reader.get_next() is not None:  # the calibration runs, then writing its ranges fails
+                pass
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(model_input, model_output, calibration_data_reader, **kwargs)
+
+    monkeypatch.setattr(q, "quantize_static", cache_write_fails)
+    fp32 = _one_conv(tmp_path / "conv.onnx")
+    batches = [np.random.default_rng(0).standard_normal((1, 1, 64, 64)).astype(np.float32) for _ in range(2)]
+    with pytest.warns(SemaskWarning, match="calibration cache cannot be written.*No space left.*calibrating again"):
+        info = int8.quantize_int8(fp32, tmp_path / "q.onnx", batches, progress=False)
+    assert info["qdq_nodes"] > 0 and len(calls) == 2 and calls[1] is None
+    assert not list((tmp_path / "cache").glob("*.json")) and not list((tmp_path / "cache").glob(".*"))
