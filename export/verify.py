@@ -201,7 +201,7 @@ def make_session(path: str | Path | bytes, threads: int | None = None) -> Any:
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         opts.intra_op_num_threads = int(threads)
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # FATAL only: a failure is reported once, as our error line
     try:
         return ort.InferenceSession(path if isinstance(path, bytes) else str(path), opts,
                                     providers=["CPUExecutionProvider"])

@@ -258,3 +258,32 @@ def test_an_output_that_cannot_be_written_fails_that_image_alone(tiny_ckpt, imag
                  "--out", str(out), "--scale", "none", "--quiet"]) == 2
     assert "main_labels.png: Operation not permitted" in _err(capsys)
     assert sorted(p.name for p in out.iterdir()) == ["odd_labels.png", "odd_overlay.png"]
+
+
+@pytest.mark.parametrize("failure", ["backend", "allocation"])
+def test_an_image_the_runtime_fails_on_fails_alone(tiny_ckpt, images, tmp_path, capsys, monkeypatch, failure):
+    """One image too large for the runtime's memory stopped the whole run: the images after it were never
+    segmented."""
+    from semask_deploy.errors import RuntimeBackendError
+    from semask_deploy.runtime import Segmenter
+
+    real = Segmenter.predict
+
+    def fail_on_main(self, rgb):
+        if rgb.shape[:2] == first_shape:
+            if failure == "backend":
+                raise RuntimeBackendError("ONNX Runtime failed: Failed to allocate memory for requested buffer")
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory")
+        return real(self, rgb)
+
+    from semask_deploy.data.io import read_image_rgb
+
+    first_shape = read_image_rgb(images / "main.png").shape[:2]
+    assert read_image_rgb(images / "odd.png").shape[:2] != first_shape
+    monkeypatch.setattr(Segmenter, "predict", fail_on_main)
+    out = tmp_path / "o"
+    assert main(["--model", str(tiny_ckpt), "--image", str(images / "main.png"), str(images / "odd.png"),
+                 "--out", str(out), "--scale", "none", "--quiet"]) == 2
+    err = _err(capsys)
+    assert "main.png: " in err and "(skipped)" in err
+    assert sorted(p.name for p in out.iterdir()) == ["odd_labels.png", "odd_overlay.png"]

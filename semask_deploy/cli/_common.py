@@ -87,7 +87,7 @@ def main_wrapper(run: Callable[[argparse.Namespace], int | None], parser: argpar
         if isinstance(exc, SemaskError):
             print(f"error: {worker_error_text(str(exc))}", file=sys.stderr)
             return 2
-        if _is_allocation_failure(exc):
+        if is_allocation_failure(exc):
             return _out_of_memory()
         failed_write = write_failure_text(exc)
         if failed_write is not None:  # a full disk, a read-only mount: the place, not the program
@@ -137,7 +137,7 @@ def _out_of_memory() -> int:
     return 2
 
 
-def _is_allocation_failure(exc: BaseException) -> bool:
+def is_allocation_failure(exc: BaseException) -> bool:
     """torch reports a failed CPU allocation as a RuntimeError (CUDA: torch.OutOfMemoryError, a RuntimeError);
     OpenCV as ``cv2.error`` "Insufficient memory" (e.g. resizing an image to an enormous ``--scale``)."""
     text = str(exc)

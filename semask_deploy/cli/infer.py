@@ -10,9 +10,9 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import ConfigError, ImageError
+from ..errors import ConfigError, ImageError, RuntimeBackendError
 from ..fileio import check_output_folder
-from ._common import OneLineParser, hw_type, main_wrapper, out_path, progress
+from ._common import OneLineParser, hw_type, is_allocation_failure, main_wrapper, out_path, progress
 
 EPILOG = """examples:
   semask-infer --demo --out out/                 (the bundled sample scenes)
@@ -173,7 +173,14 @@ def run_infer(
         except ImageError as exc:
             result.failed.append((path, str(exc)))
             continue
-        labels = seg.predict(rgb)
+        try:  # an image the runtime fails on (too large for memory, …) fails alone, as an unreadable one does
+            labels = seg.predict(rgb)
+        except (RuntimeBackendError, MemoryError, RuntimeError) as exc:
+            if isinstance(exc, RuntimeError) and not is_allocation_failure(exc):
+                raise  # a bug, not this image
+            reason = str(exc) if isinstance(exc, RuntimeBackendError) else "out of memory for this image"
+            result.failed.append((path, f"{path.name}: {reason}"))
+            continue
         lab_img = labels.astype(np.uint8) if seg.num_classes <= 256 else labels.astype(np.uint16)
         try:  # a file that cannot be written (read-only, immutable) fails that image alone, as an unreadable one does
             result.written.append(write_png(out / f"{path.stem}_labels.png", lab_img, rgb=False))

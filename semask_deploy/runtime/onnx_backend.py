@@ -85,7 +85,7 @@ class OnnxBackend:
         use = [p for p in wanted if p in available] or ["CPUExecutionProvider"]
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3
+        opts.log_severity_level = 4  # FATAL only: a failed run is reported once, as our error line
         if threads:
             opts.intra_op_num_threads = int(threads)
         index = 0 if providers else cuda_index(device)  # "cuda:N": the session's GPU (ORT's default is 0)

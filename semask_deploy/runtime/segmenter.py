@@ -8,7 +8,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..errors import ConfigError, check_cpu_threads
+from ..errors import ConfigError, RuntimeBackendError, check_cpu_threads
 from .pipeline import labels_from_logits, labels_to_size, prepare, prepare_with_rule, slide_logits
 
 TORCH_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors")
@@ -70,6 +70,37 @@ def _size_pair(value: Any, what: str) -> tuple[int, int]:
 
 
 _TORCH_DEFAULT_THREADS: list[int] = []  # PyTorch's own count, noted before a Segmenter first changes it
+
+
+#: above this, an export with logits gets its labels on the host (row by row) instead of from the graph's labels
+#: head, whose K×H×W float buffer at the image's own size is 14 GB for 150 classes at 4000×6000
+LARGE_LABELS_HEAD_BYTES = 1 << 30
+
+
+def _available_memory() -> int | None:
+    """Bytes the kernel says a new allocation can get without swapping (Linux ``MemAvailable``), else None."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _check_labels_head_memory(head_bytes: int, classes: int, size: tuple[int, int], name: str) -> None:
+    """Refuse, before running, a labels head that cannot fit in memory (the runtime would fail to allocate it,
+    or the system would kill the process)."""
+    if head_bytes <= LARGE_LABELS_HEAD_BYTES:
+        return
+    available = _available_memory()
+    if available is not None and head_bytes > 0.8 * available:
+        raise RuntimeBackendError(
+            f"{name} resizes its {classes} class scores to the image's own size {size[0]}x{size[1]} inside the "
+            f"graph: that needs {head_bytes / 1e9:.1f} GB, more than the {available / 1e9:.1f} GB available. "
+            "Re-export with --with-logits (the labels are then resized on the host a few rows at a time, same "
+            "labels), use the .pth checkpoint, or segment a smaller image")
 
 
 def _set_torch_threads(threads: int | None) -> None:
@@ -289,11 +320,29 @@ class Segmenter:
             logits = slide_logits(self._logits, x, self.num_classes, self.crop, self.stride)
             return labels_from_logits(logits, size).astype(np.int64)
         if getattr(self.backend, "has_output_size", False):
+            head_bytes = self._graph_labels_head_bytes(size)
+            if head_bytes > LARGE_LABELS_HEAD_BYTES and self.backend.has_logits:
+                # the same labels from the input-size logits, resized on the host a few rows at a time
+                return labels_from_logits(self._logits(x), size).astype(np.int64)
+            if self._labels_head_on_cpu():
+                _check_labels_head_memory(head_bytes, self.num_classes, size, self.path.name)
             # the graph resizes its logits to the original size and takes the argmax there (official, exact)
             return self._fixed_batch(lambda b: self.backend.labels(b, size), x)[0].astype(np.int64)
         if self.backend.has_logits:
             return labels_from_logits(self._logits(x), size).astype(np.int64)
         return labels_to_size(self._fixed_batch(self.backend.labels, x)[0], size).astype(np.int64)
+
+    def _graph_labels_head_bytes(self, size: tuple[int, int]) -> int:
+        """What the graph's labels head holds for an output of ``size``: the float32 logits of every image of
+        the batch resized to it (N × K × H × W × 4 bytes; OpenVINO keeps about two such buffers)."""
+        copies = 2 if self.backend.kind == "openvino" else 1
+        return copies * (self.input_batch or 1) * self.num_classes * size[0] * size[1] * 4
+
+    def _labels_head_on_cpu(self) -> bool:
+        """Whether the graph runs in this machine's memory (OpenVINO, ONNX Runtime on its CPU provider)."""
+        if self.backend.kind == "openvino":
+            return True
+        return self.backend.kind == "onnxruntime" and self.backend.providers[:1] == ["CPUExecutionProvider"]
 
     def _logits(self, x: np.ndarray) -> Any:
         return self._fixed_batch(self.backend.logits, x)

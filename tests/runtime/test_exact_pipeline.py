@@ -73,6 +73,35 @@ def test_dynamic_onnx_gives_the_torch_labels(dynamic_export, scenes, torch_label
 
 
 @pytest.mark.slow
+def test_large_outputs_take_the_labels_from_the_logits_on_the_host(dynamic_export, scenes, torch_labels,
+                                                                   monkeypatch):
+    """The graph's labels head holds K x H x W floats at the image's own size (14 GB for 150 classes at
+    4000x6000): above LARGE_LABELS_HEAD_BYTES an export with logits is resized on the host row by row instead."""
+    from semask_deploy.runtime import segmenter
+
+    seg = Segmenter(dynamic_export.onnx_path)
+    monkeypatch.setattr(segmenter, "LARGE_LABELS_HEAD_BYTES", 0)
+    monkeypatch.setattr(seg.backend, "labels", lambda *a, **k: pytest.fail("the graph's labels head ran"))
+    agree = _agreement(seg, scenes, torch_labels["whole"])
+    assert min(agree) >= MIN_AGREEMENT, agree
+
+
+@pytest.mark.slow
+def test_a_labels_head_that_cannot_fit_in_memory_is_refused_before_it_runs(static_export, scenes, monkeypatch):
+    from semask_deploy.errors import RuntimeBackendError
+    from semask_deploy.runtime import segmenter
+
+    seg = Segmenter(static_export.onnx_path)
+    assert not seg.backend.has_logits
+    monkeypatch.setattr(segmenter, "LARGE_LABELS_HEAD_BYTES", 0)
+    monkeypatch.setattr(segmenter, "_available_memory", lambda: 1000)
+    monkeypatch.setattr(seg.backend, "labels", lambda *a, **k: pytest.fail("the graph ran"))
+    with pytest.raises(RuntimeBackendError, match=r"needs .* GB, more than the 0.0 GB available. Re-export with "
+                                                   r"--with-logits"):
+        seg.predict(scenes[0])
+
+
+@pytest.mark.slow
 def test_static_preprocess_onnx_gives_the_torch_labels(static_export, scenes, torch_labels):
     seg = Segmenter(static_export.onnx_path)
     assert seg.backend.has_output_size and not seg.backend.has_logits and seg.backend.accepts_uint8
