@@ -293,7 +293,7 @@ def write_report(data: Mapping[str, Any], out_dir: str | Path, *, with_plot: boo
     names = [n for n in FILES if with_plot or n != "plot.png"]
     stage = None
     try:
-        stage = make_work_folder(out, prefix=".report.")
+        stage = make_work_folder(out, "report")
         write_text_atomic(stage / "report.md", markdown)
         write_text_atomic(stage / "flops.md", render_flops(data))
         write_text_atomic(stage / "results.json",

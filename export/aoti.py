@@ -309,7 +309,7 @@ def run_aoti_export(o: Any) -> Any:
     result = ExportResult()
     from semask_deploy.fileio import make_work_folder
 
-    work = make_work_folder(out, prefix=f".{base}.")
+    work = make_work_folder(out, base)
     try:
         t = steps.start(f"compiling {cfg.name} with AOTInductor for {o.device} "
                         f"({'static ' + 'x'.join(map(str, shapes.static_hw)) if shapes.static_hw else 'dynamic H, W'}"

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from semask_deploy.errors import ExportError, require
-from semask_deploy.fileio import free_space_text
+from semask_deploy.fileio import free_space_text, temp_prefix
 
 
 def ir_paths(out: Path, base: str) -> tuple[Path, Path]:
@@ -49,7 +49,7 @@ def convert_to_ir(onnx_path: Path, xml_path: Path, check_input: np.ndarray | Non
     from semask_deploy.runtime.openvino_backend import _model_source, compile_model, error_text, shared_core
 
     xml_path = Path(xml_path)
-    work = Path(tempfile.mkdtemp(prefix=f".{xml_path.stem}.", suffix=".tmp", dir=xml_path.parent))
+    work = Path(tempfile.mkdtemp(prefix=temp_prefix(xml_path.stem), suffix=".tmp", dir=xml_path.parent))
     try:
         try:
             # the ONNX with OpenVINO's fast labels head (max-reduce argmax, NCHW resize): the same labels

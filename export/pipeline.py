@@ -201,7 +201,7 @@ def _run_export(o: ExportOptions) -> ExportResult:
         if o.precision == "int8" and o.calib_images is None and not o.quiet:
             print(f"warning: no --calib-images given: calibrating int8 on {len(calib)} built-in synthetic scenes; "
                   "pass images like those you will segment for better int8 accuracy", file=sys.stderr)
-    work = make_work_folder(out, prefix=f".{base}.")
+    work = make_work_folder(out, base)
     try:
         dyn = "static " + hw_text(shapes.static_hw) if shapes.static_hw else "dynamic H, W"
         batch_txt = f"batch {shapes.static_batch}" if shapes.static_batch else "dynamic batch"

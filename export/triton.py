@@ -52,7 +52,7 @@ def _run_export_triton(o, gpu: bool, python_runtime: bool) -> list[Path]:
     if existing and not o.force:
         raise ConfigError(f"{', '.join(str(p) for p in existing)} already exist(s); use --force to overwrite or "
                           "--name/--out to write elsewhere")
-    work = make_work_folder(out, prefix=".triton.")
+    work = make_work_folder(out, "triton")
     try:
         # the repository's post-processing model resizes the logits to the image size: no output_size input;
         # ONNX Runtime on a GPU runs cuDNN's convolutions, not Winograd written out in ONNX ops

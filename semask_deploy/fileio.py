@@ -7,14 +7,67 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from .errors import ConfigError
+
+
+def _owner_tag() -> str:
+    """``semask-<host>-<pid>``: which process owns a temporary file or folder (a short hash of the host name,
+    so that a folder shared between machines is not swept by the wrong one)."""
+    host = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:6]
+    return f"semask-{host}-{os.getpid()}"
+
+
+#: our temporary names: ``.<name>.semask-<host>-<pid>.<random>.tmp[<suffix>]``
+_TEMP_NAME = re.compile(r"^\..*\.semask-(?P<host>[0-9a-f]{6})-(?P<pid>\d+)\.[^.]*\.tmp")
+
+
+def temp_prefix(stem: str) -> str:
+    """The prefix of a temporary file or folder for ``stem`` (see :func:`remove_stale_temporaries`)."""
+    return f".{stem}.{_owner_tag()}."
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: alive, another user's
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files and folders that processes of this machine which no longer run left in
+    ``folder`` (a run killed with SIGKILL or by the out-of-memory killer cannot clean up; an export's work
+    folder can hold gigabytes). Those of running processes, of other machines and anything not named by
+    :func:`temp_prefix` are kept. Returns what was removed."""
+    host = _owner_tag().split("-")[1]
+    removed = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        m = _TEMP_NAME.match(entry.name)
+        if m is None or m["host"] != host or _process_alive(int(m["pid"])):
+            continue
+        with contextlib.suppress(OSError):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            removed.append(entry)
+    return removed
 
 
 @contextlib.contextmanager
@@ -26,7 +79,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.stem), suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -67,15 +120,18 @@ def write_with(path: str | os.PathLike, writer: Callable[[Path], None]) -> None:
 
 
 def check_output_folder(path: str | os.PathLike, flag: str = "--out") -> None:
-    """Fail early (before any work) unless ``path`` is a folder we can write in, or one we can create.
+    """Fail early (before any work) unless ``path`` is a folder we can write in, or one we can create. An
+    existing folder is also cleared of the temporaries killed runs left (:func:`remove_stale_temporaries`).
 
     Raises:
         ConfigError: ``path`` is a file, lies under a file, or its nearest existing folder is not writable.
     """
     path = Path(path)
+    _refuse_dangling_link(path, flag)
     if path.exists():
         if not path.is_dir():
             raise ConfigError(f"{flag} {path} exists and is not a folder")
+        remove_stale_temporaries(path)  # what killed runs of ours left there
         base = path
     else:
         base = _nearest_existing(path)
@@ -101,6 +157,7 @@ def check_output_file(path: str | os.PathLike, flag: str = "--out") -> None:
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"{flag} {path} is a folder; give a .json file name")
+    _refuse_dangling_link(path.parent, flag)
     parent = _nearest_existing(path)
     if not parent.is_dir():
         raise ConfigError(f"cannot write {flag} {path}: {parent} is not a folder")
@@ -110,6 +167,13 @@ def check_output_file(path: str | os.PathLike, flag: str = "--out") -> None:
     except OSError as exc:
         raise ConfigError(f"cannot write {flag} {path}: the folder {parent} is not writable "
                           f"({exc.strerror or exc})") from None
+
+
+def _refuse_dangling_link(path: Path, flag: str) -> None:
+    """A symbolic link whose target does not exist cannot be written through or created: say so."""
+    if path.is_symlink() and not path.exists():
+        raise ConfigError(f"{flag} {path} is a symbolic link to {os.readlink(path)}, which does not exist; create "
+                          "the target folder or give another path")
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -127,11 +191,12 @@ def make_output_folder(path: str | os.PathLike, flag: str = "--out") -> Path:
     return path
 
 
-def make_work_folder(out: str | os.PathLike, prefix: str, flag: str = "--out") -> Path:
-    """Create ``out`` (see :func:`make_output_folder`) and a fresh hidden temporary folder inside it."""
+def make_work_folder(out: str | os.PathLike, stem: str, flag: str = "--out") -> Path:
+    """Create ``out`` (see :func:`make_output_folder`) and a fresh hidden temporary folder for ``stem`` inside it
+    (named by :func:`temp_prefix`)."""
     out = make_output_folder(out, flag)
     try:
-        return Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=out))
+        return Path(tempfile.mkdtemp(prefix=temp_prefix(stem), suffix=".tmp", dir=out))
     except OSError as exc:
         raise ConfigError(f"cannot write in the {flag} folder {out}: {exc.strerror or exc}") from None
 

@@ -302,6 +302,16 @@ class Segmenter:
 
     def predict(self, image_rgb: np.ndarray) -> np.ndarray:
         """uint8 (H, W, 3) RGB image → int64 labels (H, W) at the image's own size."""
+        labels = self._predict(image_rgb)
+        top = int(labels.max())
+        if top >= self.num_classes:  # a labels-only graph beside the sidecar of another model
+            raise RuntimeBackendError(
+                f"{self.path.name} predicted class {top}, but it is described as a {self.num_classes}-class model "
+                f"(its {'sidecar' if self.backend.kind != 'torch' else 'checkpoint'}): the description belongs to "
+                "another model; export it again")
+        return labels
+
+    def _predict(self, image_rgb: np.ndarray) -> np.ndarray:
         shape = getattr(image_rgb, "shape", None)
         if (not isinstance(image_rgb, np.ndarray) or image_rgb.dtype != np.uint8 or image_rgb.ndim != 3
                 or shape[2] != 3 or min(shape[:2]) < 1):

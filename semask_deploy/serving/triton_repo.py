@@ -270,7 +270,7 @@ def write_repository(out: str | Path, spec: RepoSpec, artifact: str | Path, side
     existing = [out / n for n in names if (out / n).exists()]
     if existing and not force:
         raise ConfigError(f"{', '.join(str(p) for p in existing)} already exist(s); use --force to overwrite")
-    stage = make_work_folder(out, prefix=f".{spec.name}.")
+    stage = make_work_folder(out, spec.name)
     try:
         written = [out / p.relative_to(stage) for p in _write_models(stage, spec, artifact, sidecar)]
         for name in names:  # the swap: renames only

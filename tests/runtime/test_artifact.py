@@ -211,3 +211,30 @@ def test_a_model_in_a_triton_repository_reads_its_semask_metadata_json(tmp_path)
     _sidecar(version / "model.onnx")
     (version / "model.json").rename(version / "semask_metadata.json")
     assert Segmenter(version / "model.onnx").num_classes == 4
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_a_labels_only_graph_that_predicts_past_its_sidecars_classes_is_an_error(tmp_path, backend):
+    """A labels-only graph has no logits whose width can be checked at load: a sidecar of fewer classes ran and
+    wrote labels no class name or colour describes. A predicted class past the sidecar's count proves it."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from semask_deploy.errors import RuntimeBackendError
+    from semask_deploy.runtime import Segmenter
+
+    pytest.importorskip(backend)
+    w = np.ones((5, 3, 1, 1), np.float32)
+    w[4] = 2.0  # class 4 wins everywhere on a positive image
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["image", "w"], ["scores"]),
+         helper.make_node("ArgMax", ["scores"], ["labels64"], axis=1, keepdims=0),
+         helper.make_node("Cast", ["labels64"], ["labels"], to=TensorProto.INT32)], "g",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("labels", TensorProto.INT32, ["N", "H", "W"])],
+        [numpy_helper.from_array(w, "w")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
+    _sidecar(tmp_path / "m.onnx", outputs=[{"name": "labels"}])  # says 4 classes
+    seg = Segmenter(tmp_path / "m.onnx", backend=backend, scale="none")
+    with pytest.raises(RuntimeBackendError, match="predicted class 4, but it is described as a 4-class model"):
+        seg.predict(np.full((8, 8, 3), 200, np.uint8))
