@@ -15,6 +15,7 @@ from semask_deploy.api import build_model, load_model
 from semask_deploy.checkpoint import read_checkpoint, save_checkpoint
 from semask_deploy.config import SeMaskConfig
 from semask_deploy.errors import CheckpointError, ConfigError
+import semask_deploy.train as train_mod
 from semask_deploy.train import TrainOptions, run_train
 from semask_deploy.training import (
     OhemSampler, PolySchedule, build_optimizer, default_warmup, init_from_checkpoint, official_init,
@@ -341,23 +342,27 @@ def test_resume_continues_exactly(tmp_path, tiny_json):
         assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6), k
 
 
+def ctrl_c_in_loss_call(monkeypatch, n: int):
+    """Make the n-th loss computation of the next run raise KeyboardInterrupt; returns the real loss function."""
+    real, calls = train_mod.semask_loss, {"n": 0}
+
+    def interrupted(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(train_mod, "semask_loss", interrupted)
+    return real
+
+
 def test_a_resume_from_a_save_between_log_records_logs_what_an_uninterrupted_run_logs(tmp_path, tiny_json,
                                                                                        monkeypatch):
     """Ctrl-C in iteration 5, saved at 3, --log-every 2: the resumed run's record at 4 averaged iteration 4 alone
     (the window restarted empty); latest.pth now carries the losses since the last record."""
-    import semask_deploy.train as train_mod
-
     kw = dict(iters=6, log_every=2, save_every=3, eval_every=100)
     run_train(small_run(tmp_path, tiny_json, "full", **kw))
-    real, calls = train_mod.semask_loss, {"n": 0}
-
-    def interrupted_in_the_fifth(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(train_mod, "semask_loss", interrupted_in_the_fifth)
+    real = ctrl_c_in_loss_call(monkeypatch, 5)
     with pytest.raises(KeyboardInterrupt):
         run_train(small_run(tmp_path, tiny_json, "part", **kw))
     monkeypatch.setattr(train_mod, "semask_loss", real)
@@ -448,17 +453,7 @@ def test_an_interrupted_run_logs_it_and_the_resume_keeps_one_record_per_iteratio
     """Ctrl-C at iteration 4 with latest.pth at 2: the log says so (and where to continue, with the --threads that are
     not taken over); the resumed run trains 3 and 4 again, and their records from the interrupted run are dropped (a
     loss curve showed them twice)."""
-    import semask_deploy.train as train_mod
-
-    real, calls = train_mod.semask_loss, {"n": 0}
-
-    def interrupted_at_the_fourth(*a, **kw):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
-        return real(*a, **kw)
-
-    monkeypatch.setattr(train_mod, "semask_loss", interrupted_at_the_fourth)
+    real = ctrl_c_in_loss_call(monkeypatch, 4)
     threads = torch.get_num_threads()
     with pytest.raises(KeyboardInterrupt):
         run_train(small_run(tmp_path, tiny_json, "r", save_every=2, eval_every=100, quiet=False, threads=threads))
