@@ -77,3 +77,20 @@ def test_export_fmt_triton_option_errors(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and what in err
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_the_backend_option_reaches_the_segmenter(tmp_path):
+    """--backend was only checked against the file suffix and never passed on: --backend openvino on an .onnx
+    served it with ONNX Runtime, and openvino/aoti were not even choices (the README names .xml models)."""
+    pytest.importorskip("openvino")
+    from semask_deploy.cli.serve import build_parser
+    from semask_deploy.export.pipeline import ExportOptions, run_export
+    from semask_deploy.serving.server import ServeOptions, build_segmenter
+
+    assert build_parser().parse_args(["--model", "m.xml", "--backend", "openvino"]).backend == "openvino"
+    res = run_export(ExportOptions(demo=True, out=tmp_path, static=(64, 64), quiet=True, verify=False))
+    o = ServeOptions(model=res.onnx_path, backend="openvino", http_port=18100, grpc_port=18101, metrics_port=18102,
+                     host="127.0.0.1")
+    assert build_segmenter(o).backend.kind == "openvino"
+    assert build_segmenter(ServeOptions(model=res.onnx_path, http_port=18100, grpc_port=18101, metrics_port=18102,
+                                        host="127.0.0.1")).backend.kind == "onnxruntime"

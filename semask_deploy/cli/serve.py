@@ -26,14 +26,16 @@ load: see README "Serving".
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="semask-serve", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                description="Serve a SeMask model (checkpoint, ONNX or TensorRT engine) with Triton "
+                                description="Serve a SeMask model (checkpoint, ONNX, OpenVINO IR, TensorRT engine or AOTInductor package) with Triton "
                                 "Inference Server through PyTriton: HTTP, gRPC, dynamic batching, health, metrics.")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", type=Path, help=".pth/.safetensors checkpoint, .onnx file or .engine file")
+    src.add_argument("--model", type=Path, help=".pth/.safetensors checkpoint, .onnx, OpenVINO .xml, .engine or "
+                     "AOTInductor .pt2 file")
     src.add_argument("--demo", action="store_true", help="serve the built-in demo model")
     p.add_argument("--name", default="semask", help="Triton model name (default: %(default)s)")
-    p.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "tensorrt"), default="auto",
-                   help="runtime; auto = from the file suffix (default: auto)")
+    p.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "openvino", "tensorrt", "aoti"), default="auto",
+                   help="runtime; auto = from the file suffix (.xml: OpenVINO, .pt2: AOTInductor); openvino also runs "
+                   "an .onnx (pip install openvino in the serve venv) (default: auto)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="(default: cpu)")
     p.add_argument("--attention", choices=("eager", "sdpa", "triton"), default=None,
                    help="PyTorch checkpoints: attention backend (default: sdpa); an error with exported models")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -225,6 +226,9 @@ class TensorRTRunner:
         if check_sidecar:
             _check_sidecar(self.engine_path, self.tensorrt_version, device)
         self._mem = _memory_backend(device)
+        # one execution context, stream and set of device buffers: calls from several threads (semask-serve's
+        # instances share one Segmenter) take turns
+        self._lock = threading.Lock()
         try:
             with self._mem.current():  # deserialise on cuda:<device>, not on whatever device is current
                 self._load(trt, profile_index)
@@ -290,7 +294,7 @@ class TensorRTRunner:
             RuntimeBackendError: missing/unknown inputs, wrong dtype, a shape outside the profile, or a
                 failed execution.
         """
-        with self._mem.current():  # buffers, stream and context all live on cuda:<device>
+        with self._lock, self._mem.current():  # buffers, stream and context all live on cuda:<device>
             return self._run(inputs)
 
     def _run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -37,11 +37,12 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import ConfigError, require
+from ..runtime.segmenter import BACKEND_SUFFIXES
 from .batching import DEFAULT_MAX_PIXELS, Limits, check_images, predict_batch
 
 LOG = logging.getLogger("semask_deploy.serving")
-BACKENDS = {"torch": (".pth", ".pt", ".ckpt", ".bin", ".safetensors"), "onnxruntime": (".onnx",),
-            "tensorrt": (".engine", ".plan", ".trt")}
+#: --backend names and the files each runs: those of Segmenter (torch, onnxruntime, openvino, tensorrt, aoti)
+BACKENDS = BACKEND_SUFFIXES
 
 
 @dataclass
@@ -140,7 +141,8 @@ def build_segmenter(o: ServeOptions):
         raise ConfigError(f"--name must be a plain model name (letters, digits, _ . -), got {o.name!r}")
     for flag, port in ports.items():
         check_port_free(o.host, int(port), flag)
-    return Segmenter(model_path(o), device=o.device, mode=o.mode, scale=o.scale, attention_backend=o.attention)
+    return Segmenter(model_path(o), device=o.device, mode=o.mode, scale=o.scale, attention_backend=o.attention,
+                     backend=None if o.backend == "auto" else o.backend)
 
 
 def make_infer_fn(seg, max_batch: int, limits: Limits, bucketer=None) -> Callable[[list], list[dict[str, np.ndarray]]]:

@@ -164,3 +164,43 @@ def test_builder_gives_output_size_a_value_range(monkeypatch, tmp_path):
     assert fake.calls["profiles"] == [{"image": ((1, 3, 32, 32), (1, 3, 64, 64), (2, 3, 128, 128))}]
     with pytest.raises(ExportError, match="shape-tensor input"):
         build_engine(onnx_path, tmp_path / "m2.engine", precision="fp32", profiles=mod.PROFILE)
+
+
+def test_runner_called_from_threads_gives_each_call_its_own_answer(monkeypatch, tmp_path):
+    """One execution context, stream and set of buffers: semask-serve's instances share one Segmenter, and calls
+    that overlapped read each other's shapes and buffers. The runner now lets them take turns."""
+    import threading
+    import time
+
+    trt, cudart, _ = _fake_runtime()
+    context_cls = type(trt.Runtime(None).deserialize_cuda_engine(b"").create_execution_context())
+    execute = context_cls.execute_async_v3
+
+    def slow_execute(self, stream):  # a GPU kernel takes a while: another thread gets to run meanwhile
+        time.sleep(0.002)
+        return execute(self, stream)
+
+    monkeypatch.setattr(context_cls, "execute_async_v3", slow_execute)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setattr(trt_runner, "_memory_backend", lambda device: trt_runner._CudaPythonMemory(cudart, device))
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"ENGINE")
+    bad: list[str] = []
+    with TensorRTRunner(engine) as runner:
+        def work(k: int) -> None:
+            try:
+                for i in range(15):
+                    size = (2 + k, 3 + i % 4)
+                    out = runner.run({"image": np.array([[float(k), 0.0]], np.float32),
+                                      "output_size": np.array(size, np.int64)})["labels"]
+                    if out.shape != (1, *size) or not (out == k).all():
+                        bad.append(f"thread {k} call {i}: {out.shape} {np.unique(out)}")
+            except Exception as exc:  # noqa: BLE001 - collected below
+                bad.append(repr(exc))
+
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not bad, bad[:5]
