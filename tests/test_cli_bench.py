@@ -372,3 +372,18 @@ def test_machine_info_names_the_isa():
     assert set(info["isa"]) == set(ISA_FLAGS) and info["isa_text"] == isa_text()
     text = render_markdown({"meta": {"machine": info}, "cells": []})
     assert f"({isa_text()})" in text.split("- machine:", 1)[1].splitlines()[0]
+
+
+def test_without_matplotlib_the_plot_is_an_error_before_measuring(tmp_path, capsys, monkeypatch):
+    """A base install (no matplotlib) measured for minutes, then crashed with ModuleNotFoundError and wrote no
+    report."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    from semask_deploy.cli.bench import main as bench_main
+
+    assert bench_main(["--out", str(tmp_path / "b"), "--sizes", "64x64"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install 'semask-deploy[bench]', or pass --no-plot" in err[0]
+    assert not (tmp_path / "b").exists()

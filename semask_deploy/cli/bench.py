@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import datetime as _dt
 import shlex
 import sys
@@ -149,6 +150,10 @@ def config_from_args(args: argparse.Namespace, argv: Sequence[str] | None = None
         check_cpu_threads(threads, "--threads")
     if threads == 0:
         threads = None  # all cores: torch's and ONNX Runtime's defaults
+    if not getattr(args, "no_plot", False) and importlib.util.find_spec("matplotlib") is None:
+        # found now, not after minutes of measuring
+        raise ConfigError("plot.png needs matplotlib, which is not installed: pip install 'semask-deploy[bench]', "
+                          "or pass --no-plot")
     out = args.out or Path(f"semask-bench-{_dt.datetime.now():%Y%m%d-%H%M%S}")
     from ..fileio import check_output_folder
 

@@ -107,8 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "official labels at the original image size)")
     p.add_argument("--no-winograd", dest="winograd", action="store_false",
                    help="keep the 3x3 head convolutions plain in the fp32 ONNX Runtime graph (default: Winograd "
-                   "F(4x4,3x3) in plain ONNX ops, outputs within ~1e-5; measured 1.3-2x per conv, 0.99-1.08x "
-                   "for the whole graph on 1-2 cores; use this for ONNX Runtime on a GPU; TensorRT/OpenVINO/fp16/int8 "
+                   "F(4x4,3x3) in plain ONNX ops, outputs within ~1e-5; measured 1.1-2.6x per conv, 1.08-1.12x "
+                   "for the whole graph on 1-2 cores (AVX-512); use this for ONNX Runtime on a GPU; TensorRT/OpenVINO/fp16/int8 "
                    "graphs never use it)")
     p.add_argument("--preprocess", action="store_true",
                    help="input uint8 (N,H,W,3) RGB 'image_uint8', normalised inside the graph")
