@@ -247,7 +247,7 @@ def is_torch_write_failure(exc: BaseException) -> bool:
 
 
 def free_space_text(folder: str | os.PathLike) -> str:
-    """``"12.3 MB free"`` in ``folder`` (or nothing when that cannot be read)."""
+    """``"12.3 MB free"`` in ``folder`` (``"free space unknown"`` when that cannot be read)."""
     try:
         return f"{shutil.disk_usage(folder).free / 1e6:.1f} MB free"
     except OSError:
