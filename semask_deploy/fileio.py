@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -20,11 +21,16 @@ from typing import Any, Callable, Iterator
 from .errors import ConfigError
 
 
+@functools.lru_cache(maxsize=1)
+def _host_hash() -> str:
+    """A short hash of the host name (once per process: every temporary file name carries it)."""
+    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:6]
+
+
 def _owner_tag() -> str:
-    """``semask-<host>-<pid>``: which process owns a temporary file or folder (a short hash of the host name,
-    so that a folder shared between machines is not swept by the wrong one)."""
-    host = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:6]
-    return f"semask-{host}-{os.getpid()}"
+    """``semask-<host>-<pid>``: which process owns a temporary file or folder (the host hash, so that a folder
+    shared between machines is not swept by the wrong one)."""
+    return f"semask-{_host_hash()}-{os.getpid()}"
 
 
 #: our temporary names: ``.<name>.semask-<host>-<pid>.<random>.tmp[<suffix>]``
@@ -51,7 +57,7 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     ``folder`` (a run killed with SIGKILL or by the out-of-memory killer cannot clean up; an export's work
     folder can hold gigabytes). Those of running processes, of other machines and anything not named by
     :func:`temp_prefix` are kept. Returns what was removed."""
-    host = _owner_tag().split("-")[1]
+    host = _host_hash()
     removed = []
     try:
         entries = list(Path(folder).iterdir())
